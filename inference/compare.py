@@ -1,0 +1,128 @@
+"""Side-by-side comparison of two posteriors of the same model (typically SVI against NUTS).
+
+``b`` is the reference. Both are reduced to the model's identifiable quantities, with ``a``
+aligned to ``b``'s labeling (``align(draws, reference=...)``), so a mixture fitted twice with
+different labels still compares component by component.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import torch
+
+from inference.posterior import Posterior
+
+AGREE_SMD = 0.25     # |mean_a - mean_b| / sd_b below this: the means agree
+SD_RATIO = (0.5, 2.0)
+
+
+def _labels(a: Posterior, b: Posterior, labels) -> tuple[str, str]:
+    if labels is not None:
+        return tuple(labels)
+    la, lb = a.method, b.method
+    return (la, lb) if la != lb else (f"{la}_a", f"{lb}_b")
+
+
+def aligned_pair(a: Posterior, b: Posterior) -> tuple[dict, dict]:
+    """Identifiable quantities of ``a`` (in ``b``'s labeling) and of ``b``."""
+    ref = b.aligned
+    return a.target.align(a.global_samples, reference=ref), ref
+
+
+def compare(a: Posterior, b: Posterior, *, labels=None) -> pd.DataFrame:
+    """One row per scalar element of every identifiable quantity.
+
+    Columns: mean and sd under ``a`` and ``b``, ``smd`` = (mean_a - mean_b) / sd_b, ``sd_ratio`` =
+    sd_a / sd_b, bulk ESS and ESS per second of wall time for each, and a verdict. ``df.attrs``
+    holds the labels and wall times.
+    """
+    la, lb = _labels(a, b, labels)
+    qa, qb = aligned_pair(a, b)
+    rows = []
+    for name in qb:
+        if name not in qa:
+            continue
+        xa, xb = qa[name].double(), qb[name].double()
+        ess_a, ess_b = _ess(xa), _ess(xb)
+        mean_a, sd_a = xa.mean((0, 1)), _sd(xa)
+        mean_b, sd_b = xb.mean((0, 1)), _sd(xb)
+        for idx in np.ndindex(tuple(mean_b.shape)):
+            label = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+            ma, mb, sa, sb = (float(t[idx]) for t in (mean_a, mean_b, sd_a, sd_b))
+            smd = (ma - mb) / sb if sb > 0 else (0.0 if ma == mb else np.inf)
+            ratio = sa / sb if sb > 0 else np.nan
+            rows.append({
+                "quantity": label, "site": name,
+                f"mean_{la}": ma, f"sd_{la}": sa, f"mean_{lb}": mb, f"sd_{lb}": sb,
+                "smd": smd, "sd_ratio": ratio,
+                f"ess_{la}": float(ess_a[idx]), f"ess_{lb}": float(ess_b[idx]),
+                f"ess_per_s_{la}": float(ess_a[idx]) / max(a.wall_time, 1e-9),
+                f"ess_per_s_{lb}": float(ess_b[idx]) / max(b.wall_time, 1e-9),
+                "verdict": _verdict(smd, ratio),
+            })
+    df = pd.DataFrame(rows).set_index("quantity")
+    df.attrs.update(labels=(la, lb), wall_time={la: a.wall_time, lb: b.wall_time})
+    return df
+
+
+def _verdict(smd: float, ratio: float) -> str:
+    parts = ["agree" if abs(smd) < AGREE_SMD else "means differ"]
+    if np.isfinite(ratio) and not SD_RATIO[0] <= ratio <= SD_RATIO[1]:
+        parts.append(f"sd {'too small' if ratio < SD_RATIO[0] else 'too large'} ({ratio:.2f}x)")
+    return "; ".join(parts)
+
+
+def _sd(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, *x.shape[2:])
+    return flat.std(0, unbiased=True) if flat.shape[0] > 1 else torch.zeros_like(flat[0])
+
+
+def _ess(x: torch.Tensor) -> np.ndarray:
+    """Bulk ESS per element; independent draws of one 'chain' (SVI) get ArviZ's estimate too."""
+    arr = x.detach().cpu().numpy()
+    if arr.shape[0] * arr.shape[1] < 4:
+        return np.full(arr.shape[2:], np.nan)
+    return np.asarray(az.ess(az.convert_to_dataset({"x": arr}), method="bulk")["x"].values)
+
+
+def summary_line(df: pd.DataFrame) -> str:
+    """One line: how many quantities agree, the largest |smd|, wall times."""
+    la, lb = df.attrs["labels"]
+    agree = int((df["smd"].abs() < AGREE_SMD).sum())
+    wt = df.attrs["wall_time"]
+    worst = df["smd"].abs().idxmax()
+    return (f"{agree}/{len(df)} quantities agree (|smd| < {AGREE_SMD}); largest |smd| = "
+            f"{abs(df.loc[worst, 'smd']):.3f} at {worst}; wall time {la} {wt[la]:.1f}s, {lb} {wt[lb]:.1f}s")
+
+
+# --- overlay plots ---------------------------------------------------------------------------
+
+
+def _aligned_idata(posteriors: dict[str, Posterior]):
+    """InferenceData of each posterior's identifiable quantities in a common labeling."""
+    ref = list(posteriors.values())[-1]
+    return {label: post.quantities_idata(
+        None if post is ref else post.target.align(post.global_samples, reference=ref.aligned))
+        for label, post in posteriors.items()}
+
+
+def plot_forest(posteriors: dict[str, Posterior]):
+    """Forest plot of every identifiable quantity under each posterior (last one is the reference)."""
+    data = _aligned_idata(posteriors)
+    axes = az.plot_forest(list(data.values()), model_names=list(data), combined=True, hdi_prob=0.94,
+                          show=False)
+    fig = np.ravel(axes)[0].figure
+    fig.suptitle("94% intervals: " + " vs ".join(s.upper() for s in data))
+    return fig
+
+
+def plot_overlay(posteriors: dict[str, Posterior]):
+    """Marginal densities of every identifiable quantity, one colour per posterior."""
+    data = _aligned_idata(posteriors)
+    axes = az.plot_density(list(data.values()), data_labels=[s.upper() for s in data], shade=0.1,
+                           hdi_prob=0.999, show=False)
+    fig = np.ravel(axes)[0].figure
+    fig.suptitle("Marginal posterior densities: " + " vs ".join(s.upper() for s in data))
+    return fig

@@ -1,0 +1,228 @@
+"""NUTS for any Pyro model, discrete latents summed out.
+
+Each chain is Pyro's NUTS kernel driven by a small loop of our own, which gives per-draw
+statistics (``diverging``, step size, acceptance, number of leapfrog steps), per-chain seeds
+derived from one user seed, per-chain starting values, and a progress bar. Sites marked for
+enumeration are summed out by the kernel's potential (``TraceEnum`` contraction); their posterior
+is recovered on request with ``infer_discrete``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+import traceback
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+import pyro.poutine as poutine
+import torch
+from pyro.infer import NUTS, infer_discrete
+from pyro.infer.autoguide.initialization import init_to_value
+from tqdm.auto import tqdm
+
+from inference.posterior import Posterior
+from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
+
+log = logging.getLogger(__name__)
+
+
+def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, num_chains: int = 4,
+             seed: int = 0, target_accept: float = 0.8, jit: bool | None = None, max_tree_depth: int = 10,
+             dense_mass: bool = False, init: Mapping | Sequence[Mapping] | None = None,
+             recover_discrete: bool = False, chain_method: str = "parallel", coords=None,
+             progress: bool = True) -> Posterior:
+    """Sample the posterior of ``model`` given ``data`` with NUTS.
+
+    :param model: a zoo model or a plain Pyro callable ``model(data)``.
+    :param jit: compile the potential with ``torch.jit`` (default: what the zoo model declares as
+        safe; False for plain callables).
+    :param init: starting values (constrained), one dict for all chains or one per chain. Default:
+        the zoo model's data-driven ``initial_values`` (seeded per chain), else uniform in (-2, 2)
+        on the unconstrained scale.
+    :param recover_discrete: also draw every enumerated site from its conditional posterior
+        (``infer_discrete``, one draw per posterior draw).
+    :param chain_method: "parallel" runs chains in forked worker processes, one per CPU core (on the
+        CPU only); "sequential" runs them one after another. Results are identical either way.
+    """
+    for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
+                             ("num_chains", num_chains, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    if not 0 < target_accept < 1:
+        raise ValueError(f"target_accept: expected a probability in (0, 1), got {target_accept!r}")
+    if chain_method not in ("parallel", "sequential"):
+        raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
+    if init is not None and not isinstance(init, Mapping) and len(init) != num_chains:
+        raise ValueError(f"init: expected one dict or {num_chains} dicts (one per chain), got {len(init)}")
+    target = as_target(model)
+    data = target.validate(data)
+    info = target.info(data)
+    jit = target.jit_compatible if jit is None else bool(jit)
+
+    def chain(c: int, position: int = 0):
+        cseed = chain_seed(seed, c)
+        set_seed(cseed)
+        values = init if isinstance(init, Mapping) else init[c] if init is not None else None
+        if values is None:
+            values = target.initial_values(data, seed=cseed)
+        strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
+        kernel = NUTS(target.model_fn, target_accept_prob=target_accept, jit_compile=jit,
+                      ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
+                      max_tree_depth=max_tree_depth, full_mass=dense_mass, init_strategy=strategy)
+        return _run_chain(kernel, data, warmup_steps, num_samples, desc=f"NUTS chain {c + 1}/{num_chains}",
+                          progress=progress, position=position)
+
+    start = time.perf_counter()
+    workers = _num_workers(num_chains, chain_method, data)
+    if workers > 1:
+        results = _parallel(chain, num_chains, workers)
+    else:
+        results = [chain(c) for c in range(num_chains)]
+    chains, stats = zip(*results)
+    samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
+    sample_stats = {k: np.stack([s[k] for s in stats]) for k in stats[0]}
+    posterior = Posterior(
+        target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
+        sample_stats=sample_stats, coords=coords,
+        settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
+                      target_accept=target_accept, jit=jit, dense_mass=dense_mass, workers=workers),
+    )
+    divergences = int(sample_stats["diverging"].sum())
+    log.info("NUTS %s: %d chains x %d draws in %.1fs, %d divergences", target.name, num_chains,
+             num_samples, posterior.wall_time, divergences)
+    if recover_discrete and info.enumerated:
+        posterior.samples.update(discrete_draws(posterior, progress=progress))
+    return posterior
+
+
+def _num_workers(num_chains: int, chain_method: str, data) -> int:
+    if chain_method == "sequential" or num_chains == 1 or "fork" not in mp.get_all_start_methods():
+        return 1
+    on_gpu = any(t.is_cuda for t in _tensors(data)) or (torch.cuda.is_available() and torch.cuda.is_initialized())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if on_gpu else max(1, min(num_chains, cores))
+
+
+def _tensors(data):
+    if torch.is_tensor(data):
+        return [data]
+    values = data.values() if isinstance(data, Mapping) else data if isinstance(data, (list, tuple)) else []
+    return [v for v in values if torch.is_tensor(v)]
+
+
+def _parallel(chain, num_chains: int, workers: int):
+    """Run ``chain(c, position)`` for every chain in forked processes, ``workers`` at a time.
+
+    Forking (not spawning) means the model needs no pickling; each worker uses one torch thread, as
+    PyTorch's own DataLoader workers do. Results come back through pipes.
+    """
+    ctx = mp.get_context("fork")
+    results = [None] * num_chains
+    for first in range(0, num_chains, workers):
+        batch = list(range(first, min(num_chains, first + workers)))
+        procs = []
+        for position, c in enumerate(batch):
+            receiver, sender = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(chain, c, position, sender), daemon=True)
+            proc.start()
+            sender.close()
+            procs.append((c, proc, receiver))
+        for c, proc, receiver in procs:
+            try:
+                status, payload = receiver.recv()
+            except EOFError:
+                status, payload = "error", f"worker for chain {c} died (exit code {proc.exitcode})"
+            proc.join()
+            if status == "error":
+                for _, other, _ in procs:
+                    other.terminate()
+                raise RuntimeError(f"NUTS chain {c} failed: {payload}")
+            draws, stats = payload
+            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats)
+    return results
+
+
+def _worker(chain, c, position, sender):
+    torch.set_num_threads(1)
+    try:
+        draws, stats = chain(c, position)
+        # numpy, not tensors: torch would share tensor memory through file descriptors that die with us
+        sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats)))
+    except BaseException as e:  # report, do not hang the parent
+        sender.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        sender.close()
+
+
+def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, position=0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        kernel.setup(warmup_steps, data)
+    calls = [0]
+    potential = kernel.potential_fn
+
+    def counted(z):
+        calls[0] += 1
+        return potential(z)
+
+    kernel.potential_fn = counted
+    params = kernel.initial_params
+    draws: dict[str, list[torch.Tensor]] = {k: [] for k in params}
+    stats = {k: np.zeros(num_samples) for k in ("step_size", "acceptance_rate", "n_steps", "tree_depth")}
+    stats["diverging"] = np.zeros(num_samples, dtype=bool)
+    prev_mean, n_div = 0.0, 0
+    bar = tqdm(total=warmup_steps + num_samples, desc=desc, disable=not progress, leave=False, position=position)
+    try:
+        for i in range(warmup_steps + num_samples):
+            calls[0] = 0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+                params = kernel.sample(params)
+            j = i - warmup_steps
+            if j >= 0:
+                for k, v in params.items():
+                    t = kernel.transforms.get(k)
+                    draws[k].append((t.inv(v) if t is not None else v).detach().clone())
+                divs = len(kernel.diagnostics()["divergences"])
+                mean_accept = float(getattr(kernel, "_mean_accept_prob", float("nan")))  # running mean
+                stats["diverging"][j] = divs > n_div
+                stats["step_size"][j] = kernel.step_size
+                stats["acceptance_rate"][j] = (j + 1) * mean_accept - j * prev_mean
+                stats["n_steps"][j] = calls[0]
+                stats["tree_depth"][j] = math.ceil(math.log2(calls[0] + 1)) if calls[0] else 0
+                n_div, prev_mean = divs, mean_accept
+            if i % 10 == 0 or i == warmup_steps + num_samples - 1:
+                bar.set_postfix(phase="warmup" if j < 0 else "sample", step=f"{kernel.step_size:.3g}",
+                                div=n_div)
+            bar.update()
+    finally:
+        bar.close()
+        kernel.cleanup()
+    return {k: torch.stack(v) for k, v in draws.items()}, stats
+
+
+def discrete_draws(posterior: Posterior, *, temperature: int = 1, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Draw every enumerated site given each posterior draw (``infer_discrete``), ``(chain, draw, ...)``.
+
+    ``temperature=1`` samples from the conditional posterior; ``temperature=0`` gives the MAP
+    (Viterbi-like) configuration per draw.
+    """
+    target, data = posterior.target, posterior.data
+    info = target.info(data)
+    C, S = posterior.num_chains, posterior.num_draws
+    flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in posterior.samples.items() if k in info.latent}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in info.enumerated}
+    with torch.no_grad():
+        for i in tqdm(range(C * S), desc="infer_discrete", disable=not progress, leave=False):
+            conditioned = poutine.condition(target.model_fn, data={k: v[i] for k, v in flat.items()})
+            decoded = infer_discrete(conditioned, first_available_dim=-1 - info.max_plate_nesting,
+                                     temperature=temperature)
+            trace = poutine.trace(decoded).get_trace(data)
+            for k in info.enumerated:
+                out[k].append(trace.nodes[k]["value"])
+    return {k: torch.stack(v).reshape(C, S, *v[0].shape) for k, v in out.items()}

@@ -1,0 +1,186 @@
+"""Posterior: the draws of one inference run and everything derived from them.
+
+``samples`` holds tensors of shape ``(chain, draw, *site_shape)``. ``idata`` is an ArviZ
+InferenceData built with ``az.from_dict`` (works on ArviZ 0.23 and 1.x) with groups
+
+- ``posterior``: the global sites in the model's canonical form (``align``: relabeled mixtures,
+  identifiable derived quantities), with named dims and coords;
+- ``log_likelihood``: the *marginal* pointwise log-likelihood (discrete latents summed out, local
+  continuous latents integrated out where the model can), one value per element of the data plate;
+- ``posterior_predictive`` (replicated data from up to ``max_predictive_draws`` draws),
+  ``observed_data``, and ``sample_stats`` (``diverging`` and friends for NUTS).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import arviz as az
+import numpy as np
+import pyro
+import torch
+from pyro.infer import Predictive
+
+from pyro.infer.autoguide.initialization import InitMessenger
+
+from inference.target import Target, sample_or_uniform
+
+log = logging.getLogger(__name__)
+
+
+class Posterior:
+    """Draws from one run of SVI, MAP, NUTS (or a classical baseline such as EM)."""
+
+    max_predictive_draws = 500
+
+    def __init__(self, target: Target, data, samples: Mapping[str, torch.Tensor], *, method: str,
+                 wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
+                 losses: list[float] | None = None, guide=None, coords: Mapping[str, list] | None = None,
+                 settings: Mapping[str, Any] | None = None):
+        self.target = target
+        self.data = data
+        self.samples = {k: v.detach() for k, v in samples.items()}
+        self.method = method
+        self.wall_time = float(wall_time)
+        self.sample_stats = dict(sample_stats or {})
+        self.losses = list(losses or [])
+        self.guide = guide
+        self.coords = dict(coords or {})
+        self.settings = dict(settings or {})
+
+    @classmethod
+    def point(cls, model, data, params: Mapping[str, torch.Tensor], *, method: str, wall_time: float,
+              **kwargs) -> "Posterior":
+        """A one-draw posterior holding a point estimate (MAP, EM, maximum likelihood)."""
+        target = model if isinstance(model, Target) else Target(model)
+        samples = {k: torch.as_tensor(v).reshape(1, 1, *torch.as_tensor(v).shape) for k, v in params.items()}
+        return cls(target, data, samples, method=method, wall_time=wall_time, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"Posterior(method={self.method!r}, model={self.target.name!r}, chains={self.num_chains}, "
+                f"draws={self.num_draws}, wall_time={self.wall_time:.1f}s)")
+
+    # --- shapes ------------------------------------------------------------------------------
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.samples.values())).shape[0] if self.samples else 0
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter(self.samples.values())).shape[1] if self.samples else 0
+
+    @property
+    def model(self):
+        """The (fitted) model object: a zoo model or the plain callable."""
+        return self.target.source
+
+    @cached_property
+    def global_samples(self) -> dict[str, torch.Tensor]:
+        return {k: self.samples[k] for k in self.target.global_sites(self.data) if k in self.samples}
+
+    @cached_property
+    def aligned(self) -> dict[str, torch.Tensor]:
+        """Identifiable quantities (model's ``align``), shape ``(chain, draw, ...)`` each."""
+        return self.target.align(self.global_samples)
+
+    def flat(self, name: str) -> torch.Tensor:
+        """Draws of a sample site or aligned quantity with chains concatenated: ``(chain*draw, ...)``."""
+        x = self.aligned[name] if name in self.aligned else self.samples[name]
+        return x.reshape(-1, *x.shape[2:])
+
+    def mean(self, aligned: bool = True) -> dict[str, torch.Tensor]:
+        src = self.aligned if aligned else self.global_samples
+        return {k: v.mean((0, 1)) for k, v in src.items()}
+
+    # --- derived groups ----------------------------------------------------------------------
+    @cached_property
+    def log_likelihood(self) -> torch.Tensor:
+        """Marginal pointwise log-likelihood, shape (chain, draw, N)."""
+        params = {k: v for k, v in self.samples.items()}
+        if self.target.zoo is not None:
+            params = self.global_samples
+        return self.target.log_likelihood(self.data, params, batch_ndim=2)
+
+    def posterior_predictive(self, max_draws: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Replicated observations for evenly thinned draws: ``{site: (chain, draw', *data_shape)}``."""
+        max_draws = max_draws or self.max_predictive_draws
+        keep = max(1, min(self.num_draws, max_draws // max(1, self.num_chains)))
+        idx = torch.linspace(0, self.num_draws - 1, keep).round().long()
+        draws = {k: v[:, idx].reshape(-1, *v.shape[2:]) for k, v in self.global_samples.items()}
+        obs = self.target.info(self.data).observed
+        with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
+            model = InitMessenger(sample_or_uniform)(self.target.model_fn)  # improper priors: no prior draws
+            pred = Predictive(model, posterior_samples=draws, return_sites=list(obs))(self.data)
+        return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
+
+    @cached_property
+    def idata(self):
+        """ArviZ InferenceData (see the module docstring)."""
+        info = self.target.info(self.data)
+        obs_name = self.target.observed_name(self.data)
+        dims = self.target.dims
+        dims.setdefault(obs_name, [info.data_plate or "point"])  # dims are cut to each variable's rank
+        groups: dict[str, Any] = {
+            "posterior": {k: _np(v) for k, v in {**self.global_samples, **self.aligned}.items()},
+            "log_likelihood": {obs_name: _np(self.log_likelihood)},
+        }
+        try:
+            groups["posterior_predictive"] = {k: _np(v) for k, v in self.posterior_predictive().items()}
+        except Exception as e:  # a model that cannot replicate its data still gets the other groups
+            log.warning("posterior predictive skipped: %s", e)
+        observed = _observed(self.data, info.observed)
+        if observed:
+            groups["observed_data"] = observed
+        if self.sample_stats:
+            groups["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
+        attrs = {"inference_method": self.method, "model": self.target.name, "wall_time_s": self.wall_time,
+                 **{f"setting_{k}": str(v) for k, v in self.settings.items()}}
+        coords = {**self.target.coords(self.data), **self.coords}
+        return _from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+
+    def quantities_idata(self, quantities: Mapping[str, torch.Tensor] | None = None):
+        """A posterior-only InferenceData of identifiable quantities (default ``aligned``): cheap,
+        for summaries and plots that need no log-likelihood or predictive draws."""
+        quantities = self.aligned if quantities is None else quantities
+        return _from_dict({"posterior": {k: _np(v) for k, v in quantities.items()}},
+                          coords={**self.target.coords(self.data), **self.coords}, dims=self.target.dims,
+                          attrs={"inference_method": self.method})
+
+    def to_netcdf(self, path, *, overwrite: bool = False) -> Path:
+        """Write ``idata`` to a netCDF file; refuses to replace an existing file unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"path: {str(path)!r} exists; pass overwrite=True to replace it")
+        self.idata.to_netcdf(str(path))
+        return path
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+
+
+def _observed(data, observed_sites) -> dict[str, np.ndarray]:
+    if torch.is_tensor(data):
+        return {observed_sites[0] if len(observed_sites) == 1 else "data": _np(data)}
+    if isinstance(data, Mapping):
+        return {k: _np(v) for k, v in data.items() if torch.is_tensor(v) or isinstance(v, np.ndarray)}
+    if hasattr(data, "_asdict"):
+        return {k: _np(v) for k, v in data._asdict().items() if torch.is_tensor(v) or isinstance(v, np.ndarray)}
+    return {}
+
+
+def _from_dict(groups, *, coords, dims, attrs):
+    """``az.from_dict`` across ArviZ 0.23 (groups as keywords) and 1.x (one dict of groups)."""
+    if next(iter(inspect.signature(az.from_dict).parameters)) == "posterior":  # ArviZ < 1.0
+        idata = az.from_dict(**groups, coords=coords, dims=dims)
+        for g in idata.groups():
+            idata[g].attrs.update(attrs)
+        return idata
+    return az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)  # pragma: no cover - ArviZ 1.x

@@ -1,0 +1,187 @@
+"""A report folder built from Posterior objects: netCDF, CSV tables, PNG plots and summary.md.
+
+The folder is written to a temporary sibling and renamed into place at the end, so a failure never
+leaves a half-written report, and an existing folder is replaced only when ``force=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from inference.compare import plot_forest, plot_overlay, summary_line
+from inference.diagnostics import Diagnosis, plot_rank, plot_trace
+from inference.posterior import Posterior
+
+log = logging.getLogger(__name__)
+
+
+def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Refuse an existing output folder unless ``force`` (call before long work, and again at the end)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"out: {str(out)!r} already exists; pass --force to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: {str(out)!r} exists and is not a folder")
+    return out
+
+
+def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
+                 comparison: pd.DataFrame | None = None, diagnoses: Mapping[str, Diagnosis] | None = None,
+                 title: str = "", force: bool = False) -> Path:
+    """Write the report folder and return its path."""
+    out = check_output_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
+    files: list[str] = []
+    for label, post in posteriors.items():
+        post.to_netcdf(folder / f"posterior_{label}.nc")
+        files.append(f"posterior_{label}.nc")
+    if comparison is not None:
+        comparison.to_csv(folder / "comparison.csv")
+        files.append("comparison.csv")
+    if diagnoses:
+        table = pd.concat({label: d.summary for label, d in diagnoses.items()}, names=["method", "quantity"])
+        table.to_csv(folder / "diagnostics.csv")
+        files.append("diagnostics.csv")
+
+    figures = {}
+    sampled = [p for p in posteriors.values() if p.num_chains > 1]
+    if sampled:
+        figures["trace"] = lambda: plot_trace(sampled[0])
+        figures["rank"] = lambda: plot_rank(sampled[0])
+    if len(posteriors) > 1:
+        figures["forest"] = lambda: plot_forest(dict(posteriors))
+        figures["density"] = lambda: plot_overlay(dict(posteriors))
+    trained = {k: p for k, p in posteriors.items() if p.losses}
+    if trained:
+        figures["loss"] = lambda: plot_losses(trained)
+    first = next(iter(posteriors.values()))
+    zoo_model = first.target.zoo
+    if zoo_model is not None:
+        for stem, fig in zoo_model.figures(first.data, dict(posteriors), dataset=dataset).items():
+            figures[stem] = (lambda f=fig: f)
+    for stem, make in figures.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig = make()
+            fig.savefig(folder / f"{stem}.png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            files.append(f"{stem}.png")
+        except Exception as e:  # a plot that cannot be drawn must not lose the rest of the report
+            log.warning("plot %s skipped: %s", stem, e)
+            plt.close("all")
+    (folder / "summary.md").write_text(
+        summary_markdown(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
+                         files=files, title=title)
+    )
+
+
+def plot_losses(posteriors: Mapping[str, Posterior]):
+    """Training curves (negative ELBO) of SVI/MAP fits, smoothed over a moving window."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, post in posteriors.items():
+        losses = np.asarray(post.losses)
+        ax.plot(losses, alpha=0.3, lw=0.8)
+        w = max(1, len(losses) // 50)
+        if w > 1:
+            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+            ax.plot(np.arange(w - 1, len(losses)), smooth, label=f"{label.upper()} (moving mean)")
+    lo, hi = np.percentile(np.concatenate([p.losses for p in posteriors.values()]), [1, 99])
+    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (negative ELBO)")
+    ax.legend()
+    ax.set_title("SVI training curve")
+    fig.tight_layout()
+    return fig
+
+
+# --- summary.md ------------------------------------------------------------------------------
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-markdown table (no extra dependency)."""
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = [str(idx)] + [format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
+    """PSIS-LOO from each posterior's marginal pointwise log-likelihood."""
+    rows = {}
+    for label, post in posteriors.items():
+        if post.num_chains * post.num_draws < 10:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loo = az.loo(post.idata, pointwise=True)
+        rows[label] = {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
+                       "pareto_k > 0.7": int((np.asarray(loo.pareto_k) > 0.7).sum())}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
+def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="") -> str:
+    first = next(iter(posteriors.values()))
+    zoo_model = first.target.zoo
+    parts = [f"# {title or first.target.name}", ""]
+    if dataset is not None:
+        shape = tuple(dataset.data.shape) if hasattr(dataset.data, "shape") else ""
+        parts += [f"**Data**: `{dataset.name}` {shape}: {dataset.description}  ", f"Source: {dataset.source}", ""]
+    if zoo_model is not None:
+        config = ", ".join(f"{k}={v}" for k, v in zoo_model.config().items())
+        parts += [f"**Model**: `{zoo_model.name}` ({config})", ""]
+    parts += ["## Runs", ""]
+    runs = pd.DataFrame.from_dict(
+        {label: {"chains": p.num_chains, "draws": p.num_draws, "wall time (s)": p.wall_time,
+                 "settings": ", ".join(f"{k}={v}" for k, v in p.settings.items())}
+         for label, p in posteriors.items()}, orient="index").rename_axis("method")
+    parts += [markdown_table(runs), ""]
+    if comparison is not None:
+        la, lb = comparison.attrs["labels"]
+        parts += [f"## {la.upper()} vs {lb.upper()} (reference: {lb.upper()})", "", summary_line(comparison), "",
+                  "smd = (mean_a - mean_b) / sd_b; sd_ratio = sd_a / sd_b.", "",
+                  markdown_table(comparison.drop(columns=["site"])), ""]
+    if diagnoses:
+        parts += ["## Diagnostics", ""]
+        for label, d in diagnoses.items():
+            parts += ["```", str(d), "```", ""]
+    loo = loo_table(posteriors)
+    if len(loo):
+        parts += ["## PSIS-LOO (marginal pointwise log-likelihood)", "", markdown_table(loo), ""]
+    if files:
+        parts += ["## Files", ""] + [f"- [{f}]({f})" if not f.endswith(".png") else f"- {f}\n\n  ![{f}]({f})"
+                                     for f in files] + [""]
+    return "\n".join(parts)

@@ -1,0 +1,205 @@
+"""Stochastic variational inference for any Pyro model.
+
+The loop is PyTorch-style (as in Pyro's ``examples/svi_torch.py``): the ELBO's differentiable
+loss, ``torch.optim.Adam`` over the parameters of the model/guide modules plus any global
+``pyro.param`` the guide declares, and a learning-rate schedule. Zoo models are deep-copied first,
+so a fit never mutates the object it was given; the fitted copy is ``Posterior.model``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from typing import Callable
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    init_to_value,
+)
+from tqdm.auto import tqdm
+
+from inference.posterior import Posterior
+from inference.target import Target, as_target, init_to_median_any, set_seed
+
+log = logging.getLogger(__name__)
+
+GUIDES = {
+    "delta": AutoDelta,                 # MAP
+    "normal": AutoNormal,               # mean-field Gaussian
+    "mvn": AutoMultivariateNormal,      # full-rank Gaussian
+    "iaf": AutoIAFNormal,               # inverse autoregressive flow
+}
+
+
+class SVIDivergedError(RuntimeError):
+    """The ELBO became NaN/inf. The model's parameters are left at their last finite values."""
+
+    def __init__(self, step: int, losses: list[float], model, cause: str = ""):
+        last = next((x for x in reversed(losses) if math.isfinite(x)), float("nan"))
+        why = f" ({cause})" if cause else ""
+        super().__init__(
+            f"SVI loss became non-finite at step {step}{why} (last finite loss {last:.4g}); parameters were "
+            "restored to their last finite values. Try a smaller lr, more particles, or a better init."
+        )
+        self.step, self.losses, self.model = step, losses, model
+
+
+def make_guide(target: Target, guide, data, init=None):
+    """Resolve ``guide``: None (the zoo model's own, else AutoNormal), a name in GUIDES, or a callable.
+
+    Autoguides start at ``init`` (constrained values), else the zoo model's ``initial_values``, else
+    the prior median."""
+    if guide is None:
+        guide = target.default_guide() or "normal"
+    if callable(guide):
+        return guide
+    if guide not in GUIDES:
+        raise ValueError(f"guide: expected a callable or one of {', '.join(GUIDES)}, got {guide!r}")
+    info = target.info(data)
+    values = init if init is not None else target.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    init = init_to_value(values=dict(values), fallback=init_to_median_any) if values else init_to_median_any
+    hidden = poutine.block(target.model_fn, hide=list(info.enumerated)) if info.enumerated else target.model_fn
+    return GUIDES[guide](hidden) if guide == "iaf" else GUIDES[guide](hidden, init_loc_fn=init)
+
+
+def make_elbo(elbo, info, num_particles: int, vectorize_particles: bool):
+    if not isinstance(elbo, str):
+        return elbo
+    kwargs = dict(num_particles=num_particles, vectorize_particles=vectorize_particles,
+                  max_plate_nesting=info.max_plate_nesting)
+    if elbo == "auto":
+        elbo = "traceenum" if info.enumerated else "trace"
+    if elbo == "traceenum":
+        return TraceEnum_ELBO(**kwargs)
+    if elbo == "trace":
+        if info.enumerated:
+            raise ValueError(f"elbo: 'trace' cannot sum out enumerated site(s) {list(info.enumerated)}; use 'auto'")
+        return Trace_ELBO(**kwargs)
+    raise ValueError(f"elbo: expected 'auto', 'trace', 'traceenum' or a Pyro ELBO, got {elbo!r}")
+
+
+def collect_parameters(loss_fn: Callable[[], torch.Tensor], modules) -> list[torch.Tensor]:
+    """Run the loss once (creating lazy parameters) and gather every trainable tensor."""
+    with poutine.trace(param_only=True) as capture:
+        loss_fn()
+    params = {}
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            params.update((id(p), p) for p in module.parameters() if p.requires_grad)
+    for site in capture.trace.nodes.values():  # global pyro.param statements (classic style guides)
+        value = site["value"]
+        p = value.unconstrained() if hasattr(value, "unconstrained") else value
+        if p.requires_grad and p.is_leaf:
+            params[id(p)] = p
+    return list(params.values())
+
+
+def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: float = 0.01,
+            num_particles: int = 1, vectorize_particles: bool = False, seed: int = 0,
+            num_samples: int = 1000, lr_decay: float = 0.01, clip_norm: float | None = 10.0,
+            init=None, coords=None, progress: bool = True) -> Posterior:
+    """Fit ``model`` to ``data`` by SVI and return a :class:`~inference.Posterior` of guide draws.
+
+    :param model: a zoo model or a plain Pyro callable ``model(data)``.
+    :param guide: None (the zoo model's own guide; AutoNormal for a plain callable), "delta" (MAP),
+        "normal", "mvn", "iaf", or a Pyro guide callable. Autoguides built here hide enumerated sites.
+    :param elbo: "auto" (TraceEnum_ELBO when the model has enumerated sites, else Trace_ELBO),
+        "trace", "traceenum", or a Pyro ELBO instance.
+    :param lr: Adam learning rate; it decays exponentially to ``lr * lr_decay`` at the last step.
+    :param clip_norm: gradient-norm clipping (None disables).
+    :param init: starting values (constrained) for an autoguide; default: the zoo model's
+        data-driven ``initial_values``, else the prior median.
+    :param num_samples: draws taken from the fitted guide (1 for "delta").
+    :raises SVIDivergedError: when the loss becomes NaN/inf (parameters rolled back first).
+    """
+    _check_positive("num_steps", num_steps)
+    _check_positive("num_samples", num_samples)
+    _check_positive("num_particles", num_particles)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+    target = as_target(model, copy_model=True)
+    data = target.validate(data)
+    set_seed(seed)
+    info = target.info(data)
+    method = "map" if guide == "delta" else "svi"
+    guide_fn = make_guide(target, guide, data, init)
+    loss_obj = make_elbo(elbo, info, num_particles, vectorize_particles)
+
+    def loss_fn():
+        return loss_obj.differentiable_loss(target.model_fn, guide_fn, data)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
+        params = collect_parameters(loss_fn, [target.zoo, guide_fn])
+    if not params:
+        raise ValueError("guide: has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=lr)
+    gamma = lr_decay ** (1.0 / max(1, num_steps)) if lr_decay else 1.0
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    losses: list[float] = []
+    last_good = [p.detach().clone() for p in params]
+    bar = tqdm(range(num_steps), desc=f"SVI {target.name}", disable=not progress, leave=False)
+    for step in bar:
+        optimizer.zero_grad()
+        cause = ""
+        try:
+            loss = loss_fn()
+            value = float(loss.detach())
+        except (ValueError, RuntimeError) as e:
+            if step == 0:
+                raise
+            # the same code ran at step 0: only the parameter values changed (e.g. a scale became NaN)
+            value, cause = float("nan"), str(e).splitlines()[0][:200]
+        losses.append(value)
+        if not math.isfinite(value):
+            with torch.no_grad():
+                for p, good in zip(params, last_good):
+                    p.copy_(good)
+            bar.close()
+            raise SVIDivergedError(step, losses, target.source, cause)
+        with torch.no_grad():
+            for p, good in zip(params, last_good):
+                good.copy_(p)
+        loss.backward()
+        if clip_norm:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == num_steps - 1:
+            bar.set_postfix(loss=f"{value:.4g}")
+    bar.close()
+    log.info("SVI %s: %d steps, final loss %.4g", target.name, num_steps, losses[-1])
+    samples = sample_guide(guide_fn, data, target.global_sites(data), 1 if method == "map" else num_samples)
+    return Posterior(
+        target, data, samples, method=method, wall_time=time.perf_counter() - start, losses=losses,
+        guide=guide_fn, coords=coords,
+        settings=dict(guide=guide if isinstance(guide, str) or guide is None else "custom",
+                      elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
+                      seed=seed),
+    )
+
+
+def sample_guide(guide_fn, data, sites, num_samples: int) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of ``sites`` from the guide, as ``(1, num_samples, ...)`` tensors."""
+    draws: dict[str, list[torch.Tensor]] = {k: [] for k in sites}
+    with torch.no_grad():
+        for _ in range(num_samples):
+            trace = poutine.trace(guide_fn).get_trace(data)
+            for k in sites:
+                if k in trace.nodes:
+                    draws[k].append(trace.nodes[k]["value"].detach())
+    return {k: torch.stack(v).unsqueeze(0) for k, v in draws.items() if v}
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")

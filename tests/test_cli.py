@@ -1,0 +1,78 @@
+"""The `zoo` command: listing, a tiny compare run writing every promised file, and user mistakes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from zoo.cli import main
+
+TINY = ["--steps", "60", "--samples", "40", "--warmup", "40", "--chains", "2", "--quiet"]
+REPORT = {"posterior_svi.nc", "posterior_nuts.nc", "comparison.csv", "diagnostics.csv", "summary.md",
+          "trace.png", "rank.png", "forest.png", "density.png", "clusters.png", "loss.png"}
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "gmm" in out and "iris-petals" in out
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "zoo", "list"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "gmm" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "report"
+    code = main(["compare", "gmm", "--out", str(out), *TINY])
+    return code, out
+
+
+def test_compare_writes_every_file(compared, capsys):
+    code, out = compared
+    assert code == 0
+    assert REPORT <= {p.name for p in out.iterdir()}
+    summary = (out / "summary.md").read_text()
+    assert "SVI vs NUTS" in summary and "PSIS-LOO" in summary
+    assert not list(out.parent.glob(".report.partial-*"))
+
+
+def test_overwrite_is_refused_then_forced(compared, capsys):
+    _, out = compared
+    before = (out / "summary.md").stat().st_mtime_ns
+    assert main(["compare", "gmm", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and "Traceback" not in err
+    assert (out / "summary.md").stat().st_mtime_ns == before
+    assert main(["fit", "gmm", "--method", "map", "--out", str(out), "--force", *TINY]) == 0
+    assert {p.name for p in out.iterdir()} >= {"posterior_map.nc", "summary.md", "clusters.png"}
+    assert not (out / "posterior_nuts.nc").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "nope"], "unknown model 'nope'"),
+    (["fit", "gmm", "--data", "missing.csv"], "does not exist"),
+    (["fit", "gmm", "--components", "500"], "exceed the number of data points"),
+    (["fit", "gmm", "--components", "0"], "n_components"),
+    (["fit", "gmm", "--option", "bogus=1"], "unknown configuration 'bogus'"),
+    (["fit", "gmm", "--method", "em"], "no EM baseline"),
+    (["fit", "gmm", "--data", "old-faithful", "--data-dir", "/nonexistent"], "does not contain"),
+])
+def test_user_mistakes_exit_nonzero_with_one_line(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "r"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_csv_content(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1.0,2.0\nnan,3.0\n4.0,5.0\n")
+    assert main(["fit", "gmm", "--components", "2", "--data", str(bad), "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "NaN" in capsys.readouterr().err
+    text = tmp_path / "text.csv"
+    text.write_text("x,label\n1.0,a\n2.0,b\n")
+    assert main(["fit", "gmm", "--data", str(text), "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "non-numeric" in capsys.readouterr().err

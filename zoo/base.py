@@ -1,0 +1,153 @@
+"""The zoo model protocol and the input checks every model shares.
+
+A zoo model is a small :class:`~pyro.nn.PyroModule` that knows itself: besides the Pyro
+``model``/``guide`` pair it names its global sites, computes its marginal log-likelihood,
+simulates data, removes its own non-identifiability (``align``) and validates user data.
+``inference/`` relies on nothing else (see ``../shared/DESIGN.md``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from pyro.nn import PyroModule
+
+
+class ZooModel(PyroModule):
+    """Base class of the zoo models. Subclasses fill in the class attributes and methods."""
+
+    #: registry name, e.g. ``"gmm"``
+    name: ClassVar[str] = ""
+    #: names of the global latent sites: what ``compare`` and ``diagnose`` summarize
+    global_sites: ClassVar[tuple[str, ...]] = ()
+    #: the observed site; its pointwise marginal log-likelihood goes to ``idata.log_likelihood``
+    observed_site: ClassVar[str] = "obs"
+    #: named dims (after ``chain, draw``) of every site and derived quantity in ``align``
+    dims: ClassVar[dict[str, list[str]]] = {}
+    #: dataset used by the CLI when no ``--data`` is given (must need no download)
+    default_dataset: ClassVar[str] = ""
+    #: whether the model's potential can be traced by ``torch.jit`` (no value-dependent Python control flow)
+    jit_compatible: ClassVar[bool] = False
+
+    # --- the Pyro pair -------------------------------------------------------------------
+    def model(self, data=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def guide(self, data=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- the protocol --------------------------------------------------------------------
+    def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Pointwise log-likelihood, local latents summed or integrated out.
+
+        ``params`` maps global site names to constrained values that may carry leading batch
+        dims (posterior draws); the result has shape ``(*batch, N)``.
+        """
+        raise NotImplementedError
+
+    def simulate(self, n: int, seed: int = 0):
+        """Draw ``(data, truth)`` from the generative process."""
+        raise NotImplementedError
+
+    def align(self, draws: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None = None):
+        """Map draws (leading dims ``chain, draw``) to identifiable quantities.
+
+        ``reference`` is the output of ``align`` on another posterior of the same model; when given,
+        the result is expressed in the same labeling / coordinates. The default is the identity.
+        """
+        return {k: draws[k] for k in self.global_sites if k in draws}
+
+    def validate(self, data):
+        """Return ``data`` as the model expects it, or raise a clear ``ValueError``/``TypeError``."""
+        raise NotImplementedError
+
+    def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor] | None:
+        """Optional data-driven starting values (constrained) for MCMC chains and autoguides."""
+        return None
+
+    def coords(self, data) -> dict[str, list]:
+        """Optional coordinate labels for the named dims (e.g. feature names)."""
+        return {}
+
+    def figures(self, data, posteriors: Mapping[str, Any], dataset=None) -> dict[str, Any]:
+        """Optional model-specific report figures: ``{file stem: matplotlib Figure}``."""
+        return {}
+
+    # --- conveniences --------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments of this instance (for reports and ``repr``)."""
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+# --- input checks shared by the models ------------------------------------------------------
+
+
+def as_float_tensor(data, *, name: str = "data", allow_nan: bool = False, dtype=None) -> torch.Tensor:
+    """Convert array-like numeric ``data`` to a floating tensor or raise a clear error.
+
+    Accepts torch tensors, numpy arrays, pandas DataFrames/Series and nested lists. Floating
+    tensors keep their dtype; everything else becomes ``dtype`` (default: torch's default dtype).
+    """
+    if data is None:
+        raise ValueError(f"{name}: expected numeric data, got None")
+    if isinstance(data, torch.Tensor):
+        t = data.detach()
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{name}: expected a real numeric tensor, got dtype {t.dtype}")
+        if not t.is_floating_point():
+            t = t.to(dtype or torch.get_default_dtype())
+        elif dtype is not None:
+            t = t.to(dtype)
+    else:
+        if hasattr(data, "dtypes") and hasattr(data, "columns"):  # pandas DataFrame
+            bad = [str(c) for c, dt in data.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)]
+            if bad:
+                raise ValueError(f"{name}: non-numeric column(s) {', '.join(bad)}; expected numbers only")
+            data = data.to_numpy()
+        try:
+            arr = np.asarray(data)
+        except Exception as e:  # ragged lists and the like
+            raise TypeError(f"{name}: could not convert {type(data).__name__} to an array ({e})") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise TypeError(f"{name}: expected numeric values, got array of dtype {arr.dtype}")
+        if np.iscomplexobj(arr):
+            raise TypeError(f"{name}: expected real numbers, got complex values")
+        t = torch.as_tensor(arr.astype(np.float64, copy=False), dtype=dtype or torch.get_default_dtype())
+    if t.numel() == 0 or (t.dim() > 0 and t.shape[0] == 0):
+        raise ValueError(f"{name}: is empty (shape {tuple(t.shape)}); expected at least one row")
+    nonfinite = ~torch.isfinite(t) if not allow_nan else torch.isinf(t)
+    if nonfinite.any():
+        what = "inf" if allow_nan else "NaN/inf"
+        idx = nonfinite.nonzero()[0].tolist()
+        raise ValueError(
+            f"{name}: contains {int(nonfinite.sum())} {what} value(s) (first at index {tuple(idx)}); "
+            "remove or impute them first"
+        )
+    return t
+
+
+def as_matrix(data, *, name: str = "data", allow_nan: bool = False, dtype=None) -> torch.Tensor:
+    """Like :func:`as_float_tensor` but returns shape ``(N, D)``; a 1-D input becomes ``(N, 1)``."""
+    t = as_float_tensor(data, name=name, allow_nan=allow_nan, dtype=dtype)
+    if t.dim() == 1:
+        t = t.unsqueeze(-1)
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (N, D), got shape {tuple(t.shape)}")
+    return t
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """Validate an integer configuration value such as ``n_components``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)

@@ -1,0 +1,194 @@
+"""Datasets: bundled defaults that need no download, and loaders for real files in a data directory.
+
+    >>> from zoo import datasets
+    >>> ds = datasets.load("iris-petals")            # bundled with scikit-learn
+    >>> ds = datasets.load("old-faithful", data_dir="../shared/datasets")
+    >>> ds = datasets.load("my_measurements.csv")    # any CSV of numeric columns
+
+A data directory holds one folder per dataset (``old_faithful/faithful.csv``, ...), as in
+``../shared/datasets``; it is taken from ``data_dir=`` or the ``ZOO_DATA_DIR`` environment
+variable. Files with a published checksum are verified on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["Dataset", "load", "list_datasets", "register", "resolve_data_dir", "verify_sha256"]
+
+
+@dataclass
+class Dataset:
+    """A dataset ready for a model: ``data`` is what the model's ``validate`` accepts."""
+
+    name: str
+    data: Any
+    description: str = ""
+    source: str = ""
+    feature_names: list[str] | None = None
+    labels: np.ndarray | None = None       # optional ground-truth classes, for plots and scores
+    label_names: list[str] | None = None
+    splits: dict[str, Any] = field(default_factory=dict)   # further splits, e.g. {"test": ...}
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shape = tuple(self.data.shape) if hasattr(self.data, "shape") else type(self.data).__name__
+        return f"Dataset({self.name!r}, data={shape}, splits={sorted(self.splits)})"
+
+
+_LOADERS: dict[str, tuple[Callable[[Path | None], Dataset], str]] = {}
+
+#: sha256 of the real files this project reads (from each folder's provenance README)
+SHA256 = {
+    "old_faithful/faithful.csv": "5043db1e2c51c8e8fd67e0868c768ae589770cc76ad0ac0c5b7afd1fca31fc57",
+    "old_faithful/geyser_MASS.csv": "691381248e0418ccbfc23cc5093e71220313ddb7ffb70e817e27a6dfb900fbcc",
+}
+
+
+def register(name: str, description: str):
+    """Decorator registering ``loader(data_dir) -> Dataset`` under ``name``."""
+
+    def wrap(loader):
+        _LOADERS[name] = (loader, description)
+        return loader
+
+    return wrap
+
+
+def list_datasets() -> dict[str, str]:
+    """``{name: description}`` of the named datasets."""
+    return {k: d for k, (_, d) in sorted(_LOADERS.items())}
+
+
+def load(name: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a named dataset or a CSV file path."""
+    if isinstance(name, str) and name in _LOADERS:
+        return _LOADERS[name][0](Path(data_dir) if data_dir is not None else None)
+    path = Path(name)
+    if path.suffix.lower() == ".csv" or path.exists():
+        return load_csv(path)
+    raise ValueError(
+        f"data: unknown dataset {str(name)!r}; expected a CSV path or one of {', '.join(_LOADERS)}"
+    )
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None, dataset: str, needs: str) -> Path:
+    """The data directory for ``dataset`` (argument, else ``$ZOO_DATA_DIR``), checked to hold ``needs``."""
+    given = data_dir if data_dir is not None else os.environ.get("ZOO_DATA_DIR")
+    if given is None:
+        raise ValueError(
+            f"data_dir: dataset {dataset!r} is not bundled; pass --data-dir (or set ZOO_DATA_DIR) "
+            f"to a folder containing {needs}"
+        )
+    root = Path(given).expanduser()
+    if not (root / needs).exists():
+        raise ValueError(f"data_dir: {str(root)!r} does not contain {needs} (needed by dataset {dataset!r})")
+    return root
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    """Raise a clear error if the file's sha256 differs from the published one."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise ValueError(
+            f"data: {str(path)!r} is corrupt or a different version (sha256 {h.hexdigest()[:12]}..., "
+            f"expected {expected[:12]}...); download it again"
+        )
+
+
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV with clear errors for missing, unreadable or empty files."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"data: file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"data: {str(path)!r} is a directory, expected a CSV file")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"data: {str(path)!r} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise ValueError(f"data: could not read {str(path)!r} as CSV ({type(e).__name__}: {e})") from None
+
+
+def load_csv(path: str | os.PathLike, columns: list[str] | None = None) -> Dataset:
+    """A CSV of numeric columns (a leading ``rownames``/unnamed index column is dropped)."""
+    frame = read_csv(path)
+    first = str(frame.columns[0]) if len(frame.columns) else ""
+    if first in ("rownames", "") or first.startswith("Unnamed"):
+        frame = frame.drop(columns=frame.columns[0])
+    if columns is not None:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"data: {str(path)!r} has no column(s) {', '.join(missing)}")
+        frame = frame[columns]
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"data: {str(path)!r} has no data rows or columns")
+    bad = [str(c) for c, dt in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)]
+    if bad:
+        raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only")
+    return Dataset(
+        name=Path(path).stem,
+        data=torch.as_tensor(frame.to_numpy(dtype=np.float64), dtype=torch.get_default_dtype()),
+        description=f"CSV file {path}",
+        source=str(path),
+        feature_names=[str(c) for c in frame.columns],
+    )
+
+
+# --- bundled: no download ------------------------------------------------------------------
+
+
+def _iris(columns: slice, name: str, description: str) -> Dataset:
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    return Dataset(
+        name=name,
+        data=torch.as_tensor(iris.data[:, columns], dtype=torch.get_default_dtype()),
+        description=description,
+        source="scikit-learn sklearn.datasets.load_iris (Fisher 1936, UCI Iris), shipped inside the wheel",
+        feature_names=[n.replace(" (cm)", "_cm").replace(" ", "_") for n in iris.feature_names[columns]],
+        labels=np.asarray(iris.target),
+        label_names=list(iris.target_names),
+    )
+
+
+@register("iris-petals", "Iris petal length and width (cm), 150 x 2, bundled with scikit-learn")
+def _iris_petals(data_dir=None) -> Dataset:
+    # Three species form three groups in the petal plane (setosa far apart, versicolor and
+    # virginica touching): a real, small, 2-D mixture whose clusters can be plotted and scored
+    # against the species labels. Default for the GMM.
+    return _iris(slice(2, 4), "iris-petals", "Iris petal length and width (cm), 150 flowers of 3 species")
+
+
+@register("iris", "Iris, all four measurements (cm), 150 x 4, bundled with scikit-learn")
+def _iris_all(data_dir=None) -> Dataset:
+    return _iris(slice(0, 4), "iris", "Iris sepal and petal length and width (cm), 150 flowers of 3 species")
+
+
+# --- real files from a data directory --------------------------------------------------------
+
+
+@register("old-faithful", "Old Faithful eruptions and waiting times (min), 272 x 2 (needs --data-dir)")
+def _old_faithful(data_dir=None) -> Dataset:
+    rel = "old_faithful/faithful.csv"
+    root = resolve_data_dir(data_dir, "old-faithful", rel)
+    path = root / rel
+    verify_sha256(path, SHA256[rel])
+    ds = load_csv(path, columns=["eruptions", "waiting"])
+    ds.name = "old-faithful"
+    ds.description = "Old Faithful geyser: eruption duration and waiting time to the next eruption (min), 272 eruptions"
+    ds.source = f"{path} (R datasets::faithful via Rdatasets; Härdle 1991)"
+    return ds

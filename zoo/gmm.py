@@ -1,0 +1,271 @@
+"""Gaussian mixture model with diagonal covariances.
+
+Generative story (K components, N points in D dimensions)::
+
+    weights            ~ Dirichlet(concentration * 1_K)                      (K,)
+    for k in 1..K:                                   plate "components"  (dim -1)
+        locs[k]        ~ Normal(center, 2 * spread)                          (K, D)
+        scales[k]      ~ LogNormal(log(spread / 2), 1)                       (K, D)
+    for n in 1..N:                                   plate "data"        (dim -1)
+        assignment[n]  ~ Categorical(weights)                                (N,)   enumerated
+        obs[n]         ~ Normal(locs[assignment[n]], scales[assignment[n]])  (N, D)
+
+Priors are weakly informative *on the scale of the data*: ``center`` and ``spread`` are the
+per-feature mean and standard deviation of the data being fitted (an empirical-Bayes choice, as
+scikit-learn's ``BayesianGaussianMixture`` makes for its mean and covariance priors), unless fixed
+with ``prior_center`` / ``prior_spread``. Without data (``model(None)``, ``simulate``) they
+default to 0 and 1. ``locs ~ Normal(center, 2 spread)`` covers the data's range with room to
+spare; the median prior scale is half the data's spread, and the prior keeps scales away from 0,
+where mixture likelihoods are degenerate. ``Dirichlet(1)`` is uniform on the simplex.
+
+``assignment`` is enumerated (``config_enumerate``), so SVI (``TraceEnum_ELBO``) and NUTS both sum
+it out exactly; ``log_likelihood`` is the same sum in closed form.
+
+Label switching: the likelihood is invariant to permuting components, so every posterior mode has
+K! copies. :meth:`GaussianMixture.align` relabels each draw to a common reference by minimum-cost
+matching of component locations (Hungarian algorithm), then orders the reference by the first
+feature of the locations, so R-hat and SVI-vs-NUTS comparisons are meaningful.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import config_enumerate
+from pyro.nn import PyroParam
+from pyro.ops.indexing import Vindex
+from scipy.optimize import linear_sum_assignment
+from torch.distributions import constraints
+
+from zoo.base import ZooModel, as_matrix, check_positive_int
+
+
+class GaussianMixture(ZooModel):
+    """Bayesian Gaussian mixture with diagonal covariances (see the module docstring).
+
+    :param n_components: number of components K (>= 1).
+    :param concentration: symmetric Dirichlet concentration of ``weights``.
+    :param prior_center: fixed prior center of ``locs`` per feature (default: data mean).
+    :param prior_spread: fixed prior spread per feature (default: data standard deviation).
+    :param dim: feature dimension D for the generative story when no data is given.
+    """
+
+    name = "gmm"
+    global_sites = ("weights", "locs", "scales")
+    dims = {
+        "weights": ["component"],
+        "locs": ["component", "feature"],
+        "scales": ["component", "feature"],
+        "assignment": ["point"],
+        "obs": ["point", "feature"],
+    }
+    default_dataset = "iris-petals"
+    jit_compatible = True
+
+    def __init__(self, n_components: int = 3, *, concentration: float = 1.0,
+                 prior_center=None, prior_spread=None, dim: int = 2):
+        super().__init__()
+        self.n_components = check_positive_int(n_components, "n_components")
+        if not (isinstance(concentration, (int, float)) and concentration > 0):
+            raise ValueError(f"concentration: expected a positive number, got {concentration!r}")
+        self.concentration = float(concentration)
+        self.prior_center = prior_center
+        self.prior_spread = prior_spread
+        self.dim = check_positive_int(dim, "dim")
+
+    # --- priors ----------------------------------------------------------------------------
+    def hyperparameters(self, data=None, dim=None, dtype=None):
+        """``(center, spread)`` of the priors, each of shape (D,)."""
+        if data is not None:
+            dim, dtype = data.shape[-1], data.dtype
+        dim, dtype = dim or self.dim, dtype or torch.get_default_dtype()
+        if self.prior_center is not None:
+            center = torch.as_tensor(self.prior_center, dtype=dtype).expand(dim)
+        elif data is not None:
+            center = data.mean(0)
+        else:
+            center = torch.zeros(dim, dtype=dtype)
+        if self.prior_spread is not None:
+            spread = torch.as_tensor(self.prior_spread, dtype=dtype).expand(dim)
+        elif data is not None and data.shape[0] > 1:
+            spread = data.std(0)
+            spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+        else:
+            spread = torch.ones(dim, dtype=dtype)
+        return center, spread
+
+    # --- the Pyro pair ---------------------------------------------------------------------
+    @config_enumerate
+    def model(self, data=None, *, n: int | None = None):
+        """The generative story. ``data`` is (N, D); with ``data=None`` draw ``n`` points."""
+        K = self.n_components
+        center, spread = self.hyperparameters(data)
+        N = data.shape[0] if data is not None else (n or 1)
+
+        weights = pyro.sample(
+            "weights", dist.Dirichlet(torch.full((K,), self.concentration, dtype=center.dtype))
+        )                                                                             # (K,)
+        with pyro.plate("components", K, dim=-1):
+            locs = pyro.sample("locs", dist.Normal(center, 2 * spread).to_event(1))      # (K, D)
+            scales = pyro.sample(
+                "scales", dist.LogNormal(spread.log() - math.log(2.0), 1.0).to_event(1)
+            )                                                                         # (K, D)
+        with pyro.plate("data", N, dim=-1):
+            assignment = pyro.sample("assignment", dist.Categorical(weights))          # (N,)
+            return pyro.sample(
+                "obs",
+                dist.Normal(Vindex(locs)[..., assignment, :], Vindex(scales)[..., assignment, :]).to_event(1),
+                obs=data,
+            )                                                                         # (N, D)
+
+    def guide(self, data=None, *, n: int | None = None):
+        """Mean-field guide over the global sites; ``assignment`` is left to enumeration.
+
+        q(weights) = Dirichlet(a), q(locs) = Normal(m, s), q(scales) = LogNormal(u, v).
+        Parameters are created on the first call, from a k-means++ fit of the data.
+        """
+        if "q_weights_concentration" not in self._pyro_params:
+            self._init_guide(data)
+        pyro.sample("weights", dist.Dirichlet(self.q_weights_concentration))             # (K,)
+        with pyro.plate("components", self.n_components, dim=-1):
+            pyro.sample("locs", dist.Normal(self.q_locs_loc, self.q_locs_scale).to_event(1))           # (K, D)
+            pyro.sample("scales", dist.LogNormal(self.q_scales_loc, self.q_scales_scale).to_event(1))  # (K, D)
+
+    def _init_guide(self, data):
+        if data is None:
+            raise ValueError("data: the GMM guide is initialized from data; got None")
+        init = self.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+        N = data.shape[0]
+        self.q_weights_concentration = PyroParam(init["weights"] * N + 1.0, constraints.positive)
+        self.q_locs_loc = PyroParam(init["locs"])
+        self.q_locs_scale = PyroParam(init["scales"] / math.sqrt(N) + 1e-3, constraints.positive)
+        self.q_scales_loc = PyroParam(init["scales"].log())
+        self.q_scales_scale = PyroParam(torch.full_like(init["scales"], 0.1), constraints.positive)
+
+    # --- the protocol ----------------------------------------------------------------------
+    def validate(self, data):
+        x = as_matrix(data, name="data")
+        if x.shape[0] < self.n_components:
+            raise ValueError(
+                f"n_components: {self.n_components} components exceed the number of data points N={x.shape[0]}"
+            )
+        return x
+
+    def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """log p(x_n | weights, locs, scales) = logsumexp_k [log w_k + sum_d log N(x_nd | loc_kd, scale_kd)]."""
+        x = data.unsqueeze(-2)                                   # (N, 1, D)
+        locs = params["locs"].unsqueeze(-3)                      # (*b, 1, K, D)
+        scales = params["scales"].unsqueeze(-3)                  # (*b, 1, K, D)
+        component = dist.Normal(locs, scales).log_prob(x).sum(-1)  # (*b, N, K)
+        return torch.logsumexp(component + params["weights"].log().unsqueeze(-2), dim=-1)  # (*b, N)
+
+    def responsibilities(self, data, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """p(assignment_n = k | x_n, params), shape (*b, N, K)."""
+        x = data.unsqueeze(-2)
+        component = dist.Normal(params["locs"].unsqueeze(-3), params["scales"].unsqueeze(-3)).log_prob(x).sum(-1)
+        return torch.softmax(component + params["weights"].log().unsqueeze(-2), dim=-1)
+
+    def simulate(self, n: int, seed: int = 0, params: Mapping[str, torch.Tensor] | None = None):
+        """Draw ``n`` points. Parameters come from the prior unless ``params`` fixes them.
+
+        Returns ``(data (n, D), truth)`` where ``truth`` holds the global sites and ``assignment``.
+        """
+        n = check_positive_int(n, "n")
+        with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
+            model = self.model if params is None else pyro.poutine.condition(self.model, data=dict(params))
+            trace = pyro.poutine.trace(model).get_trace(None, n=n)
+        truth = {k: trace.nodes[k]["value"].detach() for k in (*self.global_sites, "assignment")}
+        return trace.nodes["obs"]["value"].detach(), truth
+
+    def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor]:
+        """k-means++ then Lloyd iterations: weights, centers and per-cluster spreads."""
+        K = self.n_components
+        centers, labels = kmeans(data, K, seed=seed)
+        _, spread = self.hyperparameters(data)
+        counts = torch.bincount(labels, minlength=K).to(data.dtype)
+        scales = torch.stack([
+            data[labels == k].std(0) if counts[k] > 1 else spread for k in range(K)
+        ])
+        scales = torch.maximum(torch.nan_to_num(scales, nan=1.0), 0.05 * spread)
+        weights = (counts + 1) / (counts.sum() + K)
+        return {"weights": weights, "locs": centers, "scales": scales}
+
+    def align(self, draws, reference=None):
+        """Relabel every draw to a common labeling (see the module docstring)."""
+        w, locs, scales = (draws[k] for k in self.global_sites)
+        batch = locs.shape[:-2]
+        K, D = locs.shape[-2:]
+        flat = {k: v.reshape(-1, *v.shape[len(batch):]) for k, v in (("weights", w), ("locs", locs), ("scales", scales))}
+        if reference is not None:
+            ref_locs = reference["locs"].reshape(-1, K, D).mean(0)
+            ref_scales = reference["scales"].reshape(-1, K, D).mean(0)
+            iterations = 2
+        else:  # start from the draw nearest the middle of the run and refine (Stephens-style)
+            mid = flat["locs"].shape[0] // 2
+            ref_locs, ref_scales = flat["locs"][mid], flat["scales"][mid]
+            iterations = 10
+        perm = None
+        for _ in range(iterations):
+            new_perm = _match(flat["locs"], ref_locs, ref_scales)
+            relabeled = {k: _permute(v, new_perm) for k, v in flat.items()}
+            ref_locs, ref_scales = relabeled["locs"].mean(0), relabeled["scales"].mean(0)
+            if perm is not None and torch.equal(new_perm, perm):
+                break
+            perm = new_perm
+        if reference is None:  # canonical order: by the first feature of the reference locations
+            order = torch.argsort(ref_locs[:, 0])
+            relabeled = {k: v[:, order] for k, v in relabeled.items()}
+        return {k: relabeled[k].reshape(*batch, *relabeled[k].shape[1:]) for k in self.global_sites}
+
+    def coords(self, data) -> dict[str, list]:
+        return {"component": list(range(self.n_components))}
+
+    def figures(self, data, posteriors, dataset=None):
+        from zoo import plots
+
+        return {"clusters": plots.mixture_clusters(self, data, posteriors, dataset)}
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iterations: int = 50):
+    """k-means++ seeding and Lloyd iterations on standardized features. Returns (centers, labels)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    scale = x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[-1], dtype=x.dtype)
+    z = x / torch.where(scale > 0, scale, torch.ones_like(scale))
+    centers = z[torch.randint(0, z.shape[0], (1,), generator=gen)]
+    for _ in range(1, k):
+        d2 = torch.cdist(z, centers).min(-1).values ** 2
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / len(d2))
+        centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
+    for _ in range(iterations):
+        labels = torch.cdist(z, centers).argmin(-1)
+        new = torch.stack([z[labels == j].mean(0) if (labels == j).any() else centers[j] for j in range(k)])
+        if torch.allclose(new, centers):
+            break
+        centers = new
+    labels = torch.cdist(z, centers).argmin(-1)
+    return centers * torch.where(scale > 0, scale, torch.ones_like(scale)), labels
+
+
+def _match(locs, ref_locs, ref_scales):
+    """Per draw, the permutation p minimizing sum_k ||(locs[p[k]] - ref[k]) / ref_scale[k]||^2. (S, K)."""
+    cost = (((locs.unsqueeze(-2) - ref_locs) / ref_scales) ** 2).sum(-1)   # (S, K_draw, K_ref)
+    cost = cost.detach().cpu().numpy()
+    perm = np.empty(cost.shape[:2], dtype=np.int64)
+    for s, c in enumerate(cost):
+        rows, cols = linear_sum_assignment(c)
+        perm[s, cols] = rows
+    return torch.as_tensor(perm)
+
+
+def _permute(x, perm):
+    """x[s, perm[s, k], ...] for every draw s."""
+    index = perm.reshape(*perm.shape, *([1] * (x.dim() - 2))).expand(*perm.shape, *x.shape[2:])
+    return torch.gather(x, 1, index.to(x.device))
