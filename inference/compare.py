@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from inference.posterior import Posterior
+from inference.posterior import Posterior, quiet_arviz
 
 AGREE_SMD = 0.25     # |mean_a - mean_b| / sd_b below this: the means agree
 SD_RATIO = (0.5, 2.0)
@@ -84,7 +84,8 @@ def _ess(x: torch.Tensor) -> np.ndarray:
     arr = x.detach().cpu().numpy()
     if arr.shape[0] * arr.shape[1] < 4:
         return np.full(arr.shape[2:], np.nan)
-    return np.asarray(az.ess(az.convert_to_dataset({"x": arr}), method="bulk")["x"].values)
+    with quiet_arviz():
+        return np.asarray(az.ess(az.convert_to_dataset({"x": arr}), method="bulk")["x"].values)
 
 
 def summary_line(df: pd.DataFrame) -> str:

@@ -6,15 +6,13 @@ mixture that is the relabeled draws, so R-hat does not flag mere label switching
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import arviz as az
 import numpy as np
 import pandas as pd
 
-from inference.posterior import Posterior
+from inference.posterior import Posterior, quiet_arviz
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -65,7 +63,7 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
         summary = pd.DataFrame.from_dict(rows, orient="index")
         return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws,
                          [f"point estimate ({n_total} draw): no uncertainty or mixing diagnostics"])
-    with _quiet_arviz():  # one chain (SVI draws): ArviZ logs that split R-hat needs two
+    with quiet_arviz():  # one chain (SVI draws): ArviZ logs that split R-hat needs two
         summary = az.summary(posterior.quantities_idata(), var_names=names, hdi_prob=hdi_prob, round_to="none")
     reasons = []
     rhat = summary["r_hat"].astype(float)
@@ -81,17 +79,6 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
     if divergences:
         reasons.append(f"{divergences} divergent transition{'s' if divergences > 1 else ''} after warmup")
     return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws, reasons)
-
-
-@contextmanager
-def _quiet_arviz():
-    logger = logging.getLogger("arviz")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _elements(name: str, value: np.ndarray):

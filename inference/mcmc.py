@@ -176,7 +176,8 @@ def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, posit
     stats = {k: np.zeros(num_samples) for k in ("step_size", "acceptance_rate", "n_steps", "tree_depth")}
     stats["diverging"] = np.zeros(num_samples, dtype=bool)
     prev_mean, n_div = 0.0, 0
-    bar = tqdm(total=warmup_steps + num_samples, desc=desc, disable=not progress, leave=False, position=position)
+    bar = tqdm(total=warmup_steps + num_samples, desc=desc, disable=None if progress else True, leave=False,
+               position=position)
     try:
         for i in range(warmup_steps + num_samples):
             calls[0] = 0
@@ -218,7 +219,8 @@ def discrete_draws(posterior: Posterior, *, temperature: int = 1, progress: bool
     flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in posterior.samples.items() if k in info.latent}
     out: dict[str, list[torch.Tensor]] = {k: [] for k in info.enumerated}
     with torch.no_grad():
-        for i in tqdm(range(C * S), desc="infer_discrete", disable=not progress, leave=False):
+        for i in tqdm(range(C * S), desc="infer_discrete", disable=None if progress else True,
+                      leave=False):
             conditioned = poutine.condition(target.model_fn, data={k: v[i] for k, v in flat.items()})
             decoded = infer_discrete(conditioned, first_available_dim=-1 - info.max_plate_nesting,
                                      temperature=temperature)

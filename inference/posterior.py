@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
@@ -160,6 +161,18 @@ class Posterior:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def quiet_arviz():
+    """Silence ArviZ's log warnings (e.g. split R-hat on the single 'chain' of SVI draws)."""
+    logger = logging.getLogger("arviz")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _np(x) -> np.ndarray:

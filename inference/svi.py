@@ -147,7 +147,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     losses: list[float] = []
     last_good = [p.detach().clone() for p in params]
-    bar = tqdm(range(num_steps), desc=f"SVI {target.name}", disable=not progress, leave=False)
+    bar = tqdm(range(num_steps), desc=f"SVI {target.name}", disable=None if progress else True, leave=False)
     for step in bar:
         optimizer.zero_grad()
         cause = ""
