@@ -1,4 +1,4 @@
-"""A report folder built from Posterior objects: netCDF, CSV tables, PNG plots and summary.md.
+"""A report folder built from Posterior objects: netCDF, CSV tables, PNG plots, summary.md and .html.
 
 The folder is written to a temporary sibling and renamed into place at the end, so a failure never
 leaves a half-written report, and an existing folder is replaced only when ``force=True``.
@@ -6,6 +6,7 @@ leaves a half-written report, and an existing folder is replaced only when ``for
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import shutil
@@ -100,10 +101,10 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
         except Exception as e:  # a plot that cannot be drawn must not lose the rest of the report
             log.warning("plot %s skipped: %s", stem, e)
             plt.close("all")
-    (folder / "summary.md").write_text(
-        summary_markdown(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
-                         files=files, title=title)
-    )
+    blocks = summary_blocks(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
+                            files=files, title=title)
+    (folder / "summary.md").write_text(render_markdown(blocks))
+    (folder / "summary.html").write_text(render_html(blocks))
 
 
 def plot_losses(posteriors: Mapping[str, Posterior]):
@@ -126,17 +127,7 @@ def plot_losses(posteriors: Mapping[str, Posterior]):
     return fig
 
 
-# --- summary.md ------------------------------------------------------------------------------
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub-markdown table (no extra dependency)."""
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        cells = [str(idx)] + [format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+# --- summary.md / summary.html -------------------------------------------------------------
 
 
 def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
@@ -153,35 +144,75 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="") -> str:
+def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title=""):
+    """The summary as a list of ``(kind, content)`` blocks: h1, h2, p, table, pre, file."""
     first = next(iter(posteriors.values()))
     zoo_model = first.target.zoo
-    parts = [f"# {title or first.target.name}", ""]
+    blocks = [("h1", title or first.target.name)]
     if dataset is not None:
         shape = tuple(dataset.data.shape) if hasattr(dataset.data, "shape") else ""
-        parts += [f"**Data**: `{dataset.name}` {shape}: {dataset.description}  ", f"Source: {dataset.source}", ""]
+        blocks += [("p", f"Data: {dataset.name} {shape}: {dataset.description}. Source: {dataset.source}")]
     if zoo_model is not None:
-        config = ", ".join(f"{k}={v}" for k, v in zoo_model.config().items())
-        parts += [f"**Model**: `{zoo_model.name}` ({config})", ""]
-    parts += ["## Runs", ""]
+        blocks += [("p", f"Model: {zoo_model.name} ({', '.join(f'{k}={v}' for k, v in zoo_model.config().items())})")]
     runs = pd.DataFrame.from_dict(
         {label: {"chains": p.num_chains, "draws": p.num_draws, "wall time (s)": p.wall_time,
                  "settings": ", ".join(f"{k}={v}" for k, v in p.settings.items())}
          for label, p in posteriors.items()}, orient="index").rename_axis("method")
-    parts += [markdown_table(runs), ""]
+    blocks += [("h2", "Runs"), ("table", runs)]
     if comparison is not None:
         la, lb = comparison.attrs["labels"]
-        parts += [f"## {la.upper()} vs {lb.upper()} (reference: {lb.upper()})", "", summary_line(comparison), "",
-                  "smd = (mean_a - mean_b) / sd_b; sd_ratio = sd_a / sd_b.", "",
-                  markdown_table(comparison.drop(columns=["site"])), ""]
+        blocks += [("h2", f"{la.upper()} vs {lb.upper()} (reference: {lb.upper()})"),
+                   ("p", summary_line(comparison)),
+                   ("p", "smd = (mean_a - mean_b) / sd_b; sd_ratio = sd_a / sd_b."),
+                   ("table", comparison.drop(columns=["site"]))]
     if diagnoses:
-        parts += ["## Diagnostics", ""]
-        for label, d in diagnoses.items():
-            parts += ["```", str(d), "```", ""]
+        blocks += [("h2", "Diagnostics")] + [("pre", str(d)) for d in diagnoses.values()]
     loo = loo_table(posteriors)
     if len(loo):
-        parts += ["## PSIS-LOO (marginal pointwise log-likelihood)", "", markdown_table(loo), ""]
+        blocks += [("h2", "PSIS-LOO (marginal pointwise log-likelihood)"), ("table", loo)]
     if files:
-        parts += ["## Files", ""] + [f"- [{f}]({f})" if not f.endswith(".png") else f"- {f}\n\n  ![{f}]({f})"
-                                     for f in files] + [""]
-    return "\n".join(parts)
+        blocks += [("h2", "Files")] + [("file", f) for f in files]
+    return blocks
+
+
+def _cell(v, floatfmt=".4g") -> str:
+    return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-markdown table (no extra dependency)."""
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join([str(idx)] + [_cell(v) for v in row]) + " |" for idx, row in df.iterrows()]
+    return "\n".join(lines)
+
+
+def render_markdown(blocks) -> str:
+    out = []
+    for kind, content in blocks:
+        out.append({
+            "h1": lambda c: f"# {c}", "h2": lambda c: f"## {c}", "p": str, "table": markdown_table,
+            "pre": lambda c: f"```\n{c}\n```",
+            "file": lambda c: f"- {c}\n\n  ![{c}]({c})" if c.endswith(".png") else f"- [{c}]({c})",
+        }[kind](content))
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks) -> str:
+    def table(df):
+        return df.to_html(float_format=lambda v: _cell(v), border=0, classes="table")
+
+    body = []
+    for kind, content in blocks:
+        body.append({
+            "h1": lambda c: f"<h1>{html.escape(c)}</h1>", "h2": lambda c: f"<h2>{html.escape(c)}</h2>",
+            "p": lambda c: f"<p>{html.escape(c)}</p>", "table": table,
+            "pre": lambda c: f"<pre>{html.escape(c)}</pre>",
+            "file": lambda c: (f'<figure><img src="{c}" alt="{c}"><figcaption>{c}</figcaption></figure>'
+                               if c.endswith(".png") else f'<p><a href="{c}">{c}</a></p>'),
+        }[kind](content))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:90%}td,th{padding:2px 8px;text-align:right}"
+             "tr:nth-child(even){background:#f4f4f4}img{max-width:100%}pre{background:#f4f4f4;padding:1em}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(blocks[0][1])}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

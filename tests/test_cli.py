@@ -8,7 +8,7 @@ import pytest
 from zoo.cli import main
 
 TINY = ["--steps", "60", "--samples", "40", "--warmup", "40", "--chains", "2", "--quiet"]
-REPORT = {"posterior_svi.nc", "posterior_nuts.nc", "comparison.csv", "diagnostics.csv", "summary.md",
+REPORT = {"posterior_svi.nc", "posterior_nuts.nc", "comparison.csv", "diagnostics.csv", "summary.md", "summary.html",
           "trace.png", "rank.png", "forest.png", "density.png", "clusters.png", "loss.png"}
 
 
@@ -36,6 +36,7 @@ def test_compare_writes_every_file(compared, capsys):
     assert REPORT <= {p.name for p in out.iterdir()}
     summary = (out / "summary.md").read_text()
     assert "SVI vs NUTS" in summary and "PSIS-LOO" in summary
+    assert "<img src=\"clusters.png\"" in (out / "summary.html").read_text()
     assert not list(out.parent.glob(".report.partial-*"))
 
 
