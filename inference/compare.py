@@ -49,7 +49,7 @@ def compare(a: Posterior, b: Posterior, *, labels=None) -> pd.DataFrame:
         mean_a, sd_a = xa.mean((0, 1)), _sd(xa)
         mean_b, sd_b = xb.mean((0, 1)), _sd(xb)
         for idx in np.ndindex(tuple(mean_b.shape)):
-            label = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+            label = b.element_label(name, idx)
             ma, mb, sa, sb = (float(t[idx]) for t in (mean_a, mean_b, sd_a, sd_b))
             smd = (ma - mb) / sb if sb > 0 else (0.0 if ma == mb else np.inf)
             ratio = sa / sb if sb > 0 else np.nan

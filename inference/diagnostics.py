@@ -58,8 +58,9 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
     if n_total < 4:
         rows = {}
         for name in names:
-            for label, value in _elements(name, posterior.aligned[name].mean((0, 1)).numpy()):
-                rows[label] = {"mean": value}
+            mean = posterior.aligned[name].mean((0, 1)).numpy()
+            for idx in np.ndindex(mean.shape):
+                rows[posterior.element_label(name, idx)] = {"mean": float(mean[idx])}
         summary = pd.DataFrame.from_dict(rows, orient="index")
         return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws,
                          [f"point estimate ({n_total} draw): no uncertainty or mixing diagnostics"])
@@ -79,16 +80,6 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
     if divergences:
         reasons.append(f"{divergences} divergent transition{'s' if divergences > 1 else ''} after warmup")
     return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws, reasons)
-
-
-def _elements(name: str, value: np.ndarray):
-    """``("locs[0, 1]", value)`` for every scalar element (ArviZ's label style)."""
-    value = np.asarray(value)
-    if value.ndim == 0:
-        yield name, float(value)
-        return
-    for idx in np.ndindex(value.shape):
-        yield f"{name}[{', '.join(map(str, idx))}]", float(value[idx])
 
 
 # --- plots -----------------------------------------------------------------------------------

@@ -143,6 +143,18 @@ class Posterior:
         coords = {**self.target.coords(self.data), **self.coords}
         return _from_dict(groups, coords=coords, dims=dims, attrs=attrs)
 
+    def element_label(self, name: str, index: tuple) -> str:
+        """ArviZ-style label of one scalar element, with coordinate names: ``locs[0, petal_length_cm]``."""
+        if not index:
+            return name
+        dims = self.target.dims.get(name, [])
+        coords = {**self.target.coords(self.data), **self.coords}
+        parts = []
+        for pos, j in enumerate(index):
+            values = coords.get(dims[pos]) if pos < len(dims) else None
+            parts.append(str(values[j]) if values is not None and j < len(values) else str(j))
+        return f"{name}[{', '.join(parts)}]"
+
     def quantities_idata(self, quantities: Mapping[str, torch.Tensor] | None = None):
         """A posterior-only InferenceData of identifiable quantities (default ``aligned``): cheap,
         for summaries and plots that need no log-likelihood or predictive draws."""

@@ -182,7 +182,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     return Posterior(
         target, data, samples, method=method, wall_time=time.perf_counter() - start, losses=losses,
         guide=guide_fn, coords=coords,
-        settings=dict(guide=guide if isinstance(guide, str) or guide is None else "custom",
+        settings=dict(guide=guide if isinstance(guide, str) else "model's own" if guide is None else "custom",
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
                       seed=seed),
     )
