@@ -178,7 +178,7 @@ class Posterior:
 @contextmanager
 def quiet_arviz():
     """Silence ArviZ's log warnings (e.g. split R-hat on the single 'chain' of SVI draws)."""
-    logger = logging.getLogger("arviz")
+    logger = getattr(az, "_log", None) or logging.getLogger("arviz")  # ArviZ 0.x keeps its own Logger
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
