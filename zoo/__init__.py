@@ -15,12 +15,19 @@ import inspect
 
 from zoo.base import ZooModel
 
-__all__ = ["ZooModel", "get", "list_models"]
+__all__ = ["ZooModel", "get", "list_models", "register"]
 
-# name -> "module:Class"; modules are imported on first use
+# name -> "module:Class" (imported on first use) or a class added with register()
 _REGISTRY = {
     "gmm": "zoo.gmm:GaussianMixture",
 }
+
+
+def register(name: str, cls: type[ZooModel]) -> None:
+    """Add your own :class:`ZooModel` subclass under ``name`` (then ``get``, the CLI and reports know it)."""
+    if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
+        raise TypeError(f"cls: expected a ZooModel subclass, got {cls!r}")
+    _REGISTRY[name] = cls
 
 
 def list_models() -> list[str]:
@@ -31,7 +38,10 @@ def list_models() -> list[str]:
 def model_class(name: str) -> type[ZooModel]:
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"model: unknown model {name!r}; available: {', '.join(list_models())}")
-    module, cls = _REGISTRY[name].split(":")
+    entry = _REGISTRY[name]
+    if isinstance(entry, type):
+        return entry
+    module, cls = entry.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
