@@ -83,9 +83,16 @@ class Posterior:
         return {k: self.samples[k] for k in self.target.global_sites(self.data) if k in self.samples}
 
     @cached_property
+    def alignment(self) -> dict[str, torch.Tensor]:
+        """The model's ``align`` output including its frame of reference (``alignment_frame``): what
+        another posterior of the same model is aligned to (``align(draws, reference=post.alignment)``)."""
+        return self.target.align(self.global_samples, with_frame=True)
+
+    @cached_property
     def aligned(self) -> dict[str, torch.Tensor]:
         """Identifiable quantities (model's ``align``), shape ``(chain, draw, ...)`` each."""
-        return self.target.align(self.global_samples)
+        frame = set(self.target.frame_keys)
+        return {k: v for k, v in self.alignment.items() if k not in frame}
 
     def flat(self, name: str) -> torch.Tensor:
         """Draws of a sample site or aligned quantity with chains concatenated: ``(chain*draw, ...)``."""

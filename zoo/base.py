@@ -32,6 +32,11 @@ class ZooModel(PyroModule):
     default_dataset: ClassVar[str] = ""
     #: whether the model's potential can be traced by ``torch.jit`` (no value-dependent Python control flow)
     jit_compatible: ClassVar[bool] = False
+    #: entries of ``align``'s output that are a frame of reference rather than quantities (PPCA: the
+    #: principal axes that subspace angles are measured from). ``Posterior.alignment`` keeps them and
+    #: hands them to another posterior's ``align(..., reference=...)``; ``Posterior.aligned`` and
+    #: everything built on it (compare, diagnose, plots, idata) leave them out.
+    alignment_frame: ClassVar[tuple[str, ...]] = ()
 
     # --- the Pyro pair -------------------------------------------------------------------
     def model(self, data=None):  # pragma: no cover - abstract
@@ -39,6 +44,16 @@ class ZooModel(PyroModule):
 
     def guide(self, data=None):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def marginal_model(self, data=None):
+        """The same model with local *continuous* latents integrated out where that has a closed form.
+
+        NUTS samples this form and MAP (``fit_svi(..., guide="delta")``) maximizes it: far fewer
+        dimensions for NUTS, and a point estimate of the marginal posterior of the global sites instead
+        of a joint mode over globals and locals. SVI with the model's own guide or an autoguide uses
+        :meth:`model`. Same sites, same priors, same marginal likelihood; the default is :meth:`model`.
+        """
+        return self.model(data)
 
     # --- the protocol --------------------------------------------------------------------
     def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
