@@ -27,8 +27,7 @@ def _labels(a: Posterior, b: Posterior, labels) -> tuple[str, str]:
 
 def aligned_pair(a: Posterior, b: Posterior) -> tuple[dict, dict]:
     """Identifiable quantities of ``a`` (in ``b``'s labeling) and of ``b``."""
-    ref = b.aligned
-    return a.target.align(a.global_samples, reference=ref), ref
+    return a.target.align(a.global_samples, reference=b.alignment), b.aligned
 
 
 def compare(a: Posterior, b: Posterior, *, labels=None) -> pd.DataFrame:
@@ -105,7 +104,7 @@ def _aligned_idata(posteriors: dict[str, Posterior]):
     """InferenceData of each posterior's identifiable quantities in a common labeling."""
     ref = list(posteriors.values())[-1]
     return {label: post.quantities_idata(
-        None if post is ref else post.target.align(post.global_samples, reference=ref.aligned))
+        None if post is ref else post.target.align(post.global_samples, reference=ref.alignment))
         for label, post in posteriors.items()}
 
 

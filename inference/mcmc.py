@@ -61,7 +61,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         raise ValueError(f"init: expected one dict or {num_chains} dicts (one per chain), got {len(init)}")
     target = as_target(model)
     data = target.validate(data)
-    info = target.info(data)
+    info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
     jit = target.jit_compatible if jit is None else bool(jit)
 
     def chain(c: int, position: int = 0):
@@ -71,7 +71,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         if values is None:
             values = target.initial_values(data, seed=cseed)
         strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
-        kernel = NUTS(target.model_fn, target_accept_prob=target_accept, jit_compile=jit,
+        kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
                       ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
                       max_tree_depth=max_tree_depth, full_mass=dense_mass, init_strategy=strategy)
         return _run_chain(kernel, data, warmup_steps, num_samples, desc=f"NUTS chain {c + 1}/{num_chains}",
@@ -214,7 +214,7 @@ def discrete_draws(posterior: Posterior, *, temperature: int = 1, progress: bool
     (Viterbi-like) configuration per draw.
     """
     target, data = posterior.target, posterior.data
-    info = target.info(data)
+    info = target.info(data)   # the explicit story: discrete latents as sample sites
     C, S = posterior.num_chains, posterior.num_draws
     flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in posterior.samples.items() if k in info.latent}
     out: dict[str, list[torch.Tensor]] = {k: [] for k in info.enumerated}

@@ -84,9 +84,16 @@ class Posterior:
         return {k: self.samples[k] for k in self.target.global_sites(self.data) if k in self.samples}
 
     @cached_property
+    def alignment(self) -> dict[str, torch.Tensor]:
+        """The model's ``align`` output including its frame of reference (``alignment_frame``): what
+        another posterior of the same model is aligned to (``align(draws, reference=post.alignment)``)."""
+        return self.target.align(self.global_samples, with_frame=True)
+
+    @cached_property
     def aligned(self) -> dict[str, torch.Tensor]:
         """Identifiable quantities (model's ``align``), shape ``(chain, draw, ...)`` each."""
-        return self.target.align(self.global_samples)
+        frame = set(self.target.frame_keys)
+        return {k: v for k, v in self.alignment.items() if k not in frame}
 
     def flat(self, name: str) -> torch.Tensor:
         """Draws of a sample site or aligned quantity with chains concatenated: ``(chain*draw, ...)``."""
@@ -112,9 +119,9 @@ class Posterior:
         keep = max(1, min(self.num_draws, max_draws // max(1, self.num_chains)))
         idx = torch.linspace(0, self.num_draws - 1, keep).round().long()
         draws = {k: v[:, idx].reshape(-1, *v.shape[2:]) for k, v in self.global_samples.items()}
-        obs = self.target.info(self.data).observed
+        obs = self.target.info(self.data, marginal=True).observed
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
-            model = InitMessenger(sample_or_uniform)(self.target.model_fn)  # improper priors: no prior draws
+            model = InitMessenger(sample_or_uniform)(self.target.marginal_fn)  # improper priors: no prior draws
             pred = Predictive(model, posterior_samples=draws, return_sites=list(obs))(self.data)
         return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
 

@@ -52,21 +52,23 @@ class SVIDivergedError(RuntimeError):
         self.step, self.losses, self.model = step, losses, model
 
 
-def make_guide(target: Target, guide, data, init=None):
+def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False):
     """Resolve ``guide``: None (the zoo model's own, else AutoNormal), a name in GUIDES, or a callable.
 
     Autoguides start at ``init`` (constrained values), else the zoo model's ``initial_values``, else
-    the prior median."""
+    the prior median. They are built on ``target.model_fn``, or on ``target.marginal_fn`` when
+    ``marginal`` (MAP, or a model with ``svi_marginal``)."""
     if guide is None:
         guide = target.default_guide() or "normal"
     if callable(guide):
         return guide
     if guide not in GUIDES:
         raise ValueError(f"guide: expected a callable or one of {', '.join(GUIDES)}, got {guide!r}")
-    info = target.info(data)
+    info = target.info(data, marginal=marginal)
+    model_fn = target.marginal_fn if marginal else target.model_fn
     values = init if init is not None else target.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     init = init_to_value(values=dict(values), fallback=init_to_median_any) if values else init_to_median_any
-    hidden = poutine.block(target.model_fn, hide=list(info.enumerated)) if info.enumerated else target.model_fn
+    hidden = poutine.block(model_fn, hide=list(info.enumerated)) if info.enumerated else model_fn
     return GUIDES[guide](hidden) if guide == "iaf" else GUIDES[guide](hidden, init_loc_fn=init)
 
 
@@ -111,6 +113,9 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     :param model: a zoo model or a plain Pyro callable ``model(data)``.
     :param guide: None (the zoo model's own guide; AutoNormal for a plain callable), "delta" (MAP),
         "normal", "mvn", "iaf", or a Pyro guide callable. Autoguides built here hide enumerated sites.
+        MAP maximizes the model's marginal form (``ZooModel.marginal_model``: local continuous latents
+        integrated out where the model can), so it estimates the globals' marginal posterior mode;
+        every other guide fits ``model`` (or ``marginal_model`` for a zoo model with ``svi_marginal``).
     :param elbo: "auto" (TraceEnum_ELBO when the model has enumerated sites, else Trace_ELBO),
         "trace", "traceenum", or a Pyro ELBO instance.
     :param lr: Adam learning rate; it decays exponentially to ``lr * lr_decay`` at the last step.
@@ -128,13 +133,15 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     target = as_target(model, copy_model=True)
     data = target.validate(data)
     set_seed(seed)
-    info = target.info(data)
     method = "map" if guide == "delta" else "svi"
-    guide_fn = make_guide(target, guide, data, init)
+    marginal = method == "map" or target.svi_marginal
+    info = target.info(data, marginal=marginal)
+    model_fn = target.marginal_fn if marginal else target.model_fn
+    guide_fn = make_guide(target, guide, data, init, marginal=marginal)
     loss_obj = make_elbo(elbo, info, num_particles, vectorize_particles)
 
     def loss_fn():
-        return loss_obj.differentiable_loss(target.model_fn, guide_fn, data)
+        return loss_obj.differentiable_loss(model_fn, guide_fn, data)
 
     start = time.perf_counter()
     with warnings.catch_warnings():

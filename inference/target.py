@@ -87,7 +87,18 @@ def is_zoo_model(obj) -> bool:
 
 
 class Target:
-    """A model as inference uses it. ``copy=True`` deep-copies a zoo model (fits never mutate it)."""
+    """A model as inference uses it. ``copy=True`` deep-copies a zoo model (fits never mutate it).
+
+    Two forms of one model (the same global sites, priors and marginal likelihood):
+
+    - ``model_fn``, the generative story with every latent explicit (the zoo model's ``model``): what
+      SVI fits with the model's own guide or an autoguide, and what ``infer_discrete`` draws
+      enumerated sites from;
+    - ``marginal_fn``, local latents summed or integrated out in closed form (the zoo model's
+      ``marginal_model`` when it has one, else ``model``): what NUTS samples, MAP maximizes and the
+      posterior predictive replicates data from. A zoo model whose own guide covers only its global
+      sites may set ``svi_marginal = True`` so that SVI fits this form too.
+    """
 
     def __init__(self, model, *, copy_model: bool = False):
         if isinstance(model, Target):
@@ -95,26 +106,35 @@ class Target:
         if is_zoo_model(model):
             self.zoo = copy.deepcopy(model) if copy_model else model
             self.model_fn = self.zoo.model
+            self.marginal_fn = getattr(self.zoo, "marginal_model", None) or self.zoo.model
+            self.svi_marginal = bool(getattr(self.zoo, "svi_marginal", False))
             self.name = getattr(self.zoo, "name", type(model).__name__)
         elif callable(model):
             self.zoo = None
-            self.model_fn = model
+            self.model_fn = self.marginal_fn = model
+            self.svi_marginal = False
             self.name = getattr(model, "__name__", type(model).__name__)
         else:
             raise TypeError(
                 f"model: expected a zoo model or a Pyro callable model(data), got {type(model).__name__}"
             )
         self.source = self.zoo if self.zoo is not None else model
-        self._info_cache: tuple[int, ModelInfo] | None = None
+        self._info_cache: tuple[int, dict[bool, ModelInfo]] | None = None
 
     # --- facts about the model ---------------------------------------------------------------
     def validate(self, data):
         return self.zoo.validate(data) if self.zoo is not None else data
 
-    def info(self, data) -> ModelInfo:
+    def info(self, data, *, marginal: bool = False) -> ModelInfo:
+        """Structure of ``model_fn`` (or, with ``marginal=True``, of ``marginal_fn``) on ``data``."""
         if self._info_cache is None or self._info_cache[0] != id(data):
-            self._info_cache = (id(data), inspect_model(self.model_fn, data))
-        return self._info_cache[1]
+            self._info_cache = (id(data), {})
+        cache = self._info_cache[1]
+        if marginal not in cache:
+            same = self.marginal_fn == self.model_fn
+            cache[marginal] = (self.info(data) if marginal and same
+                               else inspect_model(self.marginal_fn if marginal else self.model_fn, data))
+        return cache[marginal]
 
     def global_sites(self, data) -> tuple[str, ...]:
         if self.zoo is not None:
@@ -145,10 +165,22 @@ class Target:
         return self.zoo.guide if self.zoo is not None else None
 
     # --- quantities ------------------------------------------------------------------------
-    def align(self, draws: Mapping[str, torch.Tensor], reference=None) -> dict[str, torch.Tensor]:
-        if self.zoo is not None:
-            return dict(self.zoo.align(draws, reference=reference))
-        return dict(draws)
+    @property
+    def frame_keys(self) -> tuple[str, ...]:
+        """Entries of ``align``'s output that are a frame of reference, not quantities."""
+        return tuple(getattr(self.zoo, "alignment_frame", ()) or ())
+
+    def align(self, draws: Mapping[str, torch.Tensor], reference=None, *,
+              with_frame: bool = False) -> dict[str, torch.Tensor]:
+        """Identifiable quantities of ``draws`` (in ``reference``'s frame when given); the frame entries
+        (``frame_keys``) are dropped unless ``with_frame``."""
+        if self.zoo is None:
+            return dict(draws)
+        out = dict(self.zoo.align(draws, reference=reference))
+        if not with_frame:
+            for key in self.frame_keys:
+                out.pop(key, None)
+        return out
 
     def log_likelihood(self, data, params: Mapping[str, torch.Tensor], batch_ndim: int) -> torch.Tensor:
         """Pointwise marginal log-likelihood for draws with ``batch_ndim`` leading dims: (*batch, N)."""

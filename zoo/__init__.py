@@ -2,7 +2,7 @@
 
     >>> import zoo
     >>> zoo.list_models()
-    ['gmm']
+    ['gmm', 'ppca']
     >>> m = zoo.get("gmm", n_components=3)
 
 Each model follows the protocol of :class:`zoo.base.ZooModel`.
@@ -20,6 +20,7 @@ __all__ = ["ZooModel", "get", "list_models", "register"]
 # name -> "module:Class" (imported on first use) or a class added with register()
 _REGISTRY = {
     "gmm": "zoo.gmm:GaussianMixture",
+    "ppca": "zoo.ppca:PPCA",
 }
 
 

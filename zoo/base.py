@@ -32,6 +32,20 @@ class ZooModel(PyroModule):
     default_dataset: ClassVar[str] = ""
     #: whether the model's potential can be traced by ``torch.jit`` (no value-dependent Python control flow)
     jit_compatible: ClassVar[bool] = False
+    #: entries of ``align``'s output that are a frame of reference rather than quantities (PPCA: the
+    #: principal axes that subspace angles are measured from). ``Posterior.alignment`` keeps them and
+    #: hands them to another posterior's ``align(..., reference=...)``; ``Posterior.aligned`` and
+    #: everything built on it (compare, diagnose, plots, idata) leave them out.
+    alignment_frame: ClassVar[tuple[str, ...]] = ()
+    #: optional method ``marginal_model(data)``: the same model with its local latents summed or
+    #: integrated out in closed form (same global sites and priors, one observed site
+    #: ``observed_site``, same marginal likelihood). NUTS samples it, MAP maximizes it and the
+    #: posterior predictive replicates data from it: far fewer dimensions for NUTS, and MAP estimates
+    #: the mode of the globals' marginal posterior. ``None``: ``model`` serves for everything.
+    marginal_model = None
+    #: True when SVI should fit ``marginal_model`` too (the own guide covers only the global sites, and
+    #: the closed form is cheaper than enumerating or sampling the locals); else SVI fits ``model``.
+    svi_marginal: ClassVar[bool] = False
 
     # --- the Pyro pair -------------------------------------------------------------------
     def model(self, data=None):  # pragma: no cover - abstract

@@ -14,7 +14,7 @@ def _aligned_means(posteriors):
     ref = posteriors[labels[-1]]
     means = {}
     for label, post in posteriors.items():
-        q = ref.aligned if post is ref else post.target.align(post.global_samples, reference=ref.aligned)
+        q = ref.aligned if post is ref else post.target.align(post.global_samples, reference=ref.alignment)
         means[label] = {k: v.mean((0, 1)) for k, v in q.items()}
     return means, ref
 
@@ -73,5 +73,88 @@ def mixture_clusters(model, data, posteriors, dataset=None):
             ax2.set_ylabel(names[1])
         ax2.legend(fontsize=8)
         ax2.set_title(f"known classes (adjusted Rand index of the clusters: {ari:.3f})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --- PPCA --------------------------------------------------------------------------------------
+
+
+def _interval(x: torch.Tensor, prob: float = 0.94):
+    """Median and central ``prob`` interval over the leading (draw) dim."""
+    q = torch.tensor([(1 - prob) / 2, 0.5, (1 + prob) / 2], dtype=x.dtype)
+    lo, med, hi = torch.quantile(x, q, dim=0)
+    return med.numpy(), lo.numpy(), hi.numpy()
+
+
+def scree(model, data, posteriors, dataset=None):
+    """Eigenvalues of the sample covariance (1/N; columns mean-imputed where entries are missing) with
+    each posterior's K leading eigenvalues of W W^T + sigma^2 I and its noise variance sigma^2 (the
+    remaining D - K eigenvalues of the model covariance): medians and 94% intervals."""
+    x = data.double()
+    observed = ~torch.isnan(x)
+    center = torch.where(observed, x, torch.zeros(())).sum(0) / observed.sum(0)
+    x = torch.where(observed, x, center)
+    S = (x - x.mean(0)).T @ (x - x.mean(0)) / x.shape[0]
+    sample = torch.linalg.eigvalsh(S).flip(0).numpy()
+    D, K = len(sample), model.n_components
+    ranks = np.arange(1, D + 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(ranks, sample, "o-", color="0.4", ms=4, lw=1, label="sample covariance (1/N)")
+    n = len(posteriors)
+    for i, (label, post) in enumerate(posteriors.items()):
+        offset = (i - (n - 1) / 2) * 0.18
+        ev = post.aligned["explained_variance"].reshape(-1, K).double()
+        s2 = post.aligned["noise_variance"].reshape(-1).double()
+        med, lo, hi = _interval(ev)
+        color = f"C{i}"
+        ax.errorbar(np.arange(1, K + 1) + offset, med, yerr=[med - lo, hi - med], fmt="s", color=color, ms=5,
+                    capsize=3, label=f"{label.upper()}: leading eigenvalues (94%)")
+        smed, slo, shi = _interval(s2.unsqueeze(-1))
+        ax.hlines(smed[0], K + 0.5, D + 0.5, color=color, ls="--", lw=1.2,
+                  label=f"{label.upper()}: noise variance $\\sigma^2$")
+        ax.fill_between([K + 0.5, D + 0.5], slo[0], shi[0], color=color, alpha=0.15)
+    ax.set_xlabel("component")
+    ax.set_ylabel("eigenvalue (variance)")
+    ax.set_xticks(ranks)
+    ax.set_title(f"Scree plot: PPCA with K={K} of D={D}" + (f" ({dataset.name})" if dataset is not None else ""),
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def latent_projection(model, data, posteriors, dataset=None, max_draws: int = 400):
+    """The data projected on the reference posterior's principal axes: the posterior mean over draws of
+    E[z_n | x_n] rotated, per draw, to the frame of the reference's principal axes (so the rotation of
+    W does not blur it), coloured by the dataset's classes when it has them."""
+    labels = list(posteriors)
+    ref = posteriors[labels[-1]]
+    axes_ref = ref.alignment["principal_axes"].double()                          # (D, K)
+    draws = {k: v.reshape(-1, *v.shape[2:]).double() for k, v in ref.global_samples.items()}
+    S = draws["loadings"].shape[0]
+    keep = torch.linspace(0, S - 1, min(max_draws, S)).round().long()
+    draws = {k: v[keep] for k, v in draws.items()}
+    x = data.double()
+    z, _ = model.posterior_z(x, draws)                                            # (s, N, K)
+    # coordinates along the reference axes: axes^T W E[z | x] (the denoised point's projection)
+    recon = (draws["loadings"].unsqueeze(-3) @ z.unsqueeze(-1)).squeeze(-1)      # (s, N, D)
+    coords = (recon @ axes_ref).mean(0).numpy()                                   # (N, K)
+    K = coords.shape[1]
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    has_labels = dataset is not None and dataset.labels is not None and len(dataset.labels) == len(coords)
+    y = coords[:, 1] if K > 1 else np.random.default_rng(0).uniform(-0.3, 0.3, len(coords))
+    if has_labels:
+        names = dataset.label_names or [str(v) for v in np.unique(dataset.labels)]
+        for j, name in enumerate(names):
+            sel = dataset.labels == j
+            ax.scatter(coords[sel, 0], y[sel], s=16, alpha=0.8, label=name, edgecolors="none")
+        ax.legend(fontsize=8)
+    else:
+        ax.scatter(coords[:, 0], y, s=16, alpha=0.8, edgecolors="none")
+    ax.set_xlabel("principal axis 1")
+    ax.set_ylabel("principal axis 2" if K > 1 else "(jitter)")
+    ax.set_title(f"Data on the {labels[-1].upper()} posterior's principal axes"
+                 + (f" (first 2 of {K})" if K > 2 else ""), fontsize=10)
     fig.tight_layout()
     return fig
