@@ -95,7 +95,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     divergences = int(sample_stats["diverging"].sum())
     log.info("NUTS %s: %d chains x %d draws in %.1fs, %d divergences", target.name, num_chains,
              num_samples, posterior.wall_time, divergences)
-    if recover_discrete and info.enumerated:
+    if recover_discrete and target.discrete_info(data).enumerated:
         posterior.samples.update(discrete_draws(posterior, progress=progress))
     return posterior
 
@@ -213,13 +213,13 @@ def discrete_draws(posterior: Posterior, *, temperature: int = 1, progress: bool
     (Viterbi-like) configuration per draw.
     """
     target, data = posterior.target, posterior.data
-    info = target.info(data)
+    info = target.discrete_info(data)
     C, S = posterior.num_chains, posterior.num_draws
     flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in posterior.samples.items() if k in info.latent}
     out: dict[str, list[torch.Tensor]] = {k: [] for k in info.enumerated}
     with torch.no_grad():
         for i in tqdm(range(C * S), desc="infer_discrete", disable=not progress, leave=False):
-            conditioned = poutine.condition(target.model_fn, data={k: v[i] for k, v in flat.items()})
+            conditioned = poutine.condition(target.discrete_fn, data={k: v[i] for k, v in flat.items()})
             decoded = infer_discrete(conditioned, first_available_dim=-1 - info.max_plate_nesting,
                                      temperature=temperature)
             trace = poutine.trace(decoded).get_trace(data)

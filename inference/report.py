@@ -37,8 +37,8 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
                  comparison: pd.DataFrame | None = None, diagnoses: Mapping[str, Diagnosis] | None = None,
-                 title: str = "", force: bool = False) -> Path:
-    """Write the report folder and return its path."""
+                 title: str = "", force: bool = False, heldout: pd.DataFrame | None = None) -> Path:
+    """Write the report folder and return its path. ``heldout``: held-out scores per data split."""
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -46,7 +46,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title)
+        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, heldout)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -60,7 +60,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
     return out
 
 
-def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
+def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, heldout=None):
     files: list[str] = []
     for label, post in posteriors.items():
         post.to_netcdf(folder / f"posterior_{label}.nc")
@@ -72,6 +72,9 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
         table = pd.concat({label: d.summary for label, d in diagnoses.items()}, names=["method", "quantity"])
         table.to_csv(folder / "diagnostics.csv")
         files.append("diagnostics.csv")
+    if heldout is not None:
+        heldout.to_csv(folder / "heldout.csv")
+        files.append("heldout.csv")
 
     figures = {}
     sampled = [p for p in posteriors.values() if p.num_chains > 1]
@@ -102,7 +105,7 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
             plt.close("all")
     (folder / "summary.md").write_text(
         summary_markdown(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
-                         files=files, title=title)
+                         files=files, title=title, heldout=heldout)
     )
 
 
@@ -153,7 +156,8 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="") -> str:
+def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="",
+                     heldout=None) -> str:
     first = next(iter(posteriors.values()))
     zoo_model = first.target.zoo
     parts = [f"# {title or first.target.name}", ""]
@@ -178,6 +182,8 @@ def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=Non
         parts += ["## Diagnostics", ""]
         for label, d in diagnoses.items():
             parts += ["```", str(d), "```", ""]
+    if heldout is not None:
+        parts += ["## Held-out data (log predictive density)", "", markdown_table(heldout), ""]
     loo = loo_table(posteriors)
     if len(loo):
         parts += ["## PSIS-LOO (marginal pointwise log-likelihood)", "", markdown_table(loo), ""]

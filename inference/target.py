@@ -87,18 +87,24 @@ def is_zoo_model(obj) -> bool:
 
 
 class Target:
-    """A model as inference uses it. ``copy=True`` deep-copies a zoo model (fits never mutate it)."""
+    """A model as inference uses it. ``copy=True`` deep-copies a zoo model (fits never mutate it).
+
+    ``model_fn`` is what inference traces, differentiates (SVI, NUTS) and replicates data from: the zoo
+    model's ``marginal_model`` when it has one (discrete latents summed out in closed form), else its
+    ``model``. ``discrete_fn`` keeps the discrete latents explicit, for ``infer_discrete``.
+    """
 
     def __init__(self, model, *, copy_model: bool = False):
         if isinstance(model, Target):
             model = model.source
         if is_zoo_model(model):
             self.zoo = copy.deepcopy(model) if copy_model else model
-            self.model_fn = self.zoo.model
+            self.discrete_fn = self.zoo.model
+            self.model_fn = getattr(self.zoo, "marginal_model", None) or self.discrete_fn
             self.name = getattr(self.zoo, "name", type(model).__name__)
         elif callable(model):
             self.zoo = None
-            self.model_fn = model
+            self.model_fn = self.discrete_fn = model
             self.name = getattr(model, "__name__", type(model).__name__)
         else:
             raise TypeError(
@@ -115,6 +121,10 @@ class Target:
         if self._info_cache is None or self._info_cache[0] != id(data):
             self._info_cache = (id(data), inspect_model(self.model_fn, data))
         return self._info_cache[1]
+
+    def discrete_info(self, data) -> ModelInfo:
+        """Structure of ``discrete_fn`` (that of ``model_fn`` unless the zoo model has a marginal_model)."""
+        return self.info(data) if self.discrete_fn is self.model_fn else inspect_model(self.discrete_fn, data)
 
     def global_sites(self, data) -> tuple[str, ...]:
         if self.zoo is not None:

@@ -32,6 +32,11 @@ class ZooModel(PyroModule):
     default_dataset: ClassVar[str] = ""
     #: whether the model's potential can be traced by ``torch.jit`` (no value-dependent Python control flow)
     jit_compatible: ClassVar[bool] = False
+    #: optional method ``marginal_model(data)``: the same model with its local discrete latents summed
+    #: out in closed form (same global sites and priors, one observed site ``observed_site``). Inference
+    #: then differentiates it (SVI, NUTS) and replicates data from it, and keeps ``model`` for drawing
+    #: the discrete latents (``infer_discrete``). ``None``: ``model`` serves for everything.
+    marginal_model = None
 
     # --- the Pyro pair -------------------------------------------------------------------
     def model(self, data=None):  # pragma: no cover - abstract
@@ -64,6 +69,11 @@ class ZooModel(PyroModule):
     def validate(self, data):
         """Return ``data`` as the model expects it, or raise a clear ``ValueError``/``TypeError``."""
         raise NotImplementedError
+
+    def num_observations(self, data) -> int:
+        """How many observations ``data`` holds; held-out scores are also reported per observation.
+        The default counts data points (rows); a sequence model counts time steps."""
+        return len(data)
 
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor] | None:
         """Optional data-driven starting values (constrained) for MCMC chains and autoguides."""

@@ -75,3 +75,51 @@ def mixture_clusters(model, data, posteriors, dataset=None):
         ax2.set_title(f"known classes (adjusted Rand index of the clusters: {ari:.3f})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def hmm_states(model, data, posteriors, dataset=None, sequence: int = 0, max_draws: int = 200):
+    """The data of one sequence over time, coloured by the Viterbi path at the reference posterior's
+    mean (the last posterior), and the posterior state probabilities p(z_t | x) averaged over its draws."""
+    ref = list(posteriors.values())[-1]
+    label = list(posteriors)[-1].upper()
+    mean = {k: v.mean((0, 1)) for k, v in ref.aligned.items()}
+    draws = {k: v.reshape(-1, *v.shape[2:]) for k, v in ref.aligned.items()}
+    n = next(iter(draws.values())).shape[0]
+    keep = torch.linspace(0, n - 1, min(max_draws, n)).round().long()
+    probs = model.smooth(data, {k: v[keep] for k, v in draws.items()}).mean(0)[sequence]   # (T, S)
+    path, _ = model.decode(data, mean)
+    L = int(data.lengths[sequence])
+    path, probs, x = path[sequence, :L].numpy(), probs[:L].numpy(), data.values[sequence, :L].numpy()
+    dates = dataset.meta.get("dates") if dataset is not None else None
+    t = np.asarray(dates)[:L] if dates is not None and len(dates) >= L and data.values.shape[0] == 1 else np.arange(L)
+    S = probs.shape[-1]
+    colors = plt.cm.tab10(np.arange(S) % 10)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    if model.emission == "bernoulli":   # piano roll: keys x time, the path as a colour band below
+        ax.imshow(x.T, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest",
+                  extent=(-0.5, L - 0.5, -0.5, x.shape[1] - 0.5))
+        ax.scatter(np.arange(L), np.full(L, -1.5), c=colors[path], marker="s", s=12)
+        ax.set_ylabel("key (active = black)")
+        t = np.arange(L)
+    else:
+        y = x[:, 0] if x.ndim > 1 else x
+        ax.plot(t, y, color="0.7", lw=0.7, zorder=1)
+        ax.scatter(t, y, c=colors[path], s=8, zorder=2)
+        names = dataset.feature_names if dataset is not None and dataset.feature_names else None
+        ax.set_ylabel(names[0] if names else {"categorical": "symbol", "poisson": "count"}.get(model.emission, "x"))
+        if model.emission == "gaussian":
+            for s in range(S):
+                ax.axhline(float(mean["locs"][s, 0]), color=colors[s], ls="--", lw=1, label=f"state {s} mean")
+            ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{S}-state HMM ({model.emission}): points coloured by the Viterbi path at the {label} posterior "
+                 f"mean" + (f" (sequence {sequence})" if data.values.shape[0] > 1 else ""), fontsize=10)
+    ax2.stackplot(t, probs.T, colors=colors, labels=[f"state {s}" for s in range(S)], step="mid")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("p(state | data)")
+    ax2.set_xlabel("date" if dates is not None and t is not None and not np.issubdtype(np.asarray(t).dtype, np.integer)
+                   else "time step")
+    ax2.set_title(f"posterior state probabilities (forward-backward, averaged over {len(keep)} {label} draws)",
+                  fontsize=10)
+    ax2.legend(loc="upper left", fontsize=8, ncol=min(S, 8))
+    fig.tight_layout()
+    return fig
