@@ -122,6 +122,10 @@ def test_forward_viterbi_and_smoothing_equal_hmmlearn(emission):
     marginals = m.smooth(seqs, p)
     np.testing.assert_allclose(marginals[seqs.mask].numpy(), h.predict_proba(x, lengths), rtol=0, atol=1e-6)
     assert (marginals[~seqs.mask] == 0).all()
+    for b, xb in enumerate(np.split(x, np.cumsum(lengths)[:-1])):  # one full-length sequence at a time
+        alone = seqs.values[b, :lengths[b]]
+        assert float(m.log_likelihood(m.validate(alone), p)) == pytest.approx(h.score(xb), abs=1e-6)
+        np.testing.assert_allclose(m.smooth(alone, p).numpy(), h.predict_proba(xb), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("emission", ["poisson", "bernoulli"])
@@ -459,3 +463,67 @@ def test_jsb_chorales_corrupt_file_is_detected(shared_data_dir, tmp_path):
     (tmp_path / "jsb_chorales" / "jsb_chorales.json").write_text(text.replace("60", "61", 1))
     with pytest.raises(ValueError, match="corrupt"):
         datasets.load("jsb-chorales", data_dir=tmp_path)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+TINY = ["--steps", "30", "--samples", "20", "--warmup", "20", "--chains", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def series_csv(tmp_path_factory):
+    import pandas as pd
+
+    x, _ = zoo.get("hmm", n_states=2).simulate(60, seed=0, params=TRUTH)
+    path = tmp_path_factory.mktemp("hmm") / "series.csv"
+    pd.DataFrame({"y": x[:, 0].numpy()}).to_csv(path, index=False)
+    return path
+
+
+def test_cli_compare_writes_a_report_with_the_state_path(series_csv, tmp_path):
+    import arviz as az
+
+    from zoo.cli import main
+
+    out = tmp_path / "report"
+    assert main(["compare", "hmm", "--data", str(series_csv), "--states", "2", "--out", str(out), *TINY]) == 0
+    assert {"states.png", "posterior_svi.nc", "posterior_nuts.nc", "comparison.csv", "summary.md", "trace.png",
+            "loss.png"} <= {p.name for p in out.iterdir()}
+    idata = az.from_netcdf(out / "posterior_nuts.nc")
+    assert idata.log_likelihood["obs"].shape == (2, 20, 1)          # one value per sequence
+    replicated = idata.posterior_predictive["obs"].values           # (chain, draw, sequence, time, feature)
+    assert replicated.shape[2:] == (1, 60, 1)
+    assert not np.allclose(replicated[0, 0, 0], idata.observed_data["values"].values[0])
+
+
+def test_cli_fit_em_and_user_mistakes(series_csv, tmp_path, capsys):
+    from zoo.cli import main
+
+    assert main(["fit", "hmm", "--method", "em", "--data", str(series_csv), "--out", str(tmp_path / "em"),
+                 "--quiet"]) == 0
+    assert "posterior_em.nc" in {p.name for p in (tmp_path / "em").iterdir()}
+    bad = tmp_path / "counts.csv"
+    bad.write_text("count\n1\n4\n-2\n3\n")
+    for args, message in [(["--emission", "poisson", "--data", str(bad)], "non-negative integers"),
+                          (["--states", "0", "--data", str(series_csv)], "n_states"),
+                          (["--emission", "student", "--data", str(series_csv)], "emission: expected one of")]:
+        capsys.readouterr()
+        assert main(["fit", "hmm", *args, "--out", str(tmp_path / "r"), *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "r").exists()
+
+
+def test_cli_jsb_reports_held_out_likelihood_per_time_step(shared_data_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from zoo.cli import main
+
+    out = tmp_path / "jsb"
+    assert main(["fit", "hmm", "--data", "jsb-chorales", "--data-dir", str(shared_data_dir), "--emission",
+                 "bernoulli", "--states", "3", "--steps", "5", "--samples", "4", "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out / "heldout.csv", index_col="split")
+    assert table.loc["test", "observations"] == 4725 and table.loc["valid", "observations"] == 4602
+    # 51 keys: a fair coin per key costs 51 log 2 = 35.4 nats per step; the fit is far better
+    assert 0 < table.loc["test", "nll_per_observation"] < 51 * np.log(2)
+    assert "held-out" in capsys.readouterr().out

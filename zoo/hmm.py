@@ -636,40 +636,59 @@ def forward_log_prob(log_initial, log_transition, log_emission, mask) -> torch.T
     """log p(x_b) = log sum_z initial[z_0] e_0(z_0) prod_t transition[z_t-1, z_t] e_t(z_t), per sequence.
 
     ``log_initial`` (*b, S), ``log_transition`` (*b, S, S), ``log_emission`` (*b, B, T, S) and
-    ``mask`` (B, T) (False on padding, where the step's matrix is the identity). Step t >= 1 is the
-    matrix M_t[i, j] = transition[i, j] e_t(j) with e_t scaled by its largest entry; the product of
-    the M_t is a balanced tree of batched matrix products, each rescaled by its largest entry, the
-    scales kept in log space (the scaling factors are constants for autograd: the value and every
-    gradient are exact). Returns (*b, B).
+    ``mask`` (B, T) (False on padding, where the step's matrix is the identity). With e_t scaled by
+    its largest entry, step t >= 1 is the matrix M_t[i, j] = transition[i, j] e_t(j) and
+    p(x) = v M_1 ... M_T-1 1 with v = initial * e_0: a balanced tree of batched matrix products
+    (:func:`_vector_times_product`). Returns (*b, B).
     """
     shift = log_emission.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(log_emission.dtype).min)
     emission = (log_emission - shift).exp()                                            # (*b, B, T, S) <= 1
-    steps = log_transition.exp()[..., None, None, :, :] * emission[..., 1:, None, :]  # (*b, B, T-1, S, S)
-    eye = torch.eye(log_initial.shape[-1], dtype=steps.dtype)
-    steps = torch.where(mask[:, 1:, None, None], steps, eye)
-    product, log_scale = _matrix_product(steps)                                       # (*b, B, S, S), (*b, B)
-    first = log_initial.exp().unsqueeze(-2) * emission[..., 0, :]                     # (*b, B, S)
-    total = (first.unsqueeze(-2) @ product).sum((-2, -1))                             # (*b, B)
-    return total.log() + log_scale + (shift.squeeze(-1) * mask).sum(-1)
+    transition = log_transition.exp().unsqueeze(-3)                                    # (*b, 1, S, S)
+    v = log_initial.exp().unsqueeze(-2) * emission[..., 0, :]                         # (*b, B, S)
+    if bool(mask.all()):  # no padding (a property of the data, not of the parameters)
+        rest = emission[..., 1:, :]
+        if rest.shape[-2] % 2:   # take one step into v, so that the others pair up
+            v = (v.unsqueeze(-2) @ transition).squeeze(-2) * rest[..., 0, :]
+            rest = rest[..., 1:, :]
+        steps = _step_pairs(transition, rest)                                          # (*b, B, ~T/2, S, S)
+    else:
+        steps = transition.unsqueeze(-3) * emission[..., 1:, None, :]                  # (*b, B, T-1, S, S)
+        steps = torch.where(mask[:, 1:, None, None], steps, torch.eye(steps.shape[-1], dtype=steps.dtype))
+    return _vector_times_product(v, steps) + (shift.squeeze(-1) * mask).sum(-1)
 
 
-def _matrix_product(m: torch.Tensor):
-    """m[..., 0, :, :] @ m[..., 1, :, :] @ ... over dim -3 as a tree of batched matmuls: (product / scale,
-    log scale), every partial product divided by its largest entry. The factors are padded with
-    identities to a power of two first, so every level halves them without further padding."""
+def _step_pairs(transition, emission):
+    """The products M_t M_t+1 of consecutive steps (an even number of them), without forming each M_t:
+    (M_t M_t+1)[i, l] = sum_j e_t(j) A[i, j] A[j, l] e_t+1(l), one matrix product of the emissions
+    (.., n, S) with W[j, (i, l)] = A[i, j] A[j, l] (S, S * S)."""
+    n, S = int(emission.shape[-2]), int(emission.shape[-1])
+    W = (transition.transpose(-1, -2).unsqueeze(-1) * transition.unsqueeze(-2)).reshape(*transition.shape[:-2], S, S * S)
+    pairs = (emission[..., 0:n:2, :] @ W).reshape(*emission.shape[:-2], n // 2, S, S)
+    return pairs * emission[..., 1:n:2, None, :]
+
+
+def _vector_times_product(v, m):
+    """log(v m[0] m[1] ... 1) for row vectors v (.., S) and matrices m (.., n, S, S).
+
+    A tree of batched matmuls (O(log n) sequential steps; an odd count gets an identity appended).
+    v and every partial product are divided by their largest entry and the scales summed in log
+    space: the scales are constants for autograd, so the value and every gradient are exact."""
     n, S = int(m.shape[-3]), int(m.shape[-1])   # int(): python numbers also under torch.jit tracing
-    eye = torch.eye(S, dtype=m.dtype)
-    levels = max(0, n - 1).bit_length()
-    size = 1 << levels
-    if size > n:
-        m = torch.cat([m, eye.expand(*m.shape[:-3], size - n, S, S)], dim=-3)
-    log_scale = torch.zeros(m.shape[:-3], dtype=m.dtype)
-    for _ in range(levels):
-        m = m[..., 0::2, :, :] @ m[..., 1::2, :, :]
-        scale = m.detach().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
-        m = m / scale
-        log_scale = log_scale + scale.log().sum((-3, -2, -1))
-    return m[..., 0, :, :], log_scale
+    v, log_scale = _rescale(v.unsqueeze(-2))                                           # (.., 1, S), (..,)
+    while n > 1:
+        if n % 2:
+            m = torch.cat([m, torch.eye(S, dtype=m.dtype).expand(*m.shape[:-3], 1, S, S)], dim=-3)
+        m, log_m = _rescale(m[..., 0::2, :, :] @ m[..., 1::2, :, :])
+        log_scale, n = log_scale + log_m.sum(-1), (n + 1) // 2
+    if n:
+        v = v @ m[..., 0, :, :]
+    return v.sum((-2, -1)).log() + log_scale
+
+
+def _rescale(x):
+    """x divided by the largest entry of each of its matrices (last two dims), and log of those (no grad)."""
+    scale = x.detach().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return x / scale, scale.log()[..., 0, 0]
 
 
 # --- small helpers ------------------------------------------------------------------------------
