@@ -39,10 +39,11 @@ Gaussian feature or one Bernoulli key, ``(T, 1)`` for symbols/counts).
 generative story, what ``TraceEnum_ELBO`` and ``infer_discrete`` see (``inference.discrete_draws``
 draws ``states_t`` from their posterior). :meth:`HiddenMarkovModel.marginal_model` has the same
 global sites and priors and one observed site ``obs`` (B, T, *E) whose density is the forward
-algorithm: log-space matrix products over time arranged as a balanced tree of batched ``matmul``
-(O(log T) sequential steps, no Python loop over time), vectorized over sequences, states and
-posterior draws. Inference differentiates that one (SVI, NUTS): its value equals the enumerated
-model's ``TraceEnum_ELBO`` exactly (tested), at a fraction of the cost.
+algorithm written as a product of per-step matrices, evaluated as a balanced tree of batched
+``matmul`` with rescaling (:func:`forward_log_prob`: O(log T) sequential steps, no Python loop over
+time), vectorized over sequences, states and posterior draws. Inference differentiates that one
+(SVI, NUTS; see ``ZooModel.marginal_model``): its value equals the enumerated model's
+``TraceEnum_ELBO`` exactly (tested), at a fraction of the cost.
 
 Also here: Viterbi :meth:`~HiddenMarkovModel.decode`, forward-backward :meth:`~HiddenMarkovModel.smooth`
 (marginals as the gradient of log p(x) with respect to the log emission densities), Baum-Welch
@@ -56,7 +57,6 @@ import logging
 import math
 from typing import Mapping, NamedTuple
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -81,7 +81,7 @@ EMISSIONS = {  # emission family -> its global sites (after "initial", "transiti
     "bernoulli": ("emission_probs",),
 }
 _EVENT_DIM = {"gaussian": 1, "categorical": 0, "poisson": 0, "bernoulli": 1}   # rank of one observation
-_CHUNK = 2**24   # draws are processed in chunks of about this many (draw, sequence, step, state) values
+_CHUNK = 2**24   # posterior draws are processed in chunks of about this many (draw, sequence, step, S^2) values
 
 
 class Sequences(NamedTuple):
@@ -283,7 +283,7 @@ class HiddenMarkovModel(ZooModel):
         flat = {k: params[k].reshape(-1, *params[k].shape[len(batch):]) for k in self.global_sites}
         B, T = data.values.shape[:2]
         n = flat["initial"].shape[0]
-        step = max(1, _CHUNK // (B * T * self.n_states * max(1, data.values[0, 0].numel())))
+        step = max(1, _CHUNK // (B * T * self.n_states**2))
         if not batch or n <= step:
             out = forward_log_prob(*self._log_potentials(data, params if not batch else flat), data.mask)
             return out.reshape(*batch, B)
@@ -355,7 +355,7 @@ class HiddenMarkovModel(ZooModel):
         for it in bar:
             with torch.enable_grad():
                 potentials = [p.detach().requires_grad_() for p in self._log_potentials(seqs, params)]
-                ll = forward_log_prob(*potentials, seqs.mask).sum()
+                ll = forward_log_prob(*potentials, seqs.mask, exact_padding=True).sum()
                 counts_initial, counts_transition, gamma = torch.autograd.grad(ll, potentials)
             ll = float(ll.detach()) / n_obs
             bar.set_postfix(loglik_per_step=f"{ll:.5g}")
@@ -420,11 +420,8 @@ class HiddenMarkovModel(ZooModel):
             raise ValueError(f"data: expected {self.dim} {'features' if self.emission == 'gaussian' else 'keys'} "
                              f"(dim={self.dim}), got {x.shape[-1]}")
         observed = x[mask]                                                    # (N, *E)
-        bad = torch.isnan(observed)
-        if bad.any():
-            b, t = mask.nonzero()[bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0, 0]].tolist()
-            raise ValueError(f"data: NaN at sequence {b}, step {t} (within its length); remove or impute it")
-        self._check_support(observed, x, mask)
+        _reject(torch.isnan(observed), observed, mask, "NaN within a sequence (remove or impute it)")
+        self._check_support(observed, mask)
         x = torch.where(mask.reshape(B, T, *[1] * ev), x, torch.zeros((), dtype=x.dtype))
         if self.emission == "categorical":
             x = x.long()
@@ -433,8 +430,7 @@ class HiddenMarkovModel(ZooModel):
     def _validate_lengths(self, lengths, B: int, T: int) -> torch.Tensor:
         if lengths is None:
             return torch.full((B,), T, dtype=torch.long)
-        t = as_float_tensor(lengths, name="lengths", dtype=torch.float64).reshape(-1) \
-            if not (torch.is_tensor(lengths) and lengths.dim() == 0) else lengths.reshape(1).double()
+        t = as_float_tensor(lengths, name="lengths", dtype=torch.float64).reshape(-1)
         if t.numel() != B:
             raise ValueError(f"lengths: expected one length per sequence ({B}), got {t.numel()}")
         if (t != t.round()).any():
@@ -448,29 +444,18 @@ class HiddenMarkovModel(ZooModel):
             raise ValueError(f"lengths: sequence {b} has length {int(t[b])}, longer than the padded length T={T}")
         return t.long()
 
-    def _check_support(self, observed: torch.Tensor, x, mask):
-        """Emission-specific checks on the observed steps, naming the first offending step."""
-        if self.emission == "gaussian":
-            return
-
-        def first(bad, what):
-            if bad.any():
-                row = bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0, 0]
-                b, t = mask.nonzero()[row].tolist()
-                value = observed[row]
-                shown = value.long().tolist() if (value == value.round()).all() else value.tolist()
-                raise ValueError(f"data: {what}; got {shown} at sequence {b}, step {t}")
-
+    def _check_support(self, observed: torch.Tensor, mask):
+        """Emission-specific checks on the observed steps (N, *E), naming the first offending step."""
         integer = observed == observed.round()
         if self.emission == "poisson":
-            first(~integer | (observed < 0), "Poisson counts must be non-negative integers")
+            _reject(~integer | (observed < 0), observed, mask, "Poisson counts must be non-negative integers")
         elif self.emission == "bernoulli":
-            first((observed != 0) & (observed != 1), "Bernoulli observations must be 0 or 1 (multi-hot)")
-        else:
-            first(~integer | (observed < 0), "categorical symbols must be integers 0..V-1")
+            _reject((observed != 0) & (observed != 1), observed, mask, "Bernoulli observations must be 0 or 1")
+        elif self.emission == "categorical":
+            _reject(~integer | (observed < 0), observed, mask, "categorical symbols must be integers 0..V-1")
             if self.n_symbols is not None:
-                first(observed >= self.n_symbols,
-                      f"symbol outside the vocabulary 0..{self.n_symbols - 1} (n_symbols={self.n_symbols})")
+                _reject(observed >= self.n_symbols, observed, mask,
+                        f"symbol outside the vocabulary 0..{self.n_symbols - 1} (n_symbols={self.n_symbols})")
 
     def num_observations(self, data) -> int:
         """Observed time steps in all sequences (held-out scores are reported per time step)."""
@@ -632,29 +617,35 @@ class _ForwardAlgorithm(TorchDistribution):
 # --- the forward algorithm ----------------------------------------------------------------------
 
 
-def forward_log_prob(log_initial, log_transition, log_emission, mask) -> torch.Tensor:
+def forward_log_prob(log_initial, log_transition, log_emission, mask, *, exact_padding: bool = False):
     """log p(x_b) = log sum_z initial[z_0] e_0(z_0) prod_t transition[z_t-1, z_t] e_t(z_t), per sequence.
 
     ``log_initial`` (*b, S), ``log_transition`` (*b, S, S), ``log_emission`` (*b, B, T, S) and
-    ``mask`` (B, T) (False on padding, where the step's matrix is the identity). With e_t scaled by
-    its largest entry, step t >= 1 is the matrix M_t[i, j] = transition[i, j] e_t(j) and
-    p(x) = v M_1 ... M_T-1 1 with v = initial * e_0: a balanced tree of batched matrix products
-    (:func:`_vector_times_product`). Returns (*b, B).
+    ``mask`` (B, T), False on padding. With e_t scaled by its largest entry, step t >= 1 is the
+    matrix M_t[i, j] = transition[i, j] e_t(j) and p(x) = v M_1 ... M_T-1 1 with v = initial * e_0:
+    a balanced tree of batched matrix products (:func:`_vector_times_product`). Returns (*b, B).
+
+    Padding (at the end of a sequence) has emission 1, so its steps contribute transition^k 1 = 1:
+    exact for the likelihood and for its gradient along row-stochastic transitions (SVI, NUTS,
+    smoothing). ``exact_padding`` makes padded steps identity matrices instead, which the expected
+    transition counts of EM (the gradient in every direction of log transition) need.
     """
+    if not bool(mask.all()):  # a property of the data, not of the parameters
+        log_emission = torch.where(mask[:, :, None], log_emission, 0.0)
     shift = log_emission.detach().amax(-1, keepdim=True).clamp_min(torch.finfo(log_emission.dtype).min)
     emission = (log_emission - shift).exp()                                            # (*b, B, T, S) <= 1
     transition = log_transition.exp().unsqueeze(-3)                                    # (*b, 1, S, S)
     v = log_initial.exp().unsqueeze(-2) * emission[..., 0, :]                         # (*b, B, S)
-    if bool(mask.all()):  # no padding (a property of the data, not of the parameters)
+    if exact_padding and not bool(mask.all()):
+        steps = transition.unsqueeze(-3) * emission[..., 1:, None, :]                  # (*b, B, T-1, S, S)
+        steps = torch.where(mask[:, 1:, None, None], steps, torch.eye(steps.shape[-1], dtype=steps.dtype))
+    else:
         rest = emission[..., 1:, :]
         if rest.shape[-2] % 2:   # take one step into v, so that the others pair up
             v = (v.unsqueeze(-2) @ transition).squeeze(-2) * rest[..., 0, :]
             rest = rest[..., 1:, :]
         steps = _step_pairs(transition, rest)                                          # (*b, B, ~T/2, S, S)
-    else:
-        steps = transition.unsqueeze(-3) * emission[..., 1:, None, :]                  # (*b, B, T-1, S, S)
-        steps = torch.where(mask[:, 1:, None, None], steps, torch.eye(steps.shape[-1], dtype=steps.dtype))
-    return _vector_times_product(v, steps) + (shift.squeeze(-1) * mask).sum(-1)
+    return _vector_times_product(v, steps) + shift.squeeze(-1).sum(-1)
 
 
 def _step_pairs(transition, emission):
@@ -732,6 +723,16 @@ def _detached(params) -> dict[str, torch.Tensor]:
 def _normalize_rows(counts: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     total = counts.sum(-1, keepdim=True)
     return torch.where(total > 0, counts / total.clamp_min(1e-300), previous)
+
+
+def _reject(bad: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor, what: str) -> None:
+    """Raise ``data: {what}; got {value} at sequence b, step t`` for the first observed step with ``bad``."""
+    if bad.any():
+        row = bad.reshape(bad.shape[0], -1).any(-1).nonzero()[0, 0]
+        b, t = mask.nonzero()[row].tolist()
+        value = observed[row]
+        shown = value.long().tolist() if (value == value.round()).all() else value.tolist()
+        raise ValueError(f"data: {what}; got {shown} at sequence {b}, step {t}")
 
 
 def _label_counts(labels: torch.Tensor, S: int, like):

@@ -86,14 +86,14 @@ def hmm_states(model, data, posteriors, dataset=None, sequence: int = 0, max_dra
     draws = {k: v.reshape(-1, *v.shape[2:]) for k, v in ref.aligned.items()}
     n = next(iter(draws.values())).shape[0]
     keep = torch.linspace(0, n - 1, min(max_draws, n)).round().long()
-    probs = model.smooth(data, {k: v[keep] for k, v in draws.items()}).mean(0)[sequence]   # (T, S)
-    path, _ = model.decode(data, mean)
     L = int(data.lengths[sequence])
-    path, probs, x = path[sequence, :L].numpy(), probs[:L].numpy(), data.values[sequence, :L].numpy()
+    one = type(data)(data.values[sequence:sequence + 1, :L], data.lengths[sequence:sequence + 1])
+    probs = model.smooth(one, {k: v[keep] for k, v in draws.items()}).mean(0)[0].numpy()   # (L, S)
+    path, x = model.decode(one, mean)[0][0].numpy(), one.values[0].numpy()
     dates = dataset.meta.get("dates") if dataset is not None else None
     t = np.asarray(dates)[:L] if dates is not None and len(dates) >= L and data.values.shape[0] == 1 else np.arange(L)
     S = probs.shape[-1]
-    colors = plt.cm.tab10(np.arange(S) % 10)
+    colors = plt.cm.tab10(np.arange(S)) if S <= 10 else plt.cm.tab20(np.arange(S) % 20)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     if model.emission == "bernoulli":   # piano roll: keys x time, the path as a colour band below
         ax.imshow(x.T, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest",
@@ -109,15 +109,17 @@ def hmm_states(model, data, posteriors, dataset=None, sequence: int = 0, max_dra
         ax.set_ylabel(names[0] if names else {"categorical": "symbol", "poisson": "count"}.get(model.emission, "x"))
         if model.emission == "gaussian":
             for s in range(S):
-                ax.axhline(float(mean["locs"][s, 0]), color=colors[s], ls="--", lw=1, label=f"state {s} mean")
+                loc, scale = float(mean["locs"][s, 0]), float(mean["scales"][s, 0])
+                ax.axhline(loc, color=colors[s], ls="--", lw=1, label=f"state {s}: mean, mean +- 2 sd")
+                for bound in (loc - 2 * scale, loc + 2 * scale):
+                    ax.axhline(bound, color=colors[s], ls=":", lw=1)
             ax.legend(loc="best", fontsize=8)
     ax.set_title(f"{S}-state HMM ({model.emission}): points coloured by the Viterbi path at the {label} posterior "
                  f"mean" + (f" (sequence {sequence})" if data.values.shape[0] > 1 else ""), fontsize=10)
     ax2.stackplot(t, probs.T, colors=colors, labels=[f"state {s}" for s in range(S)], step="mid")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("p(state | data)")
-    ax2.set_xlabel("date" if dates is not None and t is not None and not np.issubdtype(np.asarray(t).dtype, np.integer)
-                   else "time step")
+    ax2.set_xlabel("date" if t.dtype.kind == "M" else "time step")
     ax2.set_title(f"posterior state probabilities (forward-backward, averaged over {len(keep)} {label} draws)",
                   fontsize=10)
     ax2.legend(loc="upper left", fontsize=8, ncol=min(S, 8))
