@@ -95,7 +95,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     divergences = int(sample_stats["diverging"].sum())
     log.info("NUTS %s: %d chains x %d draws in %.1fs, %d divergences", target.name, num_chains,
              num_samples, posterior.wall_time, divergences)
-    if recover_discrete and info.enumerated:
+    if recover_discrete and target.info(data).enumerated:
         posterior.samples.update(discrete_draws(posterior, progress=progress))
     return posterior
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +38,7 @@ class Posterior:
     """Draws from one run of SVI, MAP, NUTS (or a classical baseline such as EM)."""
 
     max_predictive_draws = 500
+    max_predictive_values = 5_000_000   # and at most this many replicated values in all (large data sets)
 
     def __init__(self, target: Target, data, samples: Mapping[str, torch.Tensor], *, method: str,
                  wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
@@ -116,19 +118,31 @@ class Posterior:
     def posterior_predictive(self, max_draws: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
         """Replicated observations for evenly thinned draws: ``{site: (chain, draw', *data_shape)}``."""
         max_draws = max_draws or self.max_predictive_draws
-        keep = max(1, min(self.num_draws, max_draws // max(1, self.num_chains)))
+        obs = self.target.info(self.data, marginal=True).observed
+        per_draw = max(1, sum(v.size for v in _observed(self.data, obs).values()))
+        keep = min(max_draws, self.max_predictive_values // per_draw) // max(1, self.num_chains)
+        keep = max(1, min(self.num_draws, keep))
         idx = torch.linspace(0, self.num_draws - 1, keep).round().long()
         draws = {k: v[:, idx].reshape(-1, *v.shape[2:]) for k, v in self.global_samples.items()}
-        obs = self.target.info(self.data, marginal=True).observed
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
-            model = InitMessenger(sample_or_uniform)(self.target.marginal_fn)  # improper priors: no prior draws
+            # uncondition: the observed sites are drawn afresh, not copied from the data; InitMessenger:
+            # improper priors get no prior draws
+            model = InitMessenger(sample_or_uniform)(pyro.poutine.uncondition(self.target.marginal_fn))
             pred = Predictive(model, posterior_samples=draws, return_sites=list(obs))(self.data)
         return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
+
+    def predictive_log_density(self, data) -> torch.Tensor:
+        """Log predictive density of (held-out) ``data`` per data point, log mean_s p(data_n | draw s): (N,)."""
+        data = self.target.validate(data)
+        params = self.global_samples if self.target.zoo is not None else dict(self.samples)
+        ll = self.target.log_likelihood(data, params, batch_ndim=2)
+        flat = ll.reshape(-1, ll.shape[-1])
+        return torch.logsumexp(flat, 0) - math.log(flat.shape[0])
 
     @cached_property
     def idata(self):
         """ArviZ InferenceData (see the module docstring)."""
-        info = self.target.info(self.data)
+        info = self.target.info(self.data, marginal=True)
         obs_name = self.target.observed_name(self.data)
         dims = self.target.dims
         dims.setdefault(obs_name, [info.data_plate or "point"])  # dims are cut to each variable's rank

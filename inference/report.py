@@ -38,8 +38,8 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
                  comparison: pd.DataFrame | None = None, diagnoses: Mapping[str, Diagnosis] | None = None,
-                 title: str = "", force: bool = False) -> Path:
-    """Write the report folder and return its path."""
+                 title: str = "", force: bool = False, heldout: pd.DataFrame | None = None) -> Path:
+    """Write the report folder and return its path. ``heldout``: held-out scores per data split."""
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -47,7 +47,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title)
+        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, heldout)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -61,7 +61,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
     return out
 
 
-def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
+def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, heldout=None):
     files: list[str] = []
     for label, post in posteriors.items():
         post.to_netcdf(folder / f"posterior_{label}.nc")
@@ -73,6 +73,9 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
         table = pd.concat({label: d.summary for label, d in diagnoses.items()}, names=["method", "quantity"])
         table.to_csv(folder / "diagnostics.csv")
         files.append("diagnostics.csv")
+    if heldout is not None:
+        heldout.to_csv(folder / "heldout.csv")
+        files.append("heldout.csv")
 
     figures = {}
     sampled = [p for p in posteriors.values() if p.num_chains > 1]
@@ -102,7 +105,7 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
             log.warning("plot %s skipped: %s", stem, e)
             plt.close("all")
     blocks = summary_blocks(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
-                            files=files, title=title)
+                            files=files, title=title, heldout=heldout)
     (folder / "summary.md").write_text(render_markdown(blocks))
     (folder / "summary.html").write_text(render_html(blocks))
 
@@ -144,7 +147,8 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title=""):
+def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="",
+                   heldout=None):
     """The summary as a list of ``(kind, content)`` blocks: h1, h2, p, table, pre, file."""
     first = next(iter(posteriors.values()))
     zoo_model = first.target.zoo
@@ -167,6 +171,8 @@ def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None,
                    ("table", comparison.drop(columns=["site"]))]
     if diagnoses:
         blocks += [("h2", "Diagnostics")] + [("pre", str(d)) for d in diagnoses.values()]
+    if heldout is not None:
+        blocks += [("h2", "Held-out data (log predictive density)"), ("table", heldout)]
     loo = loo_table(posteriors)
     if len(loo):
         blocks += [("h2", "PSIS-LOO (marginal pointwise log-likelihood)"), ("table", loo)]

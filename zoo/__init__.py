@@ -21,6 +21,7 @@ __all__ = ["ZooModel", "get", "list_models", "register"]
 _REGISTRY = {
     "gmm": "zoo.gmm:GaussianMixture",
     "ppca": "zoo.ppca:PPCA",
+    "hmm": "zoo.hmm:HiddenMarkovModel",
 }
 
 

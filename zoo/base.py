@@ -79,6 +79,11 @@ class ZooModel(PyroModule):
         """Return ``data`` as the model expects it, or raise a clear ``ValueError``/``TypeError``."""
         raise NotImplementedError
 
+    def num_observations(self, data) -> int:
+        """How many observations ``data`` holds; held-out scores are also reported per observation.
+        The default counts data points (rows); a sequence model counts time steps."""
+        return len(data)
+
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor] | None:
         """Optional data-driven starting values (constrained) for MCMC chains and autoguides."""
         return None

@@ -17,7 +17,7 @@ import sys
 import time
 
 #: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
-CONFIG_FLAGS = {"components": "n_components"}
+CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--warmup", type=int, default=500, help="NUTS warmup steps per chain")
         p.add_argument("--chains", type=int, default=4, help="NUTS chains")
         p.add_argument("--components", type=int, help="number of mixture / latent components")
+        p.add_argument("--states", type=int, help="number of hidden states (hmm)")
+        p.add_argument("--emission", help="emission family (hmm): gaussian, categorical, poisson, bernoulli")
         p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other model configuration, e.g. --option concentration=2.0")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -122,10 +124,30 @@ def cmd_fit(args) -> int:
     print(diagnosis.summary.round(4).to_string())
     print()
     print(diagnosis)
+    heldout = _heldout(model, post, dataset)
+    if heldout is not None:
+        print(f"\nheld-out log predictive density ({args.method}):")
+        print(heldout.round(4).to_string())
     path = inference.write_report(out, {args.method: post}, dataset=dataset, diagnoses={args.method: diagnosis},
-                                  title=f"zoo fit {args.model} --method {args.method}", force=args.force)
+                                  title=f"zoo fit {args.model} --method {args.method}", force=args.force,
+                                  heldout=heldout)
     print(f"\nreport written to {path}/")
     return 0
+
+
+def _heldout(model, post, dataset):
+    """Log predictive density of every further split the dataset ships (e.g. valid, test), in total and
+    per observation (per time step for sequences); None when there is none."""
+    import pandas as pd
+
+    rows = {}
+    for split, values in dataset.splits.items():
+        data = model.validate(values)
+        lpd = post.predictive_log_density(data)
+        n_obs = model.num_observations(data)
+        rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
+                       "nll_per_observation": -float(lpd.sum()) / n_obs}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split") if rows else None
 
 
 def cmd_compare(args) -> int:

@@ -50,6 +50,7 @@ _LOADERS: dict[str, tuple[Callable[[Path | None], Dataset], str]] = {}
 SHA256 = {
     "old_faithful/faithful.csv": "5043db1e2c51c8e8fd67e0868c768ae589770cc76ad0ac0c5b7afd1fca31fc57",
     "old_faithful/geyser_MASS.csv": "691381248e0418ccbfc23cc5093e71220313ddb7ffb70e817e27a6dfb900fbcc",
+    "jsb_chorales/jsb_chorales.json": "d40ed9b0a64a04c70e79d3695bd85823ac41c9ea6284a479d9aff849155ed73e",
 }
 
 
@@ -140,7 +141,7 @@ def load_csv(path: str | os.PathLike, columns: list[str] | None = None) -> Datas
         raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only")
     return Dataset(
         name=Path(path).stem,
-        data=torch.as_tensor(frame.to_numpy(dtype=np.float64), dtype=torch.get_default_dtype()),
+        data=torch.as_tensor(frame.to_numpy(dtype=np.float64, copy=True), dtype=torch.get_default_dtype()),
         description=f"CSV file {path}",
         source=str(path),
         feature_names=[str(c) for c in frame.columns],
@@ -203,6 +204,28 @@ def _wine(data_dir=None) -> Dataset:
     )
 
 
+@register("goog-returns", "Google daily log-returns (%), 1046 trading days 2004-2008, bundled with matplotlib")
+def _goog_returns(data_dir=None) -> Dataset:
+    # A real series with visible regimes (calm 2004-2007, turbulent 2008) for a 2-state Gaussian HMM
+    # (volatility switching, as in Hamilton 1989): the HMM's default. The file ships inside the
+    # matplotlib wheel (mpl-data/sample_data), a runtime dependency, so it needs no download.
+    from matplotlib import cbook
+
+    prices = cbook.get_sample_data("goog.npz")["price_data"]
+    if len(prices) != 1047 or str(prices["date"][0]) != "2004-08-19":
+        raise ValueError("data: matplotlib's sample_data/goog.npz is not the expected series "
+                         "(1047 days from 2004-08-19); this matplotlib version ships different sample data")
+    returns = 100 * np.diff(np.log(prices["adj_close"]))
+    return Dataset(
+        name="goog-returns",
+        data=torch.as_tensor(returns[:, None], dtype=torch.get_default_dtype()),
+        description="daily log-returns (%) of Google's adjusted close, 2004-08-20 to 2008-10-14 (1046 days)",
+        source="matplotlib mpl-data/sample_data/goog.npz (Yahoo! Finance GOOG prices), shipped inside the wheel",
+        feature_names=["log_return_pct"],
+        meta={"dates": prices["date"][1:]},
+    )
+
+
 # --- real files from a data directory --------------------------------------------------------
 
 
@@ -217,3 +240,43 @@ def _old_faithful(data_dir=None) -> Dataset:
     ds.description = "Old Faithful geyser: eruption duration and waiting time to the next eruption (min), 272 eruptions"
     ds.source = f"{path} (R datasets::faithful via Rdatasets; Härdle 1991)"
     return ds
+
+
+@register("jsb-chorales", "J. S. Bach chorales, 51-key multi-hot sequences, train 229 / valid 76 / test 77 "
+                          "(needs --data-dir)")
+def _jsb_chorales(data_dir=None) -> Dataset:
+    # As Pyro's examples/hmm.py: each step is the set of sounding keys, and only the 51 keys used in
+    # the training chorales are kept (in every split). ``data`` is the train split; ``splits`` holds
+    # valid and test. Sequences are padded to the longest of their split.
+    import json
+
+    from zoo.hmm import Sequences
+
+    rel = "jsb_chorales/jsb_chorales.json"
+    root = resolve_data_dir(data_dir, "jsb-chorales", rel)
+    path = root / rel
+    verify_sha256(path, SHA256[rel])
+    try:
+        raw = json.loads(path.read_text())
+        keys = sorted({int(p) for seq in raw["train"] for step in seq for p in step})
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"data: could not read {str(path)!r} as the JSB chorales JSON ({e})") from None
+    column = {p: i for i, p in enumerate(keys)}
+
+    def sequences(split):
+        seqs = raw[split]
+        values = torch.zeros(len(seqs), max(map(len, seqs)), len(keys), dtype=torch.get_default_dtype())
+        for b, seq in enumerate(seqs):
+            for t, step in enumerate(seq):
+                values[b, t, [column[p] for p in step if p in column]] = 1.0
+        return Sequences(values, torch.tensor([len(s) for s in seqs]))
+
+    return Dataset(
+        name="jsb-chorales",
+        data=sequences("train"),
+        description=f"J. S. Bach four-part chorales as multi-hot key sequences over the {len(keys)} MIDI "
+                    "pitches used in training; train split (valid and test in splits)",
+        source=f"{path} (Boulanger-Lewandowski et al. 2012 split, as in Pyro's examples/hmm.py)",
+        feature_names=[f"midi_{p}" for p in keys],
+        splits={"valid": sequences("valid"), "test": sequences("test")},
+    )

@@ -158,3 +158,56 @@ def latent_projection(model, data, posteriors, dataset=None, max_draws: int = 40
                  + (f" (first 2 of {K})" if K > 2 else ""), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --- HMM --------------------------------------------------------------------------------------
+
+
+def hmm_states(model, data, posteriors, dataset=None, sequence: int = 0, max_draws: int = 200):
+    """The data of one sequence over time, coloured by the Viterbi path at the reference posterior's
+    mean (the last posterior), and the posterior state probabilities p(z_t | x) averaged over its draws."""
+    ref = list(posteriors.values())[-1]
+    label = list(posteriors)[-1].upper()
+    mean = {k: v.mean((0, 1)) for k, v in ref.aligned.items()}
+    draws = {k: v.reshape(-1, *v.shape[2:]) for k, v in ref.aligned.items()}
+    n = next(iter(draws.values())).shape[0]
+    keep = torch.linspace(0, n - 1, min(max_draws, n)).round().long()
+    L = int(data.lengths[sequence])
+    one = type(data)(data.values[sequence:sequence + 1, :L], data.lengths[sequence:sequence + 1])
+    probs = model.smooth(one, {k: v[keep] for k, v in draws.items()}).mean(0)[0].numpy()   # (L, S)
+    path, x = model.decode(one, mean)[0][0].numpy(), one.values[0].numpy()
+    dates = dataset.meta.get("dates") if dataset is not None else None
+    t = np.asarray(dates)[:L] if dates is not None and len(dates) >= L and data.values.shape[0] == 1 else np.arange(L)
+    S = probs.shape[-1]
+    colors = plt.cm.tab10(np.arange(S)) if S <= 10 else plt.cm.tab20(np.arange(S) % 20)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    if model.emission == "bernoulli":   # piano roll: keys x time, the path as a colour band below
+        ax.imshow(x.T, aspect="auto", origin="lower", cmap="Greys", interpolation="nearest",
+                  extent=(-0.5, L - 0.5, -0.5, x.shape[1] - 0.5))
+        ax.scatter(np.arange(L), np.full(L, -1.5), c=colors[path], marker="s", s=12)
+        ax.set_ylabel("key (active = black)")
+        t = np.arange(L)
+    else:
+        y = x[:, 0] if x.ndim > 1 else x
+        ax.plot(t, y, color="0.7", lw=0.7, zorder=1)
+        ax.scatter(t, y, c=colors[path], s=8, zorder=2)
+        names = dataset.feature_names if dataset is not None and dataset.feature_names else None
+        ax.set_ylabel(names[0] if names else {"categorical": "symbol", "poisson": "count"}.get(model.emission, "x"))
+        if model.emission == "gaussian":
+            for s in range(S):
+                loc, scale = float(mean["locs"][s, 0]), float(mean["scales"][s, 0])
+                ax.axhline(loc, color=colors[s], ls="--", lw=1, label=f"state {s}: mean, mean +- 2 sd")
+                for bound in (loc - 2 * scale, loc + 2 * scale):
+                    ax.axhline(bound, color=colors[s], ls=":", lw=1)
+            ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{S}-state HMM ({model.emission}): points coloured by the Viterbi path at the {label} posterior "
+                 f"mean" + (f" (sequence {sequence})" if data.values.shape[0] > 1 else ""), fontsize=10)
+    ax2.stackplot(t, probs.T, colors=colors, labels=[f"state {s}" for s in range(S)], step="mid")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("p(state | data)")
+    ax2.set_xlabel("date" if t.dtype.kind == "M" else "time step")
+    ax2.set_title(f"posterior state probabilities (forward-backward, averaged over {len(keep)} {label} draws)",
+                  fontsize=10)
+    ax2.legend(loc="upper left", fontsize=8, ncol=min(S, 8))
+    fig.tight_layout()
+    return fig
