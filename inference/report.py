@@ -37,8 +37,14 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
                  comparison: pd.DataFrame | None = None, diagnoses: Mapping[str, Diagnosis] | None = None,
-                 title: str = "", force: bool = False) -> Path:
-    """Write the report folder and return its path."""
+                 title: str = "", force: bool = False, figures: Mapping | None = None,
+                 sections: Mapping[str, str | pd.DataFrame] | None = None) -> Path:
+    """Write the report folder and return its path.
+
+    ``figures`` adds ``{file stem: matplotlib Figure}``; ``sections`` adds summary.md sections
+    ``{heading: markdown text or a DataFrame}`` after the runs table (a table is also written as CSV
+    when ``df.attrs["csv"]`` names a file, and only there when ``df.attrs["markdown"]`` is False).
+    """
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -46,7 +52,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title)
+        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, figures or {}, sections or {})
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -60,8 +66,12 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
     return out
 
 
-def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
+def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extra_figures, sections):
     files: list[str] = []
+    for table in sections.values():
+        if isinstance(table, pd.DataFrame) and table.attrs.get("csv"):
+            table.to_csv(folder / table.attrs["csv"])
+            files.append(table.attrs["csv"])
     for label, post in posteriors.items():
         post.to_netcdf(folder / f"posterior_{label}.nc")
         files.append(f"posterior_{label}.nc")
@@ -89,6 +99,8 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
     if zoo_model is not None:
         for stem, fig in zoo_model.figures(first.data, dict(posteriors), dataset=dataset).items():
             figures[stem] = (lambda f=fig: f)
+    for stem, fig in extra_figures.items():
+        figures[stem] = (lambda f=fig: f)
     for stem, make in figures.items():
         try:
             with warnings.catch_warnings():
@@ -102,7 +114,7 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title):
             plt.close("all")
     (folder / "summary.md").write_text(
         summary_markdown(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
-                         files=files, title=title)
+                         files=files, title=title, sections=sections)
     )
 
 
@@ -153,7 +165,8 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
-def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="") -> str:
+def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="",
+                     sections=None) -> str:
     first = next(iter(posteriors.values()))
     zoo_model = first.target.zoo
     parts = [f"# {title or first.target.name}", ""]
@@ -169,6 +182,11 @@ def summary_markdown(posteriors, *, dataset=None, comparison=None, diagnoses=Non
                  "settings": ", ".join(f"{k}={v}" for k, v in p.settings.items())}
          for label, p in posteriors.items()}, orient="index").rename_axis("method")
     parts += [markdown_table(runs), ""]
+    for heading, body in (sections or {}).items():
+        if isinstance(body, pd.DataFrame):
+            body = (markdown_table(body) if body.attrs.get("markdown", True)
+                    else f"{len(body)} rows in [{body.attrs['csv']}]({body.attrs['csv']}).")
+        parts += [f"## {heading}", "", body, ""]
     if comparison is not None:
         la, lb = comparison.attrs["labels"]
         parts += [f"## {la.upper()} vs {lb.upper()} (reference: {lb.upper()})", "", summary_line(comparison), "",

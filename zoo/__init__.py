@@ -20,6 +20,7 @@ __all__ = ["ZooModel", "get", "list_models"]
 # name -> "module:Class"; modules are imported on first use
 _REGISTRY = {
     "gmm": "zoo.gmm:GaussianMixture",
+    "vae": "zoo.vae:VAE",
 }
 
 
