@@ -24,6 +24,7 @@ continues with the same losses as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -43,7 +44,7 @@ from tqdm.auto import tqdm
 
 from inference.posterior import Posterior
 from inference.svi import SVIDivergedError, collect_parameters
-from inference.target import as_target, chain_seed, inspect_model, set_seed
+from inference.target import Target, as_target, chain_seed, inspect_model, is_zoo_model, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,24 @@ class TrainResult:
 
     def prepare(self, data) -> torch.Tensor:
         """Evaluation data as training saw it: validated, and transformed once with ``EVAL_SEED``."""
-        return prepare_eval(self.target, data, self.transform)
+        x = prepare_eval(self.target, data, self.transform)
+        first = next(self.model.parameters(), None)
+        return x.to(first.device) if first is not None else x
 
     def posterior(self, data) -> Posterior:
         """A one-point Posterior of the fitted model on evaluation ``data`` (e.g. the test split)."""
         return Posterior.point(self.target, self.prepare(data), {}, method="svi", wall_time=self.wall_time,
                                losses=self.losses, settings=self.settings)
+
+
+def training_target(model):
+    """``(target, module)`` for a fit: a deep copy of a zoo model, or of a PyroModule with ``model``/``guide``
+    methods (a user's amortized model); the module owns every trainable parameter."""
+    if isinstance(model, torch.nn.Module) and callable(getattr(model, "model", None)):
+        module = copy.deepcopy(model)
+        return (as_target(module) if is_zoo_model(module) else Target(module.model)), module
+    raise TypeError("model: minibatch training needs a zoo model or a PyroModule with model and guide methods "
+                    f"that owns the guide's parameters; got {type(model).__name__}")
 
 
 def prepare_eval(target, data, transform):
@@ -161,7 +174,7 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
           transform="auto", progress: bool = True) -> TrainResult:
     """Fit an amortized model by minibatch SVI; returns a :class:`TrainResult`.
 
-    :param model: a zoo model or a PyroModule with ``model``/``guide``; the fit works on a deep copy.
+    :param model: a zoo model or a PyroModule with ``model``/``guide`` methods; the fit works on a deep copy.
     :param valid: validation data: the objective per data element is computed on it after every
         epoch; with ``patience`` the run stops after that many epochs without improvement and the
         best epoch's parameters are kept.
@@ -184,19 +197,16 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
     if elbo not in OBJECTIVES:
         raise ValueError(f"elbo: expected one of {', '.join(OBJECTIVES)}, got {elbo!r}")
-    target = as_target(model, copy_model=True)
-    module = target.zoo if target.zoo is not None else (target.source if isinstance(target.source, torch.nn.Module) else None)
-    if module is None:
-        raise TypeError("model: minibatch training needs a zoo model or a PyroModule that owns the guide's parameters")
+    target, module = training_target(model)
     data = target.validate(data)
     valid = target.validate(valid) if valid is not None else None
     if valid is None and patience is not None:
         raise ValueError("patience: early stopping needs a validation split (valid=)")
-    guide_fn = guide if guide is not None else target.default_guide() or getattr(module, "guide", None)
+    guide_fn = guide if guide is not None else getattr(module, "guide", None)
     if not callable(guide_fn):
         raise TypeError("guide: expected the model's amortized guide or a callable guide(data)")
     if transform == "auto":
-        transform = getattr(target.zoo, "training_transform", lambda x: None)(data)
+        transform = target.training_transform(data)
     device = torch.device(device) if device is not None else data.device
     module.to(device)
     data = data.to(device)
@@ -294,7 +304,7 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     if state["best_state"] is not None:
         module.load_state_dict(state["best_state"])
     module.eval()
-    return TrainResult(model=target.source, guide=guide_fn, losses=state["losses"], history=state["history"],
+    return TrainResult(model=module, guide=guide_fn, losses=state["losses"], history=state["history"],
                        wall_time=time.perf_counter() - start, settings=settings, transform=transform,
                        best_epoch=state["best_epoch"], stopped_early=stopped, checkpoint=path, target=target)
 
