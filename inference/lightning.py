@@ -34,8 +34,11 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
                     seed: int = 0, accelerator: str = "cpu", devices: int = 2, num_nodes: int = 1,
                     strategy: str | None = None, transform="auto", progress: bool = True) -> TrainResult:
     """Fit an amortized model with Lightning's ``Trainer`` on ``devices`` processes; see the module docstring."""
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
+    try:
+        import lightning as L
+        from lightning.pytorch.loggers import CSVLogger
+    except ImportError:
+        raise ValueError("trainer: Lightning training needs PyTorch Lightning; pip install 'latent-zoo[dist]'") from None
 
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
         raise ValueError(f"devices: expected a positive integer, got {devices!r}")

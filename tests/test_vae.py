@@ -474,3 +474,71 @@ def test_simulate_is_reproducible_and_shaped():
     assert set(torch.unique(x1).tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="input_dim"):
         zoo.get("vae").simulate(3)
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+TINY = ["--epochs", "3", "--latent-dim", "2", "--hidden", "16", "--eval-particles", "50", "--quiet"]
+
+
+def test_cli_fit_then_compare_from_the_checkpoint(tmp_path, capsys):
+    from zoo.cli import main
+
+    out = tmp_path / "fit"
+    assert main(["fit", "vae", "--out", str(out), *TINY]) == 0
+    assert {"posterior_svi.nc", "summary.md", "loss.png", "elbo.png", "reconstructions.png", "samples.png",
+            "interpolations.png", "latent.png"} <= {p.name for p in out.iterdir()}
+    assert "test NLL" in capsys.readouterr().out
+    assert "Test log-likelihood" in (out / "summary.md").read_text()
+    checkpoint = tmp_path / "fit.ckpt.pt"
+    assert read_checkpoint(checkpoint)["epoch"] == 3
+    import arviz as az
+
+    idata = az.from_netcdf(out / "posterior_svi.nc")
+    assert idata.log_likelihood["obs"].shape == (1, 1, 270)   # per test image, IS estimate
+
+    cmp = tmp_path / "cmp"
+    assert main(["compare", "vae", "--out", str(cmp), "--checkpoint", str(checkpoint), "--resume", "--points", "2",
+                 "--samples", "60", "--warmup", "60", "--chains", "2", "--steps", "200", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "amortization_gap" in printed and "approximation_gap" in printed
+    assert {"amortization_gap.csv", "amortization_compare.csv", "amortization.png"} <= {p.name for p in cmp.iterdir()}
+    assert read_checkpoint(checkpoint)["epoch"] == 3   # resumed a finished run: no further training
+
+
+def test_cli_lightning_trainer(tmp_path, capsys):
+    from zoo.cli import main
+
+    out = tmp_path / "ddp"
+    assert main(["fit", "vae", "--trainer", "lightning", "--devices", "2", "--out", str(out), *TINY]) == 0
+    assert "trainer=lightning" in (out / "summary.md").read_text() and (out / "elbo.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "vae", "--method", "nuts"], "only local latents"),
+    (["fit", "vae", "--data", "binarized-mnist", "--data-dir", "/nonexistent"], "does not contain"),
+    (["fit", "vae", "--likelihood", "poisson"], "likelihood"),
+    (["fit", "vae", "--resume"], "no checkpoint"),
+])
+def test_cli_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
+    from zoo.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "r"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_rejects_bad_images_and_existing_checkpoints(tmp_path, capsys):
+    from zoo.cli import main
+
+    csv = tmp_path / "grey.csv"
+    csv.write_text("a,b,c\n0.5,2.0,0.1\n0.2,0.3,0.4\n")
+    assert main(["fit", "vae", "--data", str(csv), "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "pixel values in [0, 1]" in capsys.readouterr().err
+    (tmp_path / "r.ckpt.pt").write_bytes(b"")
+    assert main(["fit", "vae", "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "vae", "--hidden", "wide"])
+    assert exit_info.value.code == 2

@@ -260,7 +260,7 @@ def compare_amortized(args) -> int:
     fit, post, evaluation, out, sections, figures, nll, split = _train_amortized(args)
     points = post.data[:args.points]
     gap = amortization_gap(post.model, points, num_samples=args.samples, warmup_steps=args.warmup,
-                           num_chains=args.chains, seed=args.seed, progress=not args.quiet)
+                           num_chains=args.chains, svi_steps=args.steps, seed=args.seed, progress=not args.quiet)
     print(f"{args.model} on {evaluation.name}: {split} NLL = {nll:.3f} nats per image; amortization gap on "
           f"{len(points)} {split} images (nats):\n")
     print(gap)
