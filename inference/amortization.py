@@ -78,7 +78,7 @@ class AmortizationGap:
             _, _, vt = torch.linalg.svd(ref - mean, full_matrices=False)
             ax = axes[0, i]
             for label, color in zip(("nuts", "optimized", "amortized"), ("0.5", "tab:blue", "tab:red")):
-                xy = ((flat[label][:, i] - mean) @ vt[:2].T)[:600].numpy()
+                xy = ((flat[label][:, i] - mean) @ vt[:2].T)[:600].cpu().numpy()
                 ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.35, color=color, label=label)
             row = self.table.iloc[i]
             ax.set_title(f"point {i}: approx. {row.approximation_gap:.2f}, amort. {row.amortization_gap:.2f} nats",
@@ -193,7 +193,7 @@ def _gaussian_proposal(model, data, nuts: Posterior, sites, data_plate: str):
         mean = flat.mean(0)
         centered = flat - mean
         cov = torch.einsum("snd,sne->nde", centered, centered) / (flat.shape[0] - 1)
-        cov = cov + 1e-6 * torch.eye(cov.shape[-1], dtype=cov.dtype)
+        cov = cov + 1e-6 * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         fitted[s] = (dim, event, mean.to(data.dtype), torch.linalg.cholesky(cov).to(data.dtype))
 
     def proposal(x):

@@ -364,7 +364,7 @@ def load_checkpoint(path, module, optimizer, schedule, settings) -> dict:
                if k not in ("epochs", "device") and payload["settings"].get(k) != v}
     if changed:
         raise ValueError(f"resume: the checkpoint was written with other settings {changed} (checkpoint, now)")
-    module.load_state_dict(payload["module"])
+    _load_state(module, payload["module"], payload)
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     torch.set_rng_state(payload["rng"])
@@ -379,8 +379,16 @@ def load_checkpoint(path, module, optimizer, schedule, settings) -> dict:
 def load_model(path, model):
     """Put the parameters of a checkpoint (the best epoch's, if early stopping kept one) into ``model``."""
     payload = read_checkpoint(path)
-    model.load_state_dict(payload["best_state"] or payload["module"])
+    _load_state(model, payload["best_state"] or payload["module"], payload)
     return model
+
+
+def _load_state(module, state, payload) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:   # other layer sizes or sites
+        raise ValueError(f"checkpoint: holds a model configured as {payload['config']}, which does not fit this one "
+                         f"({str(e).splitlines()[0][:200]})") from None
 
 
 def _config(target) -> dict:

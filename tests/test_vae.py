@@ -272,6 +272,8 @@ def test_resumed_run_continues_with_the_same_losses(tmp_path, monkeypatch):
     assert payload["step"] == 4 * 6 and set(payload) >= {"module", "optimizer", "rng", "epoch"}
     with pytest.raises(ValueError, match="other settings"):
         train(m, x, checkpoint=tmp_path / "part.pt", resume=True, **{**kw, "lr": 1e-2})
+    with pytest.raises(ValueError, match="does not fit"):
+        train(zoo.get("vae", latent_dim=4, hidden=(32,)), x, checkpoint=tmp_path / "part.pt", resume=True, **kw)
 
 
 def test_unreadable_or_foreign_checkpoints_are_refused(tmp_path):
