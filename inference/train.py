@@ -123,7 +123,7 @@ def make_objective(elbo: str, num_particles: int, max_plate_nesting: int, data_p
 @dataclass
 class TrainResult:
     """What :func:`train` returns. ``model`` is the fitted copy (the best epoch's parameters when a
-    validation split drove early stopping); ``losses`` are per step, ``history`` per epoch, both
+    validation split was given); ``losses`` are per step, ``history`` per epoch, both
     per data element (negative objective / positive objective)."""
 
     model: Any
@@ -251,56 +251,59 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     bar = tqdm(total=epochs * steps_per_epoch, initial=state["step"], desc=f"train {target.name}",
                disable=not progress, leave=False)
     stopped = False
-    try:
-        for epoch in range(state["epoch"], epochs):
-            t0 = time.perf_counter()
-            gen = torch.Generator().manual_seed(chain_seed(seed, epoch))
-            x_epoch = transform(data, gen) if transform is not None else data
-            perm = torch.randperm(N, generator=gen).to(device)
-            module.train()
-            epoch_losses = []
-            for b in range(steps_per_epoch):
-                optimizer.zero_grad()
-                loss = batch_loss(x_epoch, perm[b * B:(b + 1) * B])
-                value = float(loss.detach()) / N
-                state["losses"].append(value)
-                if not math.isfinite(value):
-                    raise SVIDivergedError(state["step"], state["losses"], target.source)
-                loss.backward()
-                if clip_norm:
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                optimizer.step()
-                schedule.step()
-                state["step"] += 1
-                epoch_losses.append(value)
-                bar.update()
-                if b % 20 == 0:
-                    recent = epoch_losses[-50:]
-                    bar.set_postfix(epoch=epoch + 1, elbo=f"{-sum(recent) / len(recent):.3f}",
-                                    valid=f"{state['history']['valid'][-1]:.3f}" if state["history"]["valid"] else "-")
-            module.eval()
-            metric = evaluate(batch_loss, valid, B) if valid is not None else float("nan")
-            h = state["history"]
-            for key, v in (("epoch", epoch + 1), ("train", -sum(epoch_losses) / len(epoch_losses)), ("valid", metric),
-                           ("lr", optimizer.param_groups[0]["lr"]), ("seconds", time.perf_counter() - t0)):
-                h[key].append(v)
-            state["epoch"] = epoch + 1
-            if valid is not None:
-                if metric > state["best_metric"]:
-                    state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0,
-                                 best_state={k: v.detach().clone() for k, v in module.state_dict().items()})
-                else:
-                    state["bad_epochs"] += 1
-                stopped = patience is not None and state["bad_epochs"] >= patience
-            log.info("epoch %d: train %.4f, valid %.4f per data point", epoch + 1, h["train"][-1], metric)
-            state["wall_time"] = time.perf_counter() - start
-            if path is not None:
-                save_checkpoint(path, module, optimizer, schedule, state, settings, target)
-            if stopped:
-                log.info("early stop after epoch %d (best epoch %d)", epoch + 1, state["best_epoch"])
-                break
-    finally:
-        bar.close()
+    # Pyro's shape and support checks ran on the first evaluation of the loss (collect_parameters);
+    # the loop skips them: they cost about a tenth of a step of a small network
+    with pyro.validation_enabled(False):
+        try:
+            for epoch in range(state["epoch"], epochs):
+                t0 = time.perf_counter()
+                gen = torch.Generator().manual_seed(chain_seed(seed, epoch))
+                x_epoch = transform(data, gen) if transform is not None else data
+                perm = torch.randperm(N, generator=gen).to(device)
+                module.train()
+                epoch_losses = []
+                for b in range(steps_per_epoch):
+                    optimizer.zero_grad()
+                    loss = batch_loss(x_epoch, perm[b * B:(b + 1) * B])
+                    value = float(loss.detach()) / N
+                    state["losses"].append(value)
+                    if not math.isfinite(value):
+                        raise SVIDivergedError(state["step"], state["losses"], target.source)
+                    loss.backward()
+                    if clip_norm:
+                        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                    optimizer.step()
+                    schedule.step()
+                    state["step"] += 1
+                    epoch_losses.append(value)
+                    bar.update()
+                    if b % 20 == 0:
+                        recent = epoch_losses[-50:]
+                        bar.set_postfix(epoch=epoch + 1, elbo=f"{-sum(recent) / len(recent):.3f}",
+                                        valid=f"{state['history']['valid'][-1]:.3f}" if state["history"]["valid"] else "-")
+                module.eval()
+                metric = evaluate(batch_loss, valid, B) if valid is not None else float("nan")
+                h = state["history"]
+                for key, v in (("epoch", epoch + 1), ("train", -sum(epoch_losses) / len(epoch_losses)), ("valid", metric),
+                               ("lr", optimizer.param_groups[0]["lr"]), ("seconds", time.perf_counter() - t0)):
+                    h[key].append(v)
+                state["epoch"] = epoch + 1
+                if valid is not None:
+                    if metric > state["best_metric"]:
+                        state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0,
+                                     best_state={k: v.detach().clone() for k, v in module.state_dict().items()})
+                    else:
+                        state["bad_epochs"] += 1
+                    stopped = patience is not None and state["bad_epochs"] >= patience
+                log.info("epoch %d: train %.4f, valid %.4f per data point", epoch + 1, h["train"][-1], metric)
+                state["wall_time"] = time.perf_counter() - start
+                if path is not None:
+                    save_checkpoint(path, module, optimizer, schedule, state, settings, target)
+                if stopped:
+                    log.info("early stop after epoch %d (best epoch %d)", epoch + 1, state["best_epoch"])
+                    break
+        finally:
+            bar.close()
     if state["best_state"] is not None:
         module.load_state_dict(state["best_state"])
     module.eval()

@@ -43,8 +43,9 @@ from zoo.base import ZooModel, as_matrix, check_positive_int
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-class MLP(PyroModule):
-    """``tanh`` multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` (linear output layer)."""
+class MLP(nn.Module):
+    """``tanh`` multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` (linear output layer). A plain torch
+    module: its weights are network parameters, not Pyro sites (and skip PyroModule's attribute hooks)."""
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
