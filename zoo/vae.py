@@ -37,6 +37,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import nn
+from tqdm.auto import tqdm
 
 from zoo.base import ZooModel, as_matrix, check_positive_int
 
@@ -207,8 +208,10 @@ class VAE(ZooModel):
         rows = max(1, min(x.shape[0], max_elements // (self.input_dim * min(k, 64))))
         chunk = max(1, min(k, max_elements // (self.input_dim * rows)))
         out = []
+        starts = range(0, x.shape[0], rows)
         with torch.no_grad():
-            for start in range(0, x.shape[0], rows):
+            for start in tqdm(starts, desc="log p(x) by importance sampling", leave=False,
+                              disable=True if len(starts) < 4 else None):   # a bar on a terminal, for long work
                 xb = x[start:start + rows]
                 q = self.posterior(xb)
                 total = torch.full((xb.shape[0],), -math.inf, dtype=xb.dtype, device=xb.device)
