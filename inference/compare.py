@@ -25,20 +25,23 @@ def _labels(a: Posterior, b: Posterior, labels) -> tuple[str, str]:
     return (la, lb) if la != lb else (f"{la}_a", f"{lb}_b")
 
 
-def aligned_pair(a: Posterior, b: Posterior) -> tuple[dict, dict]:
-    """Identifiable quantities of ``a`` (in ``b``'s labeling) and of ``b``."""
+def aligned_pair(a: Posterior, b: Posterior, sites=None) -> tuple[dict, dict]:
+    """Identifiable quantities of ``a`` (in ``b``'s frame) and of ``b``; or the draws of ``sites``."""
+    if sites is not None:
+        return {k: a.samples[k] for k in sites}, {k: b.samples[k] for k in sites}
     return a.target.align(a.global_samples, reference=b.alignment), b.aligned
 
 
-def compare(a: Posterior, b: Posterior, *, labels=None) -> pd.DataFrame:
-    """One row per scalar element of every identifiable quantity.
+def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFrame:
+    """One row per scalar element of every identifiable quantity (or of the sample ``sites`` named,
+    compared as drawn: e.g. the local latents of a few data points).
 
     Columns: mean and sd under ``a`` and ``b``, ``smd`` = (mean_a - mean_b) / sd_b, ``sd_ratio`` =
     sd_a / sd_b, bulk ESS and ESS per second of wall time for each, and a verdict. ``df.attrs``
     holds the labels and wall times.
     """
     la, lb = _labels(a, b, labels)
-    qa, qb = aligned_pair(a, b)
+    qa, qb = aligned_pair(a, b, sites)
     rows = []
     for name in qb:
         if name not in qa:

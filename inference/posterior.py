@@ -68,13 +68,15 @@ class Posterior:
                 f"draws={self.num_draws}, wall_time={self.wall_time:.1f}s)")
 
     # --- shapes ------------------------------------------------------------------------------
+    # A model without latent draws to keep (an amortized model: only local latents) is one point,
+    # its fitted parameters: 1 chain x 1 draw.
     @property
     def num_chains(self) -> int:
-        return next(iter(self.samples.values())).shape[0] if self.samples else 0
+        return next(iter(self.samples.values())).shape[0] if self.samples else 1
 
     @property
     def num_draws(self) -> int:
-        return next(iter(self.samples.values())).shape[1] if self.samples else 0
+        return next(iter(self.samples.values())).shape[1] if self.samples else 1
 
     @property
     def model(self):
@@ -113,7 +115,8 @@ class Posterior:
         params = {k: v for k, v in self.samples.items()}
         if self.target.zoo is not None:
             params = self.global_samples
-        return self.target.log_likelihood(self.data, params, batch_ndim=2)
+        ll = self.target.log_likelihood(self.data, params, batch_ndim=2)
+        return ll.reshape(self.num_chains, self.num_draws, ll.shape[-1])
 
     def posterior_predictive(self, max_draws: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
         """Replicated observations for evenly thinned draws: ``{site: (chain, draw', *data_shape)}``."""
@@ -128,7 +131,8 @@ class Posterior:
             # uncondition: the observed sites are drawn afresh, not copied from the data; InitMessenger:
             # improper priors get no prior draws
             model = InitMessenger(sample_or_uniform)(pyro.poutine.uncondition(self.target.marginal_fn))
-            pred = Predictive(model, posterior_samples=draws, return_sites=list(obs))(self.data)
+            pred = Predictive(model, posterior_samples=draws, num_samples=None if draws else 1,
+                              return_sites=list(obs))(self.data)
         return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
 
     def predictive_log_density(self, data) -> torch.Tensor:

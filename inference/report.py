@@ -38,8 +38,14 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
                  comparison: pd.DataFrame | None = None, diagnoses: Mapping[str, Diagnosis] | None = None,
-                 title: str = "", force: bool = False, heldout: pd.DataFrame | None = None) -> Path:
-    """Write the report folder and return its path. ``heldout``: held-out scores per data split."""
+                 title: str = "", force: bool = False, figures: Mapping | None = None,
+                 sections: Mapping[str, str | pd.DataFrame] | None = None) -> Path:
+    """Write the report folder and return its path.
+
+    ``figures`` adds ``{file stem: matplotlib Figure}``; ``sections`` adds summary.md sections
+    ``{heading: markdown text or a DataFrame}`` after the runs table (a table is also written as CSV
+    when ``df.attrs["csv"]`` names a file, and only there when ``df.attrs["markdown"]`` is False).
+    """
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -47,7 +53,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, heldout)
+        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, figures or {}, sections or {})
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -61,8 +67,12 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
     return out
 
 
-def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, heldout=None):
+def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extra_figures, sections):
     files: list[str] = []
+    for table in sections.values():
+        if isinstance(table, pd.DataFrame) and table.attrs.get("csv"):
+            table.to_csv(folder / table.attrs["csv"])
+            files.append(table.attrs["csv"])
     for label, post in posteriors.items():
         post.to_netcdf(folder / f"posterior_{label}.nc")
         files.append(f"posterior_{label}.nc")
@@ -73,9 +83,6 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, held
         table = pd.concat({label: d.summary for label, d in diagnoses.items()}, names=["method", "quantity"])
         table.to_csv(folder / "diagnostics.csv")
         files.append("diagnostics.csv")
-    if heldout is not None:
-        heldout.to_csv(folder / "heldout.csv")
-        files.append("heldout.csv")
 
     figures = {}
     sampled = [p for p in posteriors.values() if p.num_chains > 1]
@@ -93,6 +100,8 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, held
     if zoo_model is not None:
         for stem, fig in zoo_model.figures(first.data, dict(posteriors), dataset=dataset).items():
             figures[stem] = (lambda f=fig: f)
+    for stem, fig in extra_figures.items():
+        figures[stem] = (lambda f=fig: f)
     for stem, make in figures.items():
         try:
             with warnings.catch_warnings():
@@ -105,7 +114,7 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, held
             log.warning("plot %s skipped: %s", stem, e)
             plt.close("all")
     blocks = summary_blocks(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
-                            files=files, title=title, heldout=heldout)
+                            files=files, title=title, sections=sections)
     (folder / "summary.md").write_text(render_markdown(blocks))
     (folder / "summary.html").write_text(render_html(blocks))
 
@@ -148,7 +157,7 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
 
 
 def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="",
-                   heldout=None):
+                   sections=None):
     """The summary as a list of ``(kind, content)`` blocks: h1, h2, p, table, pre, file."""
     first = next(iter(posteriors.values()))
     zoo_model = first.target.zoo
@@ -163,6 +172,12 @@ def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None,
                  "settings": ", ".join(f"{k}={v}" for k, v in p.settings.items())}
          for label, p in posteriors.items()}, orient="index").rename_axis("method")
     blocks += [("h2", "Runs"), ("table", runs)]
+    for heading, body in (sections or {}).items():
+        if isinstance(body, pd.DataFrame) and body.attrs.get("markdown", True):
+            blocks += [("h2", heading), ("table", body)]
+        else:
+            text = body if not isinstance(body, pd.DataFrame) else f"{len(body)} rows in {body.attrs['csv']}."
+            blocks += [("h2", heading), ("p", text)]
     if comparison is not None:
         la, lb = comparison.attrs["labels"]
         blocks += [("h2", f"{la.upper()} vs {lb.upper()} (reference: {lb.upper()})"),
@@ -171,8 +186,6 @@ def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None,
                    ("table", comparison.drop(columns=["site"]))]
     if diagnoses:
         blocks += [("h2", "Diagnostics")] + [("pre", str(d)) for d in diagnoses.values()]
-    if heldout is not None:
-        blocks += [("h2", "Held-out data (log predictive density)"), ("table", heldout)]
     loo = loo_table(posteriors)
     if len(loo):
         blocks += [("h2", "PSIS-LOO (marginal pointwise log-likelihood)"), ("table", loo)]

@@ -161,6 +161,9 @@ class Target:
     def initial_values(self, data, seed: int):
         return self.zoo.initial_values(data, seed=seed) if self.zoo is not None else None
 
+    def training_transform(self, data):
+        return self.zoo.training_transform(data) if self.zoo is not None else None
+
     def default_guide(self):
         return self.zoo.guide if self.zoo is not None else None
 

@@ -22,6 +22,7 @@ _REGISTRY = {
     "gmm": "zoo.gmm:GaussianMixture",
     "ppca": "zoo.ppca:PPCA",
     "hmm": "zoo.hmm:HiddenMarkovModel",
+    "vae": "zoo.vae:VAE",
 }
 
 

@@ -88,6 +88,11 @@ class ZooModel(PyroModule):
         """Optional data-driven starting values (constrained) for MCMC chains and autoguides."""
         return None
 
+    def training_transform(self, data):
+        """Optional random transform ``f(x, generator) -> x`` of training data, applied afresh every epoch by
+        minibatch training (e.g. the VAE's dynamic binarization of grey levels); None for none."""
+        return None
+
     def coords(self, data) -> dict[str, list]:
         """Optional coordinate labels for the named dims (e.g. feature names)."""
         return {}

@@ -17,7 +17,8 @@ import sys
 import time
 
 #: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
-CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission"}
+CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission",
+                "latent_dim": "latent_dim", "hidden": "hidden", "likelihood": "likelihood"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="replace an existing report folder")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--steps", type=int, default=3000, help="SVI steps")
-        p.add_argument("--lr", type=float, default=0.02, help="SVI learning rate (Adam)")
+        p.add_argument("--lr", type=float, default=None,
+                       help="learning rate of Adam (default 0.02 for SVI, 1e-3 for minibatch training)")
         p.add_argument("--guide", default=None, help="SVI guide: model (default), normal, mvn, iaf")
         p.add_argument("--samples", type=int, default=1000, help="posterior draws (per chain for NUTS)")
         p.add_argument("--warmup", type=int, default=500, help="NUTS warmup steps per chain")
@@ -43,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--emission", help="emission family (hmm): gaussian, categorical, poisson, bernoulli")
         p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other model configuration, e.g. --option concentration=2.0")
+        p.add_argument("--latent-dim", type=int, help="latent dimension (VAE)")
+        p.add_argument("--hidden", type=_sizes, help="hidden layer sizes, e.g. 200,200 (VAE)")
+        p.add_argument("--likelihood", help="observation model, e.g. bernoulli or gaussian (VAE)")
+        t = p.add_argument_group("minibatch training (models whose latents are all local, e.g. the VAE)")
+        t.add_argument("--epochs", type=int, default=100)
+        t.add_argument("--batch-size", type=int, default=100)
+        t.add_argument("--elbo", default="trace", choices=["trace", "iwae"], help="objective (iwae: Burda et al.)")
+        t.add_argument("--particles", type=int, default=1, help="particles per data point (k of the IWAE bound)")
+        t.add_argument("--patience", type=int, default=None, help="early stopping: epochs without a better validation ELBO")
+        t.add_argument("--checkpoint", help="checkpoint file, written every epoch (default: OUT.ckpt.pt)")
+        t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+        t.add_argument("--trainer", default="torch", choices=["torch", "lightning"],
+                       help="torch: our loop (checkpoints); lightning: PyTorch Lightning DDP on --devices processes")
+        t.add_argument("--devices", type=int, default=1, help="processes / GPUs for --trainer lightning")
+        t.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+        t.add_argument("--eval-particles", type=int, default=None,
+                       help="importance samples per image for the test log-likelihood (default: the model's, 5000)")
+        t.add_argument("--points", type=int, default=8, help="compare: test images for the amortization gap")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
 
@@ -88,6 +108,8 @@ def _setup(args):
     from inference.report import check_output_dir
     from zoo import datasets
 
+    if args.lr is None:
+        args.lr = 0.02
     model = zoo.get(args.model, **model_config(args))
     out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force)
     dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
@@ -104,6 +126,8 @@ def cmd_fit(args) -> int:
     import inference
     from inference.posterior import Posterior
 
+    if _amortized(args.model):
+        return fit_amortized(args)
     model, out, dataset, data, coords = _setup(args)
     progress = not args.quiet
     if args.method == "nuts":
@@ -124,13 +148,15 @@ def cmd_fit(args) -> int:
     print(diagnosis.summary.round(4).to_string())
     print()
     print(diagnosis)
+    sections = {}
     heldout = _heldout(model, post, dataset)
     if heldout is not None:
         print(f"\nheld-out log predictive density ({args.method}):")
         print(heldout.round(4).to_string())
+        sections["Held-out data (log predictive density)"] = heldout
     path = inference.write_report(out, {args.method: post}, dataset=dataset, diagnoses={args.method: diagnosis},
                                   title=f"zoo fit {args.model} --method {args.method}", force=args.force,
-                                  heldout=heldout)
+                                  sections=sections)
     print(f"\nreport written to {path}/")
     return 0
 
@@ -147,13 +173,19 @@ def _heldout(model, post, dataset):
         n_obs = model.num_observations(data)
         rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
                        "nll_per_observation": -float(lpd.sum()) / n_obs}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("split") if rows else None
+    if not rows:
+        return None
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
+    table.attrs["csv"] = "heldout.csv"
+    return table
 
 
 def cmd_compare(args) -> int:
     import inference
     from inference.compare import summary_line
 
+    if _amortized(args.model):
+        return compare_amortized(args)
     model, out, dataset, data, coords = _setup(args)
     progress = not args.quiet
     svi = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
@@ -173,6 +205,96 @@ def cmd_compare(args) -> int:
     path = inference.write_report(out, {"svi": svi, "nuts": nuts}, dataset=dataset, comparison=table,
                                   diagnoses=diagnoses, title=f"zoo compare {args.model} ({dataset.name})",
                                   force=args.force)
+    print(f"\nreport written to {path}/")
+    return 0
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 200,200, got {text!r}") from None
+
+
+# --- amortized models: minibatch training, test log-likelihood, amortization gap -----------------
+
+
+def _amortized(name: str) -> bool:
+    """A model whose latents are all local (no global sites) is fitted by minibatch amortized SVI."""
+    import zoo
+
+    return not zoo.model_class(name).global_sites
+
+
+def _train_amortized(args):
+    """Train (or resume), evaluate on the test split; returns what the report needs."""
+    import zoo
+    from inference.report import check_output_dir
+    from inference.train import plot_history, train
+    from zoo import datasets
+
+    if getattr(args, "method", "svi") != "svi":
+        raise ValueError(f"--method: model {args.model!r} has only local latents and is fitted by amortized SVI "
+                         f"(--method svi); `zoo compare {args.model}` runs NUTS on the latents of a few test images")
+    model = zoo.get(args.model, **model_config(args), **({"eval_particles": args.eval_particles} if args.eval_particles else {}))
+    out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force)
+    dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
+    data = model.validate(dataset.data)
+    valid = dataset.splits.get("valid")
+    split = "test" if "test" in dataset.splits else "valid" if valid is not None else "train"
+    kw = dict(valid=valid, elbo=args.elbo, num_particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
+              lr=args.lr or 1e-3, seed=args.seed, progress=not args.quiet)
+    if args.trainer == "lightning":
+        from inference.lightning import train_lightning
+
+        fit = train_lightning(model, data, devices=args.devices, accelerator="gpu" if args.device == "cuda" else "cpu", **kw)
+    else:
+        checkpoint = args.checkpoint or f"{out}.ckpt.pt"
+        if args.force and not args.resume and os.path.exists(checkpoint):
+            os.remove(checkpoint)   # --force: start afresh (without it, an existing checkpoint is refused)
+        fit = train(model, data, patience=args.patience, checkpoint=checkpoint, resume=args.resume, device=args.device, **kw)
+    evaluation = dataset.split(split)
+    post = fit.posterior(evaluation.data)
+    ll = post.log_likelihood.reshape(-1)
+    nll = -float(ll.mean())
+    fitted = post.model
+    h = fit.history
+    text = (f"Negative log-likelihood of the {split} split: **{nll:.3f} nats** per image (± {float(ll.std()) / len(ll) ** 0.5:.3f} "
+            f"se over {len(ll)} images), importance sampling with k = {fitted.eval_particles} draws from the encoder "
+            f"(the IWAE bound L_k). Training: {len(h['epoch'])} epochs, {fit.wall_time:.0f} s, "
+            f"objective {fit.settings['elbo']}; last training ELBO {h['train'][-1]:.3f}"
+            + (f", best validation ELBO {max(h['valid']):.3f} at epoch {fit.best_epoch}" if valid is not None and fit.best_epoch else "")
+            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
+    sections = {f"{split.capitalize()} log-likelihood": text}
+    return fit, post, evaluation, out, sections, {"elbo": plot_history(h)}, nll, split
+
+
+def fit_amortized(args) -> int:
+    import inference
+
+    fit, post, evaluation, out, sections, figures, nll, split = _train_amortized(args)
+    print(f"{args.model} on {evaluation.name}: {split} NLL = {nll:.3f} nats per image "
+          f"(k = {post.model.eval_particles}); {len(fit.history['epoch'])} epochs in {fit.wall_time:.1f}s")
+    path = inference.write_report(out, {"svi": post}, dataset=evaluation, title=f"zoo fit {args.model}",
+                                  force=args.force, sections=sections, figures=figures)
+    print(f"\nreport written to {path}/")
+    return 0
+
+
+def compare_amortized(args) -> int:
+    import inference
+    from inference.amortization import amortization_gap, gap_sections
+
+    fit, post, evaluation, out, sections, figures, nll, split = _train_amortized(args)
+    points = post.data[:args.points]
+    gap = amortization_gap(post.model, points, num_samples=args.samples, warmup_steps=args.warmup,
+                           num_chains=args.chains, svi_steps=args.steps, seed=args.seed, progress=not args.quiet)
+    print(f"{args.model} on {evaluation.name}: {split} NLL = {nll:.3f} nats per image; amortization gap on "
+          f"{len(points)} {split} images (nats):\n")
+    print(gap)
+    path = inference.write_report(out, {"svi": post}, dataset=evaluation, title=f"zoo compare {args.model}",
+                                  force=args.force, sections={**sections, **gap_sections(gap)},
+                                  figures={**figures, "amortization": gap.figure()})
     print(f"\nreport written to {path}/")
     return 0
 

@@ -124,6 +124,27 @@ def scree(model, data, posteriors, dataset=None):
     return fig
 
 
+# --- VAE -------------------------------------------------------------------------------------------
+
+
+def _image_grid(rows, shape, *, row_labels=None, title=""):
+    """rows: list of (n_cols, D) arrays shown as grey images, one figure row each."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.9 * n_cols + 1.2, 0.95 * n_rows + 0.4), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j < len(row):
+                ax.imshow(np.asarray(row[j]).reshape(shape), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        if row_labels:
+            axes[i, 0].text(-0.15, 0.5, row_labels[i], transform=axes[i, 0].transAxes, ha="right", va="center",
+                            fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def latent_projection(model, data, posteriors, dataset=None, max_draws: int = 400):
     """The data projected on the reference posterior's principal axes: the posterior mean over draws of
     E[z_n | x_n] rotated, per draw, to the frame of the reference's principal axes (so the rotation of
@@ -209,5 +230,80 @@ def hmm_states(model, data, posteriors, dataset=None, sequence: int = 0, max_dra
     ax2.set_title(f"posterior state probabilities (forward-backward, averaged over {len(keep)} {label} draws)",
                   fontsize=10)
     ax2.legend(loc="upper left", fontsize=8, ncol=min(S, 8))
+    fig.tight_layout()
+    return fig
+
+
+def _means(model, z):
+    """E[x | z]: pixel probabilities (Bernoulli) or means (Gaussian), (..., D)."""
+    out = model.decoder(z)
+    return torch.sigmoid(out) if model.likelihood == "bernoulli" else out
+
+
+@torch.no_grad()
+def vae_reconstructions(model, data, shape, n: int = 10):
+    """Images, their reconstructions E[x | z = mean of q(z | x)], and one draw z ~ q(z | x)."""
+    if shape is None:
+        return None
+    x = data[:n]
+    loc, scale = model.encoder(x)
+    rows = [x.cpu(), _means(model, loc).cpu(), _means(model, loc + scale * torch.randn_like(loc)).cpu()]
+    return _image_grid(rows, shape, row_labels=["data", "recon. (mean z)", "recon. (z ~ q)"],
+                       title="reconstructions: pixel probabilities given the encoder's code")
+
+
+@torch.no_grad()
+def vae_samples(model, shape, n: int = 40, seed: int = 0):
+    """E[x | z] for z drawn from the prior."""
+    if shape is None:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, model.latent_dim, generator=g).to(model.prior_loc)
+    x = _means(model, z).cpu()
+    cols = 10
+    return _image_grid([x[i:i + cols] for i in range(0, n, cols)], shape,
+                       title="prior samples: E[x | z], z ~ N(0, I)")
+
+
+@torch.no_grad()
+def vae_interpolations(model, data, shape, pairs: int = 4, steps: int = 9):
+    """Decoded straight lines between the codes (encoder means) of pairs of images."""
+    if shape is None or len(data) < 2:
+        return None
+    loc = model.encoder(data[:2 * pairs])[0]
+    t = torch.linspace(0, 1, steps).to(loc).unsqueeze(-1)
+    rows = [_means(model, (1 - t) * loc[2 * i] + t * loc[2 * i + 1]).cpu() for i in range(len(loc) // 2)]
+    return _image_grid(rows, shape, title="interpolations between the codes of two test images")
+
+
+@torch.no_grad()
+def vae_latent_scatter(model, data, labels=None, n: int = 2000):
+    """Encoder means of up to n images in 2-D (the code itself when L = 2, else its first two
+    principal components), coloured by digit label when labels exist."""
+    loc = model.encoder(data[:n])[0].cpu().numpy()
+    if loc.shape[1] > 2:
+        centered = loc - loc.mean(0)
+        _, s, vt = np.linalg.svd(centered, full_matrices=False)
+        xy = centered @ vt[:2].T
+        explained = (s[:2] ** 2).sum() / (s ** 2).sum()
+        axis = ["PC 1", "PC 2"]
+        note = f"first two principal components of the {loc.shape[1]}-D codes ({explained:.0%} of variance)"
+    elif loc.shape[1] == 2:
+        xy, axis, note = loc, ["z[0]", "z[1]"], "2-D codes"
+    else:
+        xy = np.stack([loc[:, 0], np.zeros(len(loc))], 1)
+        axis, note = ["z[0]", ""], "1-D codes"
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is not None:
+        labels = np.asarray(labels)[:n]
+        for d in np.unique(labels):
+            sel = labels == d
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, label=str(d), color=plt.cm.tab10(int(d) % 10))
+        ax.legend(markerscale=3, fontsize=8, title="label", loc="best")
+    else:
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
+    ax.set_xlabel(axis[0])
+    ax.set_ylabel(axis[1])
+    ax.set_title(f"encoder means of {len(xy)} images: {note}", fontsize=9)
     fig.tight_layout()
     return fig

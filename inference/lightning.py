@@ -1,0 +1,118 @@
+"""Data-parallel minibatch training with PyTorch Lightning (DDP) for the models :func:`inference.train.train` fits.
+
+    >>> fit = train_lightning(m, x, valid=v, devices=2)                  # 2 CPU processes (gloo)
+    >>> fit = train_lightning(m, x, accelerator="gpu", devices=4)        # 4 GPUs (nccl)
+
+The objective, the fixed-subsample data plate and the per-epoch transform are those of
+``inference.train``; Lightning supplies the processes, the ``DistributedSampler`` (each process sees
+its share of every epoch) and the gradient averaging, which keeps the loss an estimate of the whole
+data set's ELBO. Processes are forked (strategy ``"ddp_fork"``: works from scripts, notebooks and
+tests; CUDA must not be initialized before). For several nodes pass ``strategy="ddp"`` and
+``num_nodes`` and start the script with a launcher (torchrun, SLURM); the calling script then runs
+in every process, so only ``global_rank == 0`` should write results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from inference.target import chain_seed, inspect_model
+from inference.train import FixedSubsample, TrainResult, make_objective, prepare_eval, training_target
+
+log = logging.getLogger(__name__)
+
+
+def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace", num_particles: int = 1,
+                    epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, lr_decay: float = 0.1,
+                    seed: int = 0, accelerator: str = "cpu", devices: int = 2, num_nodes: int = 1,
+                    strategy: str | None = None, transform="auto", progress: bool = True) -> TrainResult:
+    """Fit an amortized model with Lightning's ``Trainer`` on ``devices`` processes; see the module docstring."""
+    try:
+        import lightning as L
+        from lightning.pytorch.loggers import CSVLogger
+    except ImportError:
+        raise ValueError("trainer: Lightning training needs PyTorch Lightning; pip install 'latent-zoo[dist]'") from None
+
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices: expected a positive integer, got {devices!r}")
+    target, module = training_target(model)
+    data = target.validate(data).cpu()
+    if transform == "auto":
+        transform = target.training_transform(data)
+    valid = prepare_eval(target, valid, transform).cpu() if valid is not None else None
+    guide_fn = guide if guide is not None else module.guide
+    info = inspect_model(target.model_fn, data[:2])
+    objective = make_objective(elbo, num_particles, info.max_plate_nesting, info.data_plate)
+    N, B = data.shape[0], min(batch_size, data.shape[0])
+    gamma = lr_decay ** (1.0 / (epochs * math.ceil(N / (B * devices * num_nodes)))) if lr_decay else 1.0
+
+    class Amortized(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = module
+
+        def loss(self, x, idx):
+            fix = FixedSubsample(info.data_plate, idx)
+            return objective(fix(target.model_fn), fix(guide_fn), x)
+
+        def on_fit_start(self):
+            torch.manual_seed(chain_seed(seed, 1000 + self.global_rank))   # different noise per process
+
+        def on_train_epoch_start(self):
+            gen = torch.Generator().manual_seed(chain_seed(seed, self.current_epoch))
+            self.x_epoch = (transform(data, gen) if transform is not None else data).to(self.device)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.loss(self.x_epoch, batch[0])
+            self.log("train", -loss.detach() / N, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+            return loss
+
+        def on_validation_epoch_start(self):
+            self.x_valid = valid.to(self.device)
+
+        def validation_step(self, batch, batch_idx):
+            idx = batch[0]
+            # the plate scaled the batch by len(valid) / len(idx): this is its share of the per-point mean
+            self.log("valid", -self.loss(self.x_valid, idx) * len(idx) / len(valid) ** 2, reduce_fx="sum",
+                     on_epoch=True, sync_dist=True)
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+            schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def loader(n, shuffle):
+        ds = torch.utils.data.TensorDataset(torch.arange(n))
+        return torch.utils.data.DataLoader(ds, batch_size=B, shuffle=shuffle,
+                                           generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+    if strategy is None:
+        strategy = "ddp_fork" if devices * num_nodes > 1 else "auto"
+    L.seed_everything(seed, verbose=False)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                            max_epochs=epochs, logger=CSVLogger(tmp, name="fit"), enable_checkpointing=False,
+                            enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+                            num_sanity_val_steps=0, deterministic=True)
+        trainer.fit(Amortized(), loader(N, True), loader(len(valid), False) if valid is not None else None)
+        metrics = pd.read_csv(next(Path(tmp).rglob("metrics.csv")))
+    module.cpu().eval()
+    epochs_df = metrics.groupby("epoch").last()
+    history = {"epoch": [int(e) + 1 for e in epochs_df.index],
+               "train": epochs_df["train_epoch"].tolist() if "train_epoch" in epochs_df else [],
+               "valid": epochs_df["valid"].tolist() if "valid" in epochs_df else [math.nan] * len(epochs_df),
+               "lr": [], "seconds": []}
+    losses = (-metrics["train_step"].dropna()).tolist() if "train_step" in metrics else []
+    settings = dict(elbo=elbo, num_particles=num_particles, epochs=epochs, batch_size=B, lr=lr, lr_decay=lr_decay,
+                    seed=seed, trainer="lightning", strategy=str(strategy), devices=devices, num_nodes=num_nodes,
+                    accelerator=accelerator)
+    return TrainResult(model=module, guide=guide_fn, losses=losses, history=history,
+                       wall_time=time.perf_counter() - start, settings=settings, transform=transform, target=target)

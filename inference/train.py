@@ -1,0 +1,415 @@
+"""Minibatch training of amortized Pyro models: epochs of shuffled minibatches, checkpoints, early stopping.
+
+Works for any Pyro model whose data plate yields the indices it covers and whose pair members index
+the data with them (the Pyro idiom ``with pyro.plate("data", len(data)) as idx: x = data[idx]``).
+Each step fixes those indices to the next minibatch (:class:`FixedSubsample`), so the plate scales
+the batch's terms by N / B and the loss estimates the ELBO of the whole data set. The guide is the
+model's own (amortized) guide or any guide whose parameters live in the model's module.
+
+Objectives:
+
+- ``"trace"``: ``Trace_ELBO`` (particles vectorized);
+- ``"iwae"``: the importance-weighted bound of Burda et al. (2015), per element of the data plate,
+  ``sum_n logmeanexp_k log w_nk`` with ``log w_nk = log p(x_n, z_nk) - log q(z_nk | x_n)``,
+  particles vectorized, scaled by N / B outside the log-mean-exp. Pyro's ``RenyiELBO(alpha=0)``
+  is the same bound on a full batch (it keeps plates shared by every site), but under
+  subsampling it applies the N / B scale *inside* the log-mean-exp, which is a different and
+  wrong objective; hence this one.
+
+A checkpoint (``torch.save`` of tensors and plain containers, read back with
+``torch.load(weights_only=True)``) holds the module's parameters, the optimizer and schedule, the
+epoch and step, the torch RNG state, the early-stopping state and the history; a resumed run
+continues with the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
+
+from inference.posterior import Posterior
+from inference.svi import SVIDivergedError, collect_parameters
+from inference.target import Target, as_target, chain_seed, inspect_model, is_zoo_model, set_seed
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("trace", "iwae")
+#: evaluation data (validation, test) get the training transform once, with this seed, in every run
+EVAL_SEED = 0
+
+
+class FixedSubsample(Messenger):
+    """Make the plate ``name`` cover exactly ``indices`` (it then scales its sites by size / len(indices))."""
+
+    def __init__(self, name: str, indices: torch.Tensor):
+        super().__init__()
+        self.name, self.indices = name, indices
+
+    def _pyro_sample(self, msg):
+        if msg["name"] == self.name and site_is_subsample(msg):
+            msg["value"] = self.indices
+
+
+def log_weights(model, guide, data, num_particles: int, *, max_plate_nesting: int, data_plate: str):
+    """Importance log-weights per particle and element of the data plate, shape (k, B).
+
+    ``log w[k, b] = log p(x_b, z_kb) - log q(z_kb | x_b)`` with the guide's draws (particles
+    vectorized in a plate left of the model's plates), every site's terms summed over all dims but
+    the data plate's, the plate's subsample scale N / B undone. Also returns that scale.
+    Every latent site must lie inside the data plate (an amortized model); a global one raises.
+    """
+    particles = pyro.plate("_particles", num_particles, dim=-1 - max_plate_nesting)
+    with particles:
+        guide_trace = poutine.trace(guide).get_trace(data)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(data)
+    ndim = max_plate_nesting + 1
+    total, scale = 0.0, 1.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+            if frame is None:
+                raise ValueError(f"elbo: the importance-weighted bound needs every site inside the data plate "
+                                 f"{data_plate!r}; site {site['name']!r} is outside it (a global latent)")
+            scale = frame.full_size / frame.size
+            lp = site["log_prob"] / scale
+            lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
+            keep = (0, ndim + frame.dim)
+            other = [d for d in range(ndim) if d not in keep]
+            if other:  # (sum over an empty dim list would sum everything)
+                lp = lp.sum(other, keepdim=True)
+            total = total + sign * lp.reshape(lp.shape[0], lp.shape[keep[1]])
+    return total.expand(num_particles, -1), scale
+
+
+class IWAE:
+    """The importance-weighted bound as a differentiable loss ``loss(model, guide, data)`` (see the module docstring)."""
+
+    def __init__(self, num_particles: int, max_plate_nesting: int, data_plate: str):
+        self.num_particles, self.max_plate_nesting, self.data_plate = num_particles, max_plate_nesting, data_plate
+
+    def __call__(self, model, guide, data):
+        log_w, scale = log_weights(model, guide, data, self.num_particles,
+                                   max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate)
+        return -scale * (torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
+
+
+def make_objective(elbo: str, num_particles: int, max_plate_nesting: int, data_plate: str):
+    if elbo == "trace":
+        return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                          max_plate_nesting=max_plate_nesting).differentiable_loss
+    if elbo == "iwae":
+        return IWAE(num_particles, max_plate_nesting, data_plate)
+    raise ValueError(f"elbo: expected one of {', '.join(OBJECTIVES)}, got {elbo!r}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``model`` is the fitted copy (the best epoch's parameters when a
+    validation split was given); ``losses`` are per step, ``history`` per epoch, both
+    per data element (negative objective / positive objective)."""
+
+    model: Any
+    guide: Callable
+    losses: list[float]
+    history: dict[str, list[float]]
+    wall_time: float
+    settings: dict[str, Any]
+    transform: Callable | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    checkpoint: Path | None = None
+    target: Any = field(default=None, repr=False)
+
+    def prepare(self, data) -> torch.Tensor:
+        """Evaluation data as training saw it: validated, and transformed once with ``EVAL_SEED``."""
+        x = prepare_eval(self.target, data, self.transform)
+        first = next(self.model.parameters(), None)
+        return x.to(first.device) if first is not None else x
+
+    def posterior(self, data) -> Posterior:
+        """A one-point Posterior of the fitted model on evaluation ``data`` (e.g. the test split)."""
+        return Posterior.point(self.target, self.prepare(data), {}, method="svi", wall_time=self.wall_time,
+                               losses=self.losses, settings=self.settings)
+
+
+def training_target(model):
+    """``(target, module)`` for a fit: a deep copy of a zoo model, or of a PyroModule with ``model``/``guide``
+    methods (a user's amortized model); the module owns every trainable parameter."""
+    if isinstance(model, torch.nn.Module) and callable(getattr(model, "model", None)):
+        module = copy.deepcopy(model)
+        return (as_target(module) if is_zoo_model(module) else Target(module.model)), module
+    raise TypeError("model: minibatch training needs a zoo model or a PyroModule with model and guide methods "
+                    f"that owns the guide's parameters; got {type(model).__name__}")
+
+
+def prepare_eval(target, data, transform):
+    x = target.validate(data)
+    if transform is not None:
+        x = transform(x, torch.Generator().manual_seed(EVAL_SEED))
+    return x
+
+
+def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_particles: int = 1,
+          epochs: int = 100, batch_size: int = 100, lr: float = 1e-3, lr_decay: float = 0.1,
+          clip_norm: float | None = None, patience: int | None = None, seed: int = 0,
+          checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | None = None,
+          transform="auto", progress: bool = True) -> TrainResult:
+    """Fit an amortized model by minibatch SVI; returns a :class:`TrainResult`.
+
+    :param model: a zoo model or a PyroModule with ``model``/``guide`` methods; the fit works on a deep copy.
+    :param valid: validation data: the objective per data element is computed on it after every
+        epoch; with ``patience`` the run stops after that many epochs without improvement and the
+        best epoch's parameters are kept.
+    :param elbo: "trace" (Trace_ELBO) or "iwae" (importance-weighted bound with ``num_particles``).
+    :param lr: Adam's learning rate; it decays exponentially, per step, to ``lr * lr_decay`` at the
+        last planned step.
+    :param transform: ``f(x, generator) -> x`` applied afresh to the training data every epoch
+        (dynamic binarization, augmentation) and once, with a fixed seed, to the validation data;
+        "auto" takes the zoo model's ``training_transform(data)``; None for none.
+    :param checkpoint: file written (atomically) after every epoch. An existing file is refused
+        unless ``resume=True``, which continues from it.
+    :param device: "cpu", "cuda", ... (default: where the data is).
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("num_particles", num_particles)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience: expected a positive integer or None, got {patience!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
+    if elbo not in OBJECTIVES:
+        raise ValueError(f"elbo: expected one of {', '.join(OBJECTIVES)}, got {elbo!r}")
+    target, module = training_target(model)
+    data = target.validate(data)
+    valid = target.validate(valid) if valid is not None else None
+    if valid is None and patience is not None:
+        raise ValueError("patience: early stopping needs a validation split (valid=)")
+    guide_fn = guide if guide is not None else getattr(module, "guide", None)
+    if not callable(guide_fn):
+        raise TypeError("guide: expected the model's amortized guide or a callable guide(data)")
+    if transform == "auto":
+        transform = target.training_transform(data)
+    device = torch.device(device) if device is not None else data.device
+    module.to(device)
+    data = data.to(device)
+    valid = prepare_eval(target, valid, transform).to(device) if valid is not None else None
+
+    N, B = data.shape[0], min(batch_size, data.shape[0])
+    info = inspect_model(target.model_fn, data[:2])
+    if info.data_plate is None:
+        raise ValueError("model: no data plate found (the observed site must sit in a pyro.plate over the data)")
+    objective = make_objective(elbo, num_particles, info.max_plate_nesting, info.data_plate)
+
+    def batch_loss(x, idx):
+        fix = FixedSubsample(info.data_plate, idx)
+        return objective(fix(target.model_fn), fix(guide_fn), x)
+
+    set_seed(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
+        params = collect_parameters(lambda: batch_loss(data, torch.arange(B, device=device)), [module])
+    owned = {id(p) for p in module.parameters()}
+    if not params or any(id(p) not in owned for p in params):
+        raise ValueError("guide: every trainable parameter must live in the model's module (for checkpoints)")
+    steps_per_epoch = math.ceil(N / B)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    gamma = lr_decay ** (1.0 / (epochs * steps_per_epoch)) if lr_decay else 1.0
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    state = {"epoch": 0, "step": 0, "losses": [], "history": {k: [] for k in ("epoch", "train", "valid", "lr", "seconds")},
+             "best_metric": -math.inf, "best_epoch": None, "bad_epochs": 0, "best_state": None, "wall_time": 0.0}
+    settings = dict(elbo=elbo, num_particles=num_particles, epochs=epochs, batch_size=B, lr=lr, lr_decay=lr_decay,
+                    patience=patience, seed=seed, device=str(device))
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        if not resume:
+            raise FileExistsError(f"checkpoint: {str(path)!r} exists; pass resume=True (--resume) to continue it "
+                                  "or choose another path")
+        state = load_checkpoint(path, module, optimizer, schedule, settings)
+        log.info("resumed %s at epoch %d (step %d)", path, state["epoch"], state["step"])
+    elif resume:
+        raise ValueError(f"resume: no checkpoint at {str(path) if path else '(none given)'} to resume from")
+
+    start = time.perf_counter() - state["wall_time"]
+    bar = tqdm(total=epochs * steps_per_epoch, initial=state["step"], desc=f"train {target.name}",
+               disable=not progress, leave=False)
+    stopped = False
+    # Pyro's shape and support checks ran on the first evaluation of the loss (collect_parameters);
+    # the loop skips them: they cost about a tenth of a step of a small network
+    with pyro.validation_enabled(False):
+        try:
+            for epoch in range(state["epoch"], epochs):
+                t0 = time.perf_counter()
+                gen = torch.Generator().manual_seed(chain_seed(seed, epoch))
+                x_epoch = transform(data, gen) if transform is not None else data
+                perm = torch.randperm(N, generator=gen).to(device)
+                module.train()
+                epoch_losses = []
+                for b in range(steps_per_epoch):
+                    optimizer.zero_grad()
+                    loss = batch_loss(x_epoch, perm[b * B:(b + 1) * B])
+                    value = float(loss.detach()) / N
+                    state["losses"].append(value)
+                    if not math.isfinite(value):
+                        raise SVIDivergedError(state["step"], state["losses"], target.source)
+                    loss.backward()
+                    if clip_norm:
+                        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                    optimizer.step()
+                    schedule.step()
+                    state["step"] += 1
+                    epoch_losses.append(value)
+                    bar.update()
+                    if b % 20 == 0:
+                        recent = epoch_losses[-50:]
+                        bar.set_postfix(epoch=epoch + 1, elbo=f"{-sum(recent) / len(recent):.3f}",
+                                        valid=f"{state['history']['valid'][-1]:.3f}" if state["history"]["valid"] else "-")
+                module.eval()
+                metric = evaluate(batch_loss, valid, B) if valid is not None else float("nan")
+                h = state["history"]
+                for key, v in (("epoch", epoch + 1), ("train", -sum(epoch_losses) / len(epoch_losses)), ("valid", metric),
+                               ("lr", optimizer.param_groups[0]["lr"]), ("seconds", time.perf_counter() - t0)):
+                    h[key].append(v)
+                state["epoch"] = epoch + 1
+                if valid is not None:
+                    if metric > state["best_metric"]:
+                        state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0,
+                                     best_state={k: v.detach().clone() for k, v in module.state_dict().items()})
+                    else:
+                        state["bad_epochs"] += 1
+                    stopped = patience is not None and state["bad_epochs"] >= patience
+                log.info("epoch %d: train %.4f, valid %.4f per data point", epoch + 1, h["train"][-1], metric)
+                state["wall_time"] = time.perf_counter() - start
+                if path is not None:
+                    save_checkpoint(path, module, optimizer, schedule, state, settings, target)
+                if stopped:
+                    log.info("early stop after epoch %d (best epoch %d)", epoch + 1, state["best_epoch"])
+                    break
+        finally:
+            bar.close()
+    if state["best_state"] is not None:
+        module.load_state_dict(state["best_state"])
+    module.eval()
+    return TrainResult(model=module, guide=guide_fn, losses=state["losses"], history=state["history"],
+                       wall_time=time.perf_counter() - start, settings=settings, transform=transform,
+                       best_epoch=state["best_epoch"], stopped_early=stopped, checkpoint=path, target=target)
+
+
+def evaluate(batch_loss, x, batch_size: int) -> float:
+    """The objective per data element on ``x`` (ELBO or IWAE bound, higher is better), in minibatches."""
+    N, total = x.shape[0], 0.0
+    with torch.no_grad():
+        for first in range(0, N, batch_size):
+            idx = torch.arange(first, min(N, first + batch_size), device=x.device)
+            total += float(batch_loss(x, idx)) * len(idx) / N   # the plate scaled the batch by N / len(idx)
+    return -total / N
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, module, optimizer, schedule, state, settings, target) -> None:
+    """Write everything a resumed run needs; tensors and plain containers only (``weights_only`` loads)."""
+    payload = {
+        "format": "latent-zoo-train/1",
+        "model": target.name,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in _config(target).items()},
+        "settings": dict(settings),
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "losses": torch.tensor(state["losses"], dtype=torch.float64),
+        **{k: state[k] for k in ("epoch", "step", "history", "best_metric", "best_epoch", "bad_epochs",
+                                 "best_state", "wall_time")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path) -> dict:
+    """Load a checkpoint with ``torch.load(weights_only=True)``; a clear error for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint: {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, pickle of arbitrary objects, not a torch file
+        raise ValueError(f"checkpoint: could not read {str(path)!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "latent-zoo-train/1":
+        raise ValueError(f"checkpoint: {str(path)!r} is not a Latent Zoo training checkpoint")
+    return payload
+
+
+def load_checkpoint(path, module, optimizer, schedule, settings) -> dict:
+    payload = read_checkpoint(path)
+    changed = {k: (payload["settings"].get(k), v) for k, v in settings.items()
+               if k not in ("epochs", "device") and payload["settings"].get(k) != v}
+    if changed:
+        raise ValueError(f"resume: the checkpoint was written with other settings {changed} (checkpoint, now)")
+    _load_state(module, payload["module"], payload)
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    torch.set_rng_state(payload["rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    state = {k: payload[k] for k in ("epoch", "step", "history", "best_metric", "best_epoch", "bad_epochs",
+                                     "best_state", "wall_time")}
+    state["losses"] = payload["losses"].tolist()
+    return state
+
+
+def load_model(path, model):
+    """Put the parameters of a checkpoint (the best epoch's, if early stopping kept one) into ``model``."""
+    payload = read_checkpoint(path)
+    _load_state(model, payload["best_state"] or payload["module"], payload)
+    return model
+
+
+def _load_state(module, state, payload) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:   # other layer sizes or sites
+        raise ValueError(f"checkpoint: holds a model configured as {payload['config']}, which does not fit this one "
+                         f"({str(e).splitlines()[0][:200]})") from None
+
+
+def _config(target) -> dict:
+    return target.zoo.config() if target.zoo is not None and hasattr(target.zoo, "config") else {}
+
+
+def plot_history(history: dict[str, list[float]], label: str = "objective"):
+    """Per-epoch training and validation objective (ELBO or IWAE bound per data point)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.plot(history["epoch"], history["train"], label="training (running mean over the epoch)")
+    if any(math.isfinite(v) for v in history["valid"]):
+        ax.plot(history["epoch"], history["valid"], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{label} per data point (nats)")
+    ax.legend()
+    ax.set_title("training curves")
+    fig.tight_layout()
+    return fig
+
