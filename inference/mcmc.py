@@ -23,7 +23,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import NUTS, infer_discrete
 from pyro.infer.autoguide.initialization import init_to_value
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from inference.posterior import Posterior
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed

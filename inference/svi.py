@@ -24,7 +24,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
     init_to_value,
 )
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from inference.posterior import Posterior
 from inference.target import Target, as_target, init_to_median_any, set_seed

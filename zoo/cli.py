@@ -126,7 +126,7 @@ def cmd_fit(args) -> int:
     import inference
     from inference.posterior import Posterior
 
-    if _amortized(args.model):
+    if _amortized(args):
         return fit_amortized(args)
     model, out, dataset, data, coords = _setup(args)
     progress = not args.quiet
@@ -184,7 +184,7 @@ def cmd_compare(args) -> int:
     import inference
     from inference.compare import summary_line
 
-    if _amortized(args.model):
+    if _amortized(args):
         return compare_amortized(args)
     model, out, dataset, data, coords = _setup(args)
     progress = not args.quiet
@@ -219,11 +219,11 @@ def _sizes(text: str) -> tuple[int, ...]:
 # --- amortized models: minibatch training, test log-likelihood, amortization gap -----------------
 
 
-def _amortized(name: str) -> bool:
+def _amortized(args) -> bool:
     """A model whose latents are all local (no global sites) is fitted by minibatch amortized SVI."""
     import zoo
 
-    return not zoo.model_class(name).global_sites
+    return not zoo.get(args.model, **model_config(args)).global_sites
 
 
 def _train_amortized(args):
