@@ -38,15 +38,14 @@ Gaussian feature or one Bernoulli key, ``(T, 1)`` for symbols/counts).
 **Two forms of one model** (see ``zoo.base.ZooModel`` and ``inference.target.Target``).
 :meth:`HiddenMarkovModel.model` above keeps the states explicit: it is the generative story, what
 ``infer_discrete`` draws ``states_t`` from (``inference.discrete_draws``), and what ``TraceEnum_ELBO``
-sums the states out of when it is fitted as a plain callable (``inference.fit_svi(m.model, data,
-guide=m.guide)``). :meth:`HiddenMarkovModel.marginal_model` has the same global sites and priors and
-one observed site ``obs`` (B, T, *E) whose density is the forward algorithm written as a product of
-per-step matrices, evaluated as a balanced tree of batched ``matmul`` with rescaling
-(:func:`forward_log_prob`: O(log T) sequential steps, no Python loop over time), vectorized over
-sequences, states and posterior draws. NUTS samples it, MAP maximizes it, the posterior predictive
-replicates data from it, and, as ``svi_marginal = True``, SVI fits it too (``Trace_ELBO``): the
-guide covers only the global sites, so this loss equals the ``TraceEnum_ELBO`` of ``model`` draw by
-draw (tested, step by step), at a fraction of the cost.
+sums the states out of when ``m.model`` is passed to ``inference.fit_svi`` as a plain callable.
+:meth:`HiddenMarkovModel.marginal_model` has the same global sites and priors and one observed site
+``obs`` (B, T, *E) whose density is the forward algorithm written as a product of per-step matrices,
+evaluated as a balanced tree of batched ``matmul`` with rescaling (:func:`forward_log_prob`: O(log T)
+sequential steps, no Python loop over time), vectorized over sequences, states and posterior draws. NUTS
+samples it, MAP maximizes it, the posterior predictive replicates data from it, and, as ``svi_marginal =
+True``, SVI fits it too (``Trace_ELBO``): the guide covers only the global sites, so this loss equals the
+``TraceEnum_ELBO`` of ``model`` draw by draw (tested, step by step), at a fraction of the cost.
 
 Also here: Viterbi :meth:`~HiddenMarkovModel.decode`, forward-backward :meth:`~HiddenMarkovModel.smooth`
 (marginals as the gradient of log p(x) with respect to the log emission densities), Baum-Welch
