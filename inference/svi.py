@@ -94,6 +94,7 @@ def collect_parameters(loss_fn: Callable[[], torch.Tensor], modules) -> list[tor
         loss_fn()
     params = {}
     for module in modules:
+        module = getattr(module, "__self__", module)   # a bound method (guide=m.guide): its module
         if isinstance(module, torch.nn.Module):
             params.update((id(p), p) for p in module.parameters() if p.requires_grad)
     for site in capture.trace.nodes.values():  # global pyro.param statements (classic style guides)

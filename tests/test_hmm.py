@@ -211,6 +211,32 @@ def test_traceenum_loss_with_delta_guide_is_minus_log_prior_minus_forward(emissi
     assert marginal == pytest.approx(expected, rel=1e-9)
 
 
+class OwnGuide(torch.nn.Module):
+    """A zoo model's guide as a module, so that fit_svi finds its parameters when the model is passed
+    as a plain callable (a bound method is not a module)."""
+
+    def __init__(self, zoo_model):
+        super().__init__()
+        self.zoo_model = zoo_model
+
+    def forward(self, data):
+        return self.zoo_model.guide(data)
+
+
+def test_svi_on_the_enumerated_model_follows_svi_on_the_forward_algorithm():
+    """fit_svi(m.model, guide=m's guide): a plain callable, fitted with TraceEnum_ELBO (states_t summed
+    out by Pyro), takes the same steps as fit_svi(m), which fits marginal_model (svi_marginal) with
+    Trace_ELBO: same seed, same guide draws, equal losses, so equal gradients and iterates."""
+    p = random_params("gaussian", S=2, seed=13)
+    _, seqs = ragged("gaussian", p, [15, 9])
+    settings = dict(num_steps=6, num_samples=3, lr=0.05, seed=4, progress=False)
+    forward = inference.fit_svi(zoo.get("hmm", n_states=2), seqs, **settings)
+    explicit = zoo.get("hmm", n_states=2)
+    enumerated = inference.fit_svi(explicit.model, explicit.validate(seqs), guide=OwnGuide(explicit), **settings)
+    assert (forward.settings["elbo"], enumerated.settings["elbo"]) == ("Trace_ELBO", "TraceEnum_ELBO")
+    np.testing.assert_allclose(enumerated.losses, forward.losses, rtol=1e-9)
+
+
 def test_log_likelihood_batches_over_draws_and_ignores_padding():
     m = zoo.get("hmm", n_states=3, emission="categorical")
     draws = [random_params("categorical", seed=s) for s in range(6)]

@@ -35,15 +35,17 @@ hmmlearn and show the difference.
 (padding is ignored and may hold NaN); a bare array is one sequence ``(T, *E)`` (``(T,)`` for one
 Gaussian feature or one Bernoulli key, ``(T, 1)`` for symbols/counts).
 
-**Two formulations.** :meth:`HiddenMarkovModel.model` above keeps the states explicit: it is the
-generative story, what ``TraceEnum_ELBO`` and ``infer_discrete`` see (``inference.discrete_draws``
-draws ``states_t`` from their posterior). :meth:`HiddenMarkovModel.marginal_model` has the same
-global sites and priors and one observed site ``obs`` (B, T, *E) whose density is the forward
-algorithm written as a product of per-step matrices, evaluated as a balanced tree of batched
-``matmul`` with rescaling (:func:`forward_log_prob`: O(log T) sequential steps, no Python loop over
-time), vectorized over sequences, states and posterior draws. Inference differentiates that one
-(SVI, NUTS; see ``ZooModel.marginal_model``): its value equals the enumerated model's
-``TraceEnum_ELBO`` exactly (tested), at a fraction of the cost.
+**Two forms of one model** (see ``zoo.base.ZooModel`` and ``inference.target.Target``).
+:meth:`HiddenMarkovModel.model` above keeps the states explicit: it is the generative story, what
+``infer_discrete`` draws ``states_t`` from (``inference.discrete_draws``), and what ``TraceEnum_ELBO``
+sums the states out of when ``m.model`` is passed to ``inference.fit_svi`` as a plain callable.
+:meth:`HiddenMarkovModel.marginal_model` has the same global sites and priors and one observed site
+``obs`` (B, T, *E) whose density is the forward algorithm written as a product of per-step matrices,
+evaluated as a balanced tree of batched ``matmul`` with rescaling (:func:`forward_log_prob`: O(log T)
+sequential steps, no Python loop over time), vectorized over sequences, states and posterior draws. NUTS
+samples it, MAP maximizes it, the posterior predictive replicates data from it, and, as ``svi_marginal =
+True``, SVI fits it too (``Trace_ELBO``): the guide covers only the global sites, so this loss equals the
+``TraceEnum_ELBO`` of ``model`` draw by draw (tested, step by step), at a fraction of the cost.
 
 Also here: Viterbi :meth:`~HiddenMarkovModel.decode`, forward-backward :meth:`~HiddenMarkovModel.smooth`
 (marginals as the gradient of log p(x) with respect to the log emission densities), Baum-Welch
@@ -280,8 +282,12 @@ class HiddenMarkovModel(ZooModel):
     def log_likelihood(self, data: Sequences, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """log p(x_b | params) per sequence by the forward algorithm (states summed out): (*batch, B).
 
-        Leading batch dims of ``params`` (posterior draws) are processed in chunks to bound memory.
+        ``data`` is a :class:`Sequences` from :meth:`validate` or anything it accepts (a bare sequence
+        gives (*batch, 1)). Leading batch dims of ``params`` (posterior draws) are processed in chunks
+        to bound memory.
         """
+        if not isinstance(data, Sequences):
+            data = self.validate(data)
         batch = params["initial"].shape[:-1]
         flat = {k: params[k].reshape(-1, *params[k].shape[len(batch):]) for k in self.global_sites}
         B, T = data.values.shape[:2]
@@ -418,7 +424,7 @@ class HiddenMarkovModel(ZooModel):
                              f"got shape {tuple(values.shape) if hasattr(values, 'shape') else tuple(x.shape)}")
         B, T = x.shape[:2]
         lengths = self._validate_lengths(lengths, B, T)
-        mask = torch.arange(T) < lengths.unsqueeze(-1)
+        mask = Sequences(x, lengths).mask                                    # (B, T)
         if ev == 1 and (self.dim is not None and x.shape[-1] != self.dim):
             raise ValueError(f"data: expected {self.dim} {'features' if self.emission == 'gaussian' else 'keys'} "
                              f"(dim={self.dim}), got {x.shape[-1]}")
@@ -607,8 +613,8 @@ class _ForwardAlgorithm(TorchDistribution):
         return constraints.real if self.hmm.emission == "gaussian" else constraints.nonnegative_integer
 
     def log_prob(self, value):
-        return forward_log_prob(*self.hmm._log_potentials(Sequences(value, self.lengths), self.params),
-                                Sequences(value, self.lengths).mask)
+        seqs = Sequences(value, self.lengths)
+        return forward_log_prob(*self.hmm._log_potentials(seqs, self.params), seqs.mask)
 
     def sample(self, sample_shape=torch.Size()):
         if sample_shape:
