@@ -27,6 +27,16 @@ TRUTH = {  # two strong directions (variances 6.5 and 3.5 with the noise), noise
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small matrices (D <= 13): one intra-op thread is faster, and on a shared machine two spinning
+    OpenMP threads per process made the SVI tests ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_params(D, K, seed, batch=()):
     g = torch.Generator().manual_seed(seed)
     return {
@@ -309,29 +319,34 @@ def test_guide_layout_round_trip(wine):
 
 
 def test_ard_switches_off_the_extra_columns():
-    """K_true = 3, K = 8: the posterior puts the 5 extra columns at (near) zero and their precisions
-    far above those of the 3 real ones."""
+    """K_true = 3, K = 8: the posterior keeps the 3 real columns at what the data say and shrinks the 5
+    extra ones to the size of sampling noise, with precisions far above those of the real ones."""
     g = torch.Generator().manual_seed(0)
-    Dd = 10
+    Dd, N, s2 = 10, 300, 0.25
     W = torch.randn(Dd, 3, generator=g, dtype=torch.float64) * torch.tensor([2.0, 1.5, 1.0], dtype=torch.float64)
-    truth = {"loadings": W, "noise_scale": torch.tensor(0.5, dtype=torch.float64),
+    truth = {"loadings": W, "noise_scale": torch.tensor(s2 ** 0.5, dtype=torch.float64),
              "mean": torch.zeros(Dd, dtype=torch.float64)}
-    x, _ = zoo.get("ppca", n_components=3, dim=Dd).simulate(300, seed=1, params=truth)
+    x, _ = zoo.get("ppca", n_components=3, dim=Dd).simulate(N, seed=1, params=truth)
     m = zoo.get("ppca", n_components=8, ard=True)
-    post = inference.fit_svi(m, x, num_steps=1500, lr=0.02, num_samples=500, seed=0, progress=False)
+    post = inference.fit_svi(m, x, num_steps=400, lr=0.05, num_samples=500, seed=0, progress=False)
     q = post.aligned
-    signal = (q["explained_variance"] - q["noise_variance"].unsqueeze(-1)).mean((0, 1))   # eigenvalues of W W^T
-    true_signal = torch.linalg.eigvalsh(W.T @ W).flip(0)
-    assert (signal[:3] > 0.5 * true_signal).all(), (signal, true_signal)
-    assert (signal[3:] < 0.02 * true_signal[2]).all(), (signal, true_signal)
+    signal = (q["explained_variance"] - q["noise_variance"].unsqueeze(-1)).mean((0, 1))   # eigenvalues of W^T W
+    # real columns: the ML solution with the true K (the posterior mean differs from the mode by
+    # O(1/N) ~ 1%, the prior's pull is smaller still)
+    ml = zoo.get("ppca", n_components=3).ml_solution(x)["loadings"]
+    ml_signal = torch.linalg.eigvalsh(ml.T @ ml).flip(0)
+    torch.testing.assert_close(signal[:3], ml_signal, rtol=0.05, atol=0)
+    # extra columns: the noise eigenvalues of the sample covariance spread up to s2 (1 + sqrt(D / N))^2
+    # (Marchenko-Pastur), so data cannot tell a column of squared norm below s2 ((1 + sqrt(D/N))^2 - 1)
+    # ~ 0.1 from none; the posterior keeps them below twice that (without ARD, ML fits this sampling
+    # noise just the same: ARD's verdict is in the precisions, below)
+    noise_excess = s2 * ((1 + math.sqrt(Dd / N)) ** 2 - 1)
+    assert (signal[3:] < 2 * noise_excess).all(), (signal, noise_excess)
+    # precisions: given w_k, alpha_k ~ Gamma(a + D/2, b + |w_k|^2 / 2), so alpha_extra / alpha_real is
+    # about (b + |w_real|^2 / 2) / (b + |w_extra|^2 / 2) >= (b + 10.6 / 2) / (b + 0.2 / 2) ~ 26 (b = ARD_RATE *
+    # scale^2 ~ 0.11); sorting the precisions per draw takes extremes, so ask for 10
     alpha = q["ard_precision"].mean((0, 1))                                        # sorted, ascending
-    # a real column's precision is about D / ||w_k||^2 (~1 here); a switched-off column's is pulled
-    # toward the prior's scale (mean 1 / ARD_RATE = 100) by the near-zero ||w_k||^2: an order of magnitude
     assert alpha[3:].min() > 10 * alpha[:3].max(), alpha
-    # without ARD the extra columns fit sampling noise instead
-    plain = zoo.get("ppca", n_components=8).ml_solution(x)["loadings"]
-    plain_signal = torch.linalg.eigvalsh(plain.T @ plain).flip(0)
-    assert plain_signal[3] > 5 * signal[3]
 
 
 # --- missing data -----------------------------------------------------------------------------------
@@ -367,18 +382,24 @@ def test_masked_log_likelihood_is_the_marginal_of_the_observed_entries():
 
 
 def test_imputation_from_the_posterior_beats_column_means():
+    """Hide 10% of the entries. The best any imputation can do is the oracle: E[x_m | x_o] under the true
+    parameters (its RMSE here is 0.89, against 1.31 for column means; noise variance 0.5 sets the floor).
+    Imputing from the fitted posterior must come close to it: estimating the 2 x 6 + 6 + 1 = 19 parameters
+    from 300 rows adds a relative excess MSE of order (K + 1) / N ~ 1% per imputed entry (a regression
+    of x_d on K latent factors and an intercept), i.e. well under 5% in RMSE."""
     x, _ = zoo.get("ppca", n_components=K).simulate(300, seed=2, params=TRUTH)
     xm, mask = hide(x, 0.10, seed=3)
     m = zoo.get("ppca", n_components=K, missing="mask")
-    post = inference.fit_svi(m, xm, num_steps=600, lr=0.02, num_samples=300, seed=0, progress=False)
+    post = inference.fit_svi(m, xm, num_steps=300, lr=0.05, num_samples=200, seed=0, progress=False)
     imputed = m.impute(xm, post)
     assert not torch.isnan(imputed).any() and torch.equal(imputed[~mask], x[~mask])
-    col_means = torch.nanmean(xm, 0).expand_as(x)
     rmse = lambda y: float(((y - x)[mask] ** 2).mean().sqrt())
-    assert rmse(imputed) < 0.6 * rmse(col_means), (rmse(imputed), rmse(col_means))
+    col_means, oracle = rmse(torch.nanmean(xm, 0).expand_as(x)), rmse(m.impute(xm, TRUTH))
+    assert oracle < 0.75 * col_means, (oracle, col_means)          # the premise: the structure helps
+    assert rmse(imputed) < min(1.05 * oracle, col_means), (rmse(imputed), oracle, col_means)
     # EM with missing entries finds the same structure
     em = m.em(xm, seed=0)
-    assert rmse(m.impute(xm, em)) < 0.6 * rmse(col_means)
+    assert rmse(m.impute(xm, em)) < 1.05 * oracle
     assert float(principal_angles(em["loadings"], top_axes(x, K)).max()) < 5.0
 
 
@@ -445,7 +466,12 @@ def test_svi_and_nuts_agree_on_wine(wine):
     _, x = wine
     m = zoo.get("ppca", n_components=2)
     nuts = inference.run_nuts(m, x, num_samples=500, warmup_steps=300, num_chains=2, seed=0, progress=False)
-    svi = inference.fit_svi(m, x, num_steps=1000, lr=0.02, num_samples=2000, seed=0, progress=False)
+    # the guide is learned in the Laplace approximation's whitened coordinates (lr = 0.05 is 5% of a
+    # posterior sd per step); 4 particles: with one, the gradient noise and norm clipping leave the fit
+    # off by ~0.1 sd (measured over seeds). MC error of an smd here: sqrt(1 / ESS_nuts (~1000) + 1 / 1000)
+    # ~ 0.045, so the measured |smd| <= 0.11 (seeds 0-2) stays below 0.25 by three MC sds.
+    svi = inference.fit_svi(m, x, num_steps=400, lr=0.05, num_particles=4, num_samples=1000, seed=0,
+                            progress=False)
     table = inference.compare(svi, nuts)
     assert len(table) == 2 + 1 + 13 + 2
     assert (table["smd"].abs() < 0.25).all(), table[["smd", "sd_ratio"]]
