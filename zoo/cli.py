@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--epochs", type=int, default=100)
         t.add_argument("--batch-size", type=int, default=100)
         t.add_argument("--elbo", default="trace", choices=["trace", "iwae"], help="objective (iwae: Burda et al.)")
-        t.add_argument("--particles", type=int, default=1, help="particles per data point (k of the IWAE bound)")
+        p.add_argument("--particles", type=int, default=1,
+                       help="ELBO particles (SVI), or particles per data point (k of the IWAE bound)")
         t.add_argument("--patience", type=int, default=None, help="early stopping: epochs without a better validation ELBO")
         t.add_argument("--checkpoint", help="checkpoint file, written every epoch (default: OUT.ckpt.pt)")
         t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
@@ -136,7 +137,8 @@ def cmd_fit(args) -> int:
     elif args.method in ("svi", "map"):
         guide = "delta" if args.method == "map" else _svi_guide(args)
         post = inference.fit_svi(model, data, guide=guide, num_steps=args.steps, lr=args.lr, seed=args.seed,
-                                 num_samples=args.samples, coords=coords, progress=progress)
+                                 num_samples=args.samples, num_particles=args.particles, coords=coords,
+                                 progress=progress)
     else:
         if not callable(getattr(model, "em", None)):
             raise ValueError(f"--method: model {args.model!r} has no EM baseline; use svi, nuts or map")
@@ -189,7 +191,8 @@ def cmd_compare(args) -> int:
     model, out, dataset, data, coords = _setup(args)
     progress = not args.quiet
     svi = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
-                            seed=args.seed, num_samples=args.samples, coords=coords, progress=progress)
+                            seed=args.seed, num_samples=args.samples, num_particles=args.particles,
+                            coords=coords, progress=progress)
     nuts = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
                               num_chains=args.chains, seed=args.seed, coords=coords, progress=progress)
     table = inference.compare(svi, nuts)
