@@ -65,28 +65,40 @@ class AmortizationGap:
         return self.table[cols].round(3).to_string()
 
     def figure(self, max_points: int = 4):
-        """Draws of each posterior for the first data points, projected on the two principal
-        directions of the NUTS draws of that point."""
+        """For the first data points: each posterior's draws projected on the two principal directions
+        of that point's NUTS draws, drawn as the ellipse of its 2-sd contour (mean and covariance of the
+        projected draws, mean marked) over the NUTS draws themselves."""
         import matplotlib.pyplot as plt
 
         n = min(max_points, self.posteriors["nuts"].data.shape[0])
-        fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), squeeze=False)
-        flat = {label: _flat(post, self.sites) for label, post in self.posteriors.items()}
+        fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False)
+        flat = {label: _flat(post, self.sites).cpu() for label, post in self.posteriors.items()}
+        t = torch.linspace(0, 2 * math.pi, 200, dtype=torch.float64)
+        circle = torch.stack([t.cos(), t.sin()], -1)                                   # (200, 2)
+        styles = {"nuts": ("black", "NUTS (exact)"), "optimized": ("tab:blue", "q* (best Gaussian)"),
+                  "amortized": ("tab:red", "q(z|x) (encoder)")}
         for i in range(n):
             ref = flat["nuts"][:, i]
             mean = ref.mean(0)
             _, _, vt = torch.linalg.svd(ref - mean, full_matrices=False)
             ax = axes[0, i]
-            for label, color in zip(("nuts", "optimized", "amortized"), ("0.5", "tab:blue", "tab:red")):
-                xy = ((flat[label][:, i] - mean) @ vt[:2].T)[:600].cpu().numpy()
-                ax.scatter(xy[:, 0], xy[:, 1], s=3, alpha=0.35, color=color, label=label)
+            xy = (ref - mean) @ vt[:2].T
+            ax.scatter(xy[:600, 0].numpy(), xy[:600, 1].numpy(), s=3, alpha=0.25, color="0.6", lw=0)
+            for label, (color, name) in styles.items():
+                xy = (flat[label][:, i] - mean) @ vt[:2].T                               # (S, 2)
+                m, cov = xy.mean(0), torch.cov(xy.T)
+                ring = m + 2 * circle @ torch.linalg.cholesky(cov + 1e-12 * torch.eye(2, dtype=cov.dtype)).T
+                ax.plot(ring[:, 0].numpy(), ring[:, 1].numpy(), color=color, lw=1.6, label=name)
+                ax.plot([float(m[0])], [float(m[1])], "+", color=color, ms=9, mew=1.8)
+            ax.set_aspect("equal", adjustable="datalim")
             row = self.table.iloc[i]
-            ax.set_title(f"point {i}: approx. {row.approximation_gap:.2f}, amort. {row.amortization_gap:.2f} nats",
-                         fontsize=8)
+            ax.set_title(f"point {i}: approximation gap {row.approximation_gap:.2f},\n"
+                         f"amortization gap {row.amortization_gap:.2f} nats", fontsize=8)
             ax.set_xlabel("PC 1 of the NUTS draws")
             ax.set_ylabel("PC 2")
-        axes[0, 0].legend(markerscale=4, fontsize=7)
-        fig.suptitle("posterior of the local latents: NUTS (exact), per-point optimum q*, amortized q(z|x)", fontsize=10)
+        axes[0, 0].legend(fontsize=7, loc="lower left")
+        fig.suptitle("posterior of the local latents: 2-sd ellipses of NUTS (grey draws), the per-point optimum q* "
+                     "and the amortized q(z|x)", fontsize=9)
         fig.tight_layout()
         return fig
 

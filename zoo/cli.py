@@ -233,7 +233,7 @@ def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
     from inference.report import check_output_dir
-    from inference.train import plot_history, train
+    from inference.train import heldout_nll, plot_history, train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":
@@ -258,28 +258,18 @@ def _train_amortized(args):
         fit = train(model, data, patience=args.patience, checkpoint=checkpoint, resume=args.resume, device=args.device, **kw)
     evaluation = dataset.split(split)
     post = fit.posterior(evaluation.data)
-    ll = post.log_likelihood.reshape(-1)
-    nll = -float(ll.mean())
-    fitted = post.model
-    h = fit.history
-    text = (f"Negative log-likelihood of the {split} split: **{nll:.3f} nats** per image (± {float(ll.std()) / len(ll) ** 0.5:.3f} "
-            f"se over {len(ll)} images), importance sampling with k = {fitted.eval_particles} draws from the encoder "
-            f"(the IWAE bound L_k). Training: {len(h['epoch'])} epochs, {fit.wall_time:.0f} s, "
-            f"objective {fit.settings['elbo']}; last training ELBO {h['train'][-1]:.3f}"
-            + (f", best validation ELBO {max(h['valid']):.3f} at epoch {fit.best_epoch}" if valid is not None and fit.best_epoch else "")
-            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
-    sections = {f"{split.capitalize()} log-likelihood": text}
-    return fit, post, evaluation, out, sections, {"elbo": plot_history(h)}, nll, split
+    return fit, post, evaluation, out, heldout_nll(fit, post, split), {"elbo": plot_history(fit.history)}
 
 
 def fit_amortized(args) -> int:
     import inference
 
-    fit, post, evaluation, out, sections, figures, nll, split = _train_amortized(args)
-    print(f"{args.model} on {evaluation.name}: {split} NLL = {nll:.3f} nats per image "
-          f"(k = {post.model.eval_particles}); {len(fit.history['epoch'])} epochs in {fit.wall_time:.1f}s")
+    fit, post, evaluation, out, held, figures = _train_amortized(args)
+    print(f"{args.model} on {evaluation.name}: {held.split} NLL = {held.nll:.3f} ± {held.se:.3f} nats per data point; "
+          f"{len(fit.history['epoch'])} epochs in {fit.wall_time:.1f}s")
     path = inference.write_report(out, {"svi": post}, dataset=evaluation, title=f"zoo fit {args.model}",
-                                  force=args.force, sections=sections, figures=figures)
+                                  force=args.force, sections={f"{held.split.capitalize()} log-likelihood": held.text},
+                                  figures=figures)
     print(f"\nreport written to {path}/")
     return 0
 
@@ -288,15 +278,16 @@ def compare_amortized(args) -> int:
     import inference
     from inference.amortization import amortization_gap, gap_sections
 
-    fit, post, evaluation, out, sections, figures, nll, split = _train_amortized(args)
+    fit, post, evaluation, out, held, figures = _train_amortized(args)
     points = post.data[:args.points]
     gap = amortization_gap(post.model, points, num_samples=args.samples, warmup_steps=args.warmup,
                            num_chains=args.chains, svi_steps=args.steps, seed=args.seed, progress=not args.quiet)
-    print(f"{args.model} on {evaluation.name}: {split} NLL = {nll:.3f} nats per image; amortization gap on "
-          f"{len(points)} {split} images (nats):\n")
+    print(f"{args.model} on {evaluation.name}: {held.split} NLL = {held.nll:.3f} nats per data point; amortization "
+          f"gap on {len(points)} {held.split} data points (nats):\n")
     print(gap)
     path = inference.write_report(out, {"svi": post}, dataset=evaluation, title=f"zoo compare {args.model}",
-                                  force=args.force, sections={**sections, **gap_sections(gap)},
+                                  force=args.force,
+                                  sections={f"{held.split.capitalize()} log-likelihood": held.text, **gap_sections(gap)},
                                   figures={**figures, "amortization": gap.figure()})
     print(f"\nreport written to {path}/")
     return 0

@@ -293,13 +293,13 @@ def vae_latent_scatter(model, data, labels=None, n: int = 2000):
     else:
         xy = np.stack([loc[:, 0], np.zeros(len(loc))], 1)
         axis, note = ["z[0]", ""], "1-D codes"
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(6.6 if labels is not None else 6, 5))
     if labels is not None:
         labels = np.asarray(labels)[:n]
         for d in np.unique(labels):
             sel = labels == d
             ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, label=str(d), color=plt.cm.tab10(int(d) % 10))
-        ax.legend(markerscale=3, fontsize=8, title="label", loc="best")
+        ax.legend(markerscale=3, fontsize=8, title="label", loc="upper left", bbox_to_anchor=(1.01, 1))   # off the points
     else:
         ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
     ax.set_xlabel(axis[0])

@@ -35,7 +35,6 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -45,8 +44,11 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 class MLP(nn.Module):
-    """``tanh`` multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` (linear output layer). A plain torch
-    module: its weights are network parameters, not Pyro sites (and skip PyroModule's attribute hooks)."""
+    """``tanh`` multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` (linear output layer).
+
+    The networks are plain torch modules: their weights are parameters, not Pyro sites, so they
+    skip PyroModule's per-call parameter-store scope and attribute hooks (about a tenth of a training
+    step of the default networks, measured in benchmarks/README.md)."""
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
@@ -61,7 +63,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class Encoder(PyroModule):
+class Encoder(nn.Module):
     """x (..., D) -> (loc, scale) of q(z | x), each (..., L)."""
 
     def __init__(self, input_dim: int, hidden: Sequence[int], latent_dim: int):
@@ -73,7 +75,7 @@ class Encoder(PyroModule):
         return loc, nn.functional.softplus(raw_scale) + 1e-4
 
 
-class Decoder(PyroModule):
+class Decoder(nn.Module):
     """z (..., L) -> Bernoulli logits or Gaussian means (..., D)."""
 
     def __init__(self, latent_dim: int, hidden: Sequence[int], input_dim: int):
