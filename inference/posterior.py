@@ -111,11 +111,13 @@ class Posterior:
     # --- derived groups ----------------------------------------------------------------------
     @cached_property
     def log_likelihood(self) -> torch.Tensor:
-        """Marginal pointwise log-likelihood, shape (chain, draw, N)."""
-        params = {k: v for k, v in self.samples.items()}
-        if self.target.zoo is not None:
-            params = self.global_samples
-        ll = self.target.log_likelihood(self.data, params, batch_ndim=2)
+        """Marginal pointwise log-likelihood of the fitted data, shape (chain, draw, N)."""
+        return self.log_likelihood_of(self.data)
+
+    def log_likelihood_of(self, data) -> torch.Tensor:
+        """Marginal pointwise log-likelihood of ``data`` (validated) under every draw: (chain, draw, N)."""
+        params = self.global_samples if self.target.zoo is not None else dict(self.samples)
+        ll = self.target.log_likelihood(data, params, batch_ndim=2)
         return ll.reshape(self.num_chains, self.num_draws, ll.shape[-1])
 
     def posterior_predictive(self, max_draws: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -137,9 +139,7 @@ class Posterior:
 
     def predictive_log_density(self, data) -> torch.Tensor:
         """Log predictive density of (held-out) ``data`` per data point, log mean_s p(data_n | draw s): (N,)."""
-        data = self.target.validate(data)
-        params = self.global_samples if self.target.zoo is not None else dict(self.samples)
-        ll = self.target.log_likelihood(data, params, batch_ndim=2)
+        ll = self.log_likelihood_of(self.target.validate(data))
         flat = ll.reshape(-1, ll.shape[-1])
         return torch.logsumexp(flat, 0) - math.log(flat.shape[0])
 

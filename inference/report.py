@@ -146,8 +146,7 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
     """PSIS-LOO from each posterior's marginal pointwise log-likelihood."""
     rows = {}
     for label, post in posteriors.items():
-        points = sum(int(np.prod(v.shape[2:])) for v in post.idata.log_likelihood.data_vars.values())
-        if post.num_chains * post.num_draws < 10 or points < 2:   # one sequence: leaving it out leaves no data
+        if post.num_chains * post.num_draws < 10 or post.log_likelihood.shape[-1] < 2:   # one sequence: nothing left
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

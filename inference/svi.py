@@ -65,7 +65,7 @@ def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False
     if guide not in GUIDES:
         raise ValueError(f"guide: expected a callable or one of {', '.join(GUIDES)}, got {guide!r}")
     info = target.info(data, marginal=marginal)
-    model_fn = target.marginal_fn if marginal else target.model_fn
+    model_fn = target.form(marginal)
     values = init if init is not None else target.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     init = init_to_value(values=dict(values), fallback=init_to_median_any) if values else init_to_median_any
     hidden = poutine.block(model_fn, hide=list(info.enumerated)) if info.enumerated else model_fn
@@ -137,7 +137,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     method = "map" if guide == "delta" else "svi"
     marginal = method == "map" or target.svi_marginal
     info = target.info(data, marginal=marginal)
-    model_fn = target.marginal_fn if marginal else target.model_fn
+    model_fn = target.form(marginal)
     guide_fn = make_guide(target, guide, data, init, marginal=marginal)
     loss_obj = make_elbo(elbo, info, num_particles, vectorize_particles)
 

@@ -132,9 +132,12 @@ class Target:
         cache = self._info_cache[1]
         if marginal not in cache:
             same = self.marginal_fn == self.model_fn
-            cache[marginal] = (self.info(data) if marginal and same
-                               else inspect_model(self.marginal_fn if marginal else self.model_fn, data))
+            cache[marginal] = self.info(data) if marginal and same else inspect_model(self.form(marginal), data)
         return cache[marginal]
+
+    def form(self, marginal: bool) -> Callable:
+        """``marginal_fn`` when ``marginal``, else ``model_fn``."""
+        return self.marginal_fn if marginal else self.model_fn
 
     def global_sites(self, data) -> tuple[str, ...]:
         if self.zoo is not None:
