@@ -2,7 +2,7 @@
 
     >>> import zoo
     >>> zoo.list_models()
-    ['gmm', 'ppca']
+    ['gmm', 'hmm', 'ppca', 'vae']
     >>> m = zoo.get("gmm", n_components=3)
 
 Each model follows the protocol of :class:`zoo.base.ZooModel`.
