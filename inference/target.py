@@ -164,6 +164,11 @@ class Target:
     def initial_values(self, data, seed: int):
         return self.zoo.initial_values(data, seed=seed) if self.zoo is not None else None
 
+    def log_density(self, data):
+        """The zoo model's closed-form NUTS target ``(transforms, fn)`` (``ZooModel.log_density``), or None."""
+        method = getattr(self.zoo, "log_density", None)
+        return method(data) if method is not None else None
+
     def training_transform(self, data):
         return self.zoo.training_transform(data) if self.zoo is not None else None
 

@@ -15,7 +15,7 @@ import inference
 import zoo
 from inference.posterior import Posterior
 from inference.target import Target
-from zoo.hmm import Sequences
+from zoo.hmm import LogRatioToSimplex, Sequences, forward_log_prob, tree_log_prob
 
 E_SHAPE = {"gaussian": (2,), "categorical": (), "poisson": (), "bernoulli": (4,)}
 TRUTH = {  # two well separated, sticky states
@@ -249,6 +249,58 @@ def test_log_likelihood_batches_over_draws_and_ignores_padding():
         np.testing.assert_allclose(out.reshape(6, 2)[i].numpy(), m.log_likelihood(seqs, d).numpy(), atol=1e-10)
     alone = m.log_likelihood(m.validate(seqs.values[1, :12]), draws[0])
     assert float(out[0, 0, 1]) == pytest.approx(float(alone), abs=1e-10)
+
+
+def test_compiled_forward_backward_equals_the_matmul_tree():
+    """The compiled recursions (CPU) and the tensor tree (GPU, jit) give the same log p(x) and, through
+    the hand-written backward recursion vs autograd, the same gradients: ragged, batched over draws,
+    unnormalized potentials (the tree with exact padding, which is exact in every direction)."""
+    g = torch.Generator().manual_seed(0)
+    draws, B, T, S = 3, 4, 37, 3
+    potentials = [torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+                  for shape in ((draws, S), (draws, S, S), (draws, B, T, S))]
+    mask = torch.arange(T) < torch.tensor([37, 20, 1, 8])[:, None]
+    weights = torch.randn(draws, B, generator=g, dtype=torch.float64)
+    compiled = forward_log_prob(*potentials, mask)
+    tree = tree_log_prob(*potentials, mask, exact_padding=True)
+    np.testing.assert_allclose(compiled.detach().numpy(), tree.detach().numpy(), rtol=1e-12)
+    for a, b in zip(torch.autograd.grad((compiled * weights).sum(), potentials),
+                    torch.autograd.grad((tree * weights).sum(), potentials)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("emission", ["gaussian", "categorical", "poisson", "bernoulli"])
+def test_closed_form_log_density_equals_pyro_log_joint_and_autograd(emission):
+    """log_density (numpy, forward-backward gradient) equals the Pyro log joint of marginal_model plus
+    the log Jacobians of its transforms at random unconstrained points, and its gradient equals
+    autograd's through Pyro, Dirichlet and transform code."""
+    p = random_params(emission, S=3, seed=2)
+    m, seqs = ragged(emission, p, [12, 5, 9])
+    seqs = m.validate(seqs)
+    transforms, fn = m.log_density(seqs)
+    assert set(transforms) == set(m.global_sites)
+    g = np.random.default_rng(0)
+    for _ in range(3):
+        u = {k: torch.tensor(g.normal(0, 1.5, t.inv(p[k]).shape), requires_grad=True) for k, t in transforms.items()}
+        values = {k: transforms[k](v) for k, v in u.items()}
+        trace = pyro.poutine.trace(pyro.poutine.condition(m.marginal_model, data=values)).get_trace(seqs)
+        expected = trace.log_prob_sum() + sum(transforms[k].log_abs_det_jacobian(u[k], values[k]).sum() for k in u)
+        grads = dict(zip(u, torch.autograd.grad(expected, list(u.values()))))
+        value, grad = fn({k: v.detach().numpy() for k, v in u.items()})
+        assert value == pytest.approx(float(expected.detach()), rel=1e-12)
+        for k in u:
+            np.testing.assert_allclose(grad[k], grads[k].numpy(), rtol=1e-8, atol=1e-9)
+
+
+def test_log_ratio_transform_is_a_bijection_with_its_jacobian():
+    t = LogRatioToSimplex()
+    u = torch.randn(5, 3, dtype=torch.float64)
+    y = t(u)
+    assert torch.allclose(y.sum(-1), torch.ones(5, dtype=torch.float64)) and (y > 0).all()
+    assert torch.allclose(t.inv(y), u)
+    for row in range(5):   # |det| of the map to the first K-1 coordinates (the last is 1 - their sum)
+        jac = torch.autograd.functional.jacobian(lambda v: t(v)[:-1], u[row])
+        assert float(t.log_abs_det_jacobian(u[row], y[row])) == pytest.approx(float(torch.linalg.slogdet(jac)[1]))
 
 
 def test_generic_marginal_log_likelihood_equals_forward():

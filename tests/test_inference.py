@@ -9,6 +9,7 @@ import torch
 
 import inference
 import zoo
+import zoo.hmm
 from inference.posterior import Posterior
 from inference.target import Target, inspect_model
 
@@ -115,8 +116,9 @@ def test_fit_does_not_mutate_the_model():
     assert len(list(post.model.parameters())) > 0  # the fitted copy holds the guide
 
 
-def test_nuts_is_reproducible_and_parallel_equals_sequential():
-    m = zoo.get("gmm", n_components=2)
+@pytest.mark.parametrize("name", ["gmm", "hmm"])   # Pyro's trace, and a closed-form log density
+def test_nuts_is_reproducible_and_parallel_equals_sequential(name):
+    m = zoo.get(name, **({"n_components": 2} if name == "gmm" else {"n_states": 2}))
     x, _ = m.simulate(60, seed=1)
     kw = dict(num_samples=30, warmup_steps=30, num_chains=2, seed=3, progress=False)
     a = inference.run_nuts(m, x, chain_method="parallel", **kw)
@@ -124,6 +126,33 @@ def test_nuts_is_reproducible_and_parallel_equals_sequential():
     assert all(torch.equal(a.samples[k], b.samples[k]) for k in a.samples)
     np.testing.assert_array_equal(a.sample_stats["step_size"], b.sample_stats["step_size"])
     assert not torch.equal(a.samples["locs"][0], a.samples["locs"][1])  # chains are seeded apart
+    assert a.settings["potential"] == ("pyro trace" if name == "gmm" else "closed form")
+
+
+class _OffByOne(zoo.hmm.HiddenMarkovModel):
+    """An HMM whose closed-form log density is wrong by a constant (or misses a site)."""
+
+    def __init__(self, drop: str | None = None):
+        super().__init__(2)
+        self.drop = drop
+
+    def log_density(self, data):
+        transforms, fn = super().log_density(data)
+        if self.drop:
+            return {k: t for k, t in transforms.items() if k != self.drop}, fn
+        return transforms, lambda u: (fn(u)[0] + 1.0, fn(u)[1])
+
+
+def test_closed_form_log_density_is_checked_against_the_pyro_model():
+    x, _ = zoo.get("hmm", n_states=2).simulate(20, seed=0)
+    kw = dict(num_samples=2, warmup_steps=2, num_chains=1, progress=False)
+    with pytest.raises(RuntimeError, match="does not match"):
+        inference.run_nuts(_OffByOne(), x, **kw)
+    with pytest.raises(ValueError, match="latent sites"):
+        inference.run_nuts(_OffByOne(drop="locs"), x, **kw)
+    post = inference.run_nuts(_OffByOne(), x, closed_form=False, **kw)   # Pyro's trace: the model as written
+    assert post.settings["potential"] == "pyro trace"
+    assert inference.run_nuts(zoo.get("hmm", n_states=2), x, **kw).settings["potential"] == "closed form"
 
 
 def test_nan_loss_stops_with_step_and_restores_last_finite_parameters():

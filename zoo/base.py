@@ -43,6 +43,12 @@ class ZooModel(PyroModule):
     #: posterior predictive replicates data from it: far fewer dimensions for NUTS, and MAP estimates
     #: the mode of the globals' marginal posterior. ``None``: ``model`` serves for everything.
     marginal_model = None
+    #: optional method ``log_density(data) -> (transforms, fn)``: the log joint of ``marginal_model``
+    #: on unconstrained coordinates with its exact gradient, in numpy, for NUTS (``inference.run_nuts``
+    #: checks it against the Pyro log joint, then skips Pyro's trace and autograd at every leapfrog).
+    #: ``transforms[site]`` maps unconstrained values onto the site's support; ``fn(u)`` takes a dict
+    #: of float64 arrays and returns ``(log p(params, x) + log |det J|, gradient dict)``.
+    log_density = None
     #: True when SVI should fit ``marginal_model`` too (the own guide covers only the global sites, and
     #: the closed form is cheaper than enumerating or sampling the locals); else SVI fits ``model``.
     svi_marginal: ClassVar[bool] = False

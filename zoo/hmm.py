@@ -40,12 +40,14 @@ Gaussian feature or one Bernoulli key, ``(T, 1)`` for symbols/counts).
 ``infer_discrete`` draws ``states_t`` from (``inference.discrete_draws``), and what ``TraceEnum_ELBO``
 sums the states out of when ``m.model`` is passed to ``inference.fit_svi`` as a plain callable.
 :meth:`HiddenMarkovModel.marginal_model` has the same global sites and priors and one observed site
-``obs`` (B, T, *E) whose density is the forward algorithm written as a product of per-step matrices,
-evaluated as a balanced tree of batched ``matmul`` with rescaling (:func:`forward_log_prob`: O(log T)
-sequential steps, no Python loop over time), vectorized over sequences, states and posterior draws. NUTS
-samples it, MAP maximizes it, the posterior predictive replicates data from it, and, as ``svi_marginal =
-True``, SVI fits it too (``Trace_ELBO``): the guide covers only the global sites, so this loss equals the
-``TraceEnum_ELBO`` of ``model`` draw by draw (tested, step by step), at a fraction of the cost.
+``obs`` (B, T, *E) whose density is the forward algorithm (:func:`forward_log_prob`), vectorized over
+sequences and posterior draws: on the CPU the compiled forward recursion with the backward recursion as
+its gradient (:mod:`zoo.forward_backward`), on a GPU a balanced tree of batched ``matmul`` (O(log T)
+sequential steps); no Python loop over time either way. MAP maximizes it, the posterior predictive
+replicates data from it, and, as ``svi_marginal = True``, SVI fits it too (``Trace_ELBO``): the guide covers only the global sites, so this loss equals the
+``TraceEnum_ELBO`` of ``model`` draw by draw (tested, step by step), at a fraction of the cost. NUTS
+samples the same density through :meth:`HiddenMarkovModel.log_density`, its closed form on unconstrained
+coordinates with the exact gradient, which skips Pyro's trace and autograd at every leapfrog step.
 
 Also here: Viterbi :meth:`~HiddenMarkovModel.decode`, forward-backward :meth:`~HiddenMarkovModel.smooth`
 (marginals as the gradient of log p(x) with respect to the log emission densities), Baum-Welch
@@ -59,19 +61,24 @@ import logging
 import math
 from typing import Mapping, NamedTuple
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
+import scipy.special
 import torch
 import torch.nn.functional as F
 from pyro.distributions import TorchDistribution
 from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
+from torch.distributions.transforms import ExpTransform, SigmoidTransform, Transform, identity_transform
 from torch.distributions.utils import clamp_probs
 from tqdm.auto import tqdm
 
+from zoo import forward_backward as fb
 from zoo.base import ZooModel, as_float_tensor, check_positive_int
+from zoo.forward_backward import ForwardBackward
 from zoo.gmm import GaussianMixture, _match, _permute, kmeans
 
 log = logging.getLogger(__name__)
@@ -83,6 +90,7 @@ EMISSIONS = {  # emission family -> its global sites (after "initial", "transiti
     "bernoulli": ("emission_probs",),
 }
 _EVENT_DIM = {"gaussian": 1, "categorical": 0, "poisson": 0, "bernoulli": 1}   # rank of one observation
+_LOG_2PI = math.log(2 * math.pi)
 _CHUNK = 2**24   # posterior draws are processed in chunks of about this many (draw, sequence, step, S^2) values
 
 
@@ -194,6 +202,84 @@ class HiddenMarkovModel(ZooModel):
             data = Sequences(torch.zeros(1, n or 1, *self._event_shape(None)), torch.tensor([n or 1]))
         with pyro.plate("sequences", data.values.shape[0], dim=-1):
             return pyro.sample("obs", _ForwardAlgorithm(self, params, data), obs=observed)       # (B, T, *E)
+
+    def log_density(self, data: Sequences):
+        """The log joint of :meth:`marginal_model` on unconstrained coordinates, with its exact gradient.
+
+        What ``inference.run_nuts`` samples instead of tracing the Pyro model at every leapfrog step
+        (the two are checked equal at the starting point of every run). Returns ``(transforms, fn)``:
+        ``transforms[site]`` maps unconstrained values onto the site's support (simplex rows
+        ``initial`` and ``transition``, and categorical ``emission_probs``, by additive log-ratios,
+        :class:`LogRatioToSimplex`; ``scales`` and ``rates`` by exp; Bernoulli ``emission_probs`` by the
+        logistic function; ``locs`` unchanged); ``fn(u)`` takes a dict of unconstrained float64 numpy
+        arrays and returns ``(log p(params, x) + log |det J|, gradient dict)``. In these coordinates
+        each Dirichlet(alpha) row y = softmax(u, 0) has log p(y) + log |J| = sum_k alpha_k log y_k + const,
+        and the forward algorithm's gradient is forward-backward (:mod:`zoo.forward_backward`).
+        """
+        seqs = data if isinstance(data, Sequences) else self.validate(data)
+        S = self.n_states
+        lengths = seqs.lengths.numpy().astype(np.int64)
+        x = seqs.values.numpy().astype(np.int64 if self.emission == "categorical" else np.float64)
+        hyper = [h.double().numpy() for h in self.hyperparameters(seqs)]
+        simplex = LogRatioToSimplex()
+        transforms = {"initial": simplex, "transition": simplex}
+        if self.emission == "gaussian":
+            transforms.update(locs=identity_transform, scales=ExpTransform())
+        elif self.emission == "poisson":
+            transforms.update(rates=ExpTransform())
+            log_factorial = scipy.special.gammaln(x + 1)[..., None]                  # (B, T, 1)
+        elif self.emission == "categorical":
+            transforms.update(emission_probs=simplex)
+            V = self._vocabulary(seqs)
+            one_hot = np.eye(V)[x]                                                  # (B, T, V)
+        else:
+            transforms.update(emission_probs=SigmoidTransform())
+
+        def fn(u):
+            log_init, log_trans = _log_simplex(u["initial"]), _log_simplex(u["transition"])  # (S,), (S, S)
+            if self.emission == "gaussian":
+                center, spread = hyper
+                locs, log_scales = u["locs"], u["scales"]                                      # (S, D) each
+                z = (x[:, :, None, :] - locs) / np.exp(log_scales)                            # (B, T, S, D)
+                log_e = (-0.5 * z**2 - log_scales).sum(-1) - 0.5 * z.shape[-1] * _LOG_2PI      # (B, T, S)
+            elif self.emission == "poisson":
+                log_rates = u["rates"]                                                         # (S,)
+                log_e = x[..., None] * log_rates - np.exp(log_rates) - log_factorial           # (B, T, S)
+            elif self.emission == "categorical":
+                log_probs = _log_simplex(u["emission_probs"])                                 # (S, V)
+                log_e = log_probs.T[x]                                                         # (B, T, S)
+            else:
+                logits = u["emission_probs"]                                                   # (S, V)
+                log_p, log_q = -np.logaddexp(0, -logits), -np.logaddexp(0, logits)            # log p, log(1 - p)
+                log_e = x @ log_p.T + (1 - x) @ log_q.T                                        # (B, T, S)
+            ll, saved = fb.forward(log_init[None], log_trans[None], log_e[None], lengths)
+            g_init, g_trans, gamma = (g[0] for g in fb.gradient(saved, np.ones_like(ll)))      # gamma (B, T, S)
+            value = ll.sum()
+            grad = {}
+            value += _dirichlet_log_ratio(log_init, 1 + g_init, grad, "initial")
+            value += _dirichlet_log_ratio(log_trans, 1 + g_trans, grad, "transition")
+            if self.emission == "gaussian":
+                prior_scale = 2 * spread
+                value += (-0.5 * ((locs - center) / prior_scale) ** 2 - np.log(prior_scale) - 0.5 * _LOG_2PI).sum()
+                grad["locs"] = -(locs - center) / prior_scale**2 + np.einsum("bts,btsd->sd", gamma, z) / np.exp(log_scales)
+                mean = np.log(spread) - math.log(2.0)
+                value += (-0.5 * (log_scales - mean) ** 2 - 0.5 * _LOG_2PI).sum()
+                grad["scales"] = -(log_scales - mean) + np.einsum("bts,btsd->sd", gamma, z**2 - 1)
+            elif self.emission == "poisson":
+                mean, sd = np.log(hyper[0]), 1.5
+                value += (-0.5 * ((log_rates - mean) / sd) ** 2 - math.log(sd) - 0.5 * _LOG_2PI).sum()
+                grad["rates"] = -(log_rates - mean) / sd**2 + np.einsum("bts,bt->s", gamma, x) \
+                    - gamma.sum((0, 1)) * np.exp(log_rates)
+            elif self.emission == "categorical":
+                counts = np.einsum("bts,btv->sv", gamma, one_hot)                            # (S, V)
+                value += _dirichlet_log_ratio(log_probs, 1 + counts, grad, "emission_probs")
+            else:
+                p = np.exp(log_p)
+                value += (log_p + log_q).sum()                                              # Beta(1, 1) = 1, log |J|
+                grad["emission_probs"] = 1 - 2 * p + np.einsum("bts,btv->sv", gamma, x) - gamma.sum((0, 1))[:, None] * p
+            return float(value), grad
+
+        return transforms, fn
 
     def guide(self, data: Sequences | None = None, *, n: int | None = None):
         """Mean-field guide over the global sites; the states are summed out, not guided.
@@ -623,6 +709,50 @@ class _ForwardAlgorithm(TorchDistribution):
             return self.hmm.sample_sequences(_detached(self.params), *self.batch_shape, self.event_shape[0])[1]
 
 
+class LogRatioToSimplex(Transform):
+    """R^(K-1) -> the simplex in R^K, y = softmax(u, 0) (additive log-ratios, u_k = log(y_k / y_K)).
+
+    log |det J| = sum_k log y_k; rows are transformed independently (event dim 1)."""
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.simplex
+    bijective = True
+
+    def __eq__(self, other):
+        return isinstance(other, LogRatioToSimplex)
+
+    def _call(self, u):
+        return F.pad(u, (0, 1)).softmax(-1)
+
+    def _inverse(self, y):
+        return y[..., :-1].log() - y[..., -1:].log()
+
+    def log_abs_det_jacobian(self, u, y):
+        return F.pad(u, (0, 1)).log_softmax(-1).sum(-1)
+
+    def forward_shape(self, shape):
+        return shape[:-1] + (shape[-1] + 1,)
+
+    def inverse_shape(self, shape):
+        return shape[:-1] + (shape[-1] - 1,)
+
+
+def _log_simplex(u: np.ndarray) -> np.ndarray:
+    """log softmax(u, 0) along the last axis: (..., K-1) -> (..., K)."""
+    padded = np.concatenate([u, np.zeros(u.shape[:-1] + (1,))], -1)
+    return padded - np.logaddexp.reduce(padded, axis=-1, keepdims=True)
+
+
+def _dirichlet_log_ratio(log_y: np.ndarray, weights: np.ndarray, grad: dict, name: str) -> float:
+    """Dirichlet(1) rows in log-ratio coordinates: log p(y) + log |J| = sum_k log y_k + log (K-1)!.
+
+    ``weights`` (..., K) is 1 + d(log-likelihood)/d log y; the gradient of sum_k weights_k log y_k in
+    u is weights_k - (sum_j weights_j) y_k for k < K; stored in ``grad[name]``."""
+    K = log_y.shape[-1]
+    grad[name] = weights[..., :-1] - weights.sum(-1, keepdims=True) * np.exp(log_y[..., :-1])
+    return float(log_y.sum() + log_y[..., 0].size * math.lgamma(K))
+
+
 # --- the forward algorithm ----------------------------------------------------------------------
 
 
@@ -630,14 +760,26 @@ def forward_log_prob(log_initial, log_transition, log_emission, mask, *, exact_p
     """log p(x_b) = log sum_z initial[z_0] e_0(z_0) prod_t transition[z_t-1, z_t] e_t(z_t), per sequence.
 
     ``log_initial`` (*b, S), ``log_transition`` (*b, S, S), ``log_emission`` (*b, B, T, S) and
-    ``mask`` (B, T), False on padding. With e_t scaled by its largest entry, step t >= 1 is the
-    matrix M_t[i, j] = transition[i, j] e_t(j) and p(x) = v M_1 ... M_T-1 1 with v = initial * e_0:
-    a balanced tree of batched matrix products (:func:`_vector_times_product`). Returns (*b, B).
+    ``mask`` (B, T), False on padding (which comes at the end of a sequence). Returns (*b, B).
 
-    Padding (at the end of a sequence) has emission 1, so its steps contribute transition^k 1 = 1:
-    exact for the likelihood and for its gradient along row-stochastic transitions (SVI, NUTS,
-    smoothing). ``exact_padding`` makes padded steps identity matrices instead, which the expected
-    transition counts of EM (the gradient in every direction of log transition) need.
+    On the CPU: the compiled forward recursion, whose gradient is the backward recursion
+    (:class:`zoo.forward_backward.ForwardBackward`); exact, also on padding. Elsewhere (a GPU) and
+    under ``torch.jit`` tracing: :func:`tree_log_prob`, pure tensor operations.
+    """
+    if log_emission.device.type == "cpu" and not torch.jit.is_tracing():
+        return _compiled_forward(log_initial, log_transition, log_emission, mask)
+    return tree_log_prob(log_initial, log_transition, log_emission, mask, exact_padding=exact_padding)
+
+
+def tree_log_prob(log_initial, log_transition, log_emission, mask, *, exact_padding: bool = False):
+    """:func:`forward_log_prob` as a balanced tree of batched matrix products (O(log T) sequential steps).
+
+    With e_t scaled by its largest entry, step t >= 1 is the matrix M_t[i, j] = transition[i, j] e_t(j)
+    and p(x) = v M_1 ... M_T-1 1 with v = initial * e_0 (:func:`_vector_times_product`). Padding has
+    emission 1, so its steps contribute transition^k 1 = 1: exact for the likelihood and for its
+    gradient along row-stochastic transitions (SVI, NUTS, smoothing). ``exact_padding`` makes padded
+    steps identity matrices instead, which the expected transition counts of EM (the gradient in
+    every direction of log transition) need.
     """
     if not bool(mask.all()):  # a property of the data, not of the parameters
         log_emission = torch.where(mask[:, :, None], log_emission, 0.0)
@@ -655,6 +797,16 @@ def forward_log_prob(log_initial, log_transition, log_emission, mask, *, exact_p
             rest = rest[..., 1:, :]
         steps = _step_pairs(transition, rest)                                          # (*b, B, ~T/2, S, S)
     return _vector_times_product(v, steps) + shift.squeeze(-1).sum(-1)
+
+
+def _compiled_forward(log_initial, log_transition, log_emission, mask):
+    """:func:`forward_log_prob` on the CPU: the compiled recursions of :mod:`zoo.forward_backward`."""
+    B, T, S = mask.shape + log_emission.shape[-1:]
+    batch = torch.broadcast_shapes(log_initial.shape[:-1], log_transition.shape[:-2], log_emission.shape[:-3])
+    dtype = torch.promote_types(torch.promote_types(log_initial.dtype, log_transition.dtype), log_emission.dtype)
+    potentials = [p.to(dtype).expand(*batch, *shape).reshape(-1, *shape) for p, shape in
+                  ((log_initial, (S,)), (log_transition, (S, S)), (log_emission, (B, T, S)))]
+    return ForwardBackward.apply(*potentials, mask.sum(-1)).reshape(*batch, B)
 
 
 def _step_pairs(transition, emission):
@@ -695,9 +847,10 @@ def _rescale(x):
 
 
 def _float_dtype(data) -> torch.dtype:
-    if data is not None and data.values.is_floating_point():
-        return data.values.dtype
-    return torch.get_default_dtype()
+    """The data's float type; float64 for symbols (validated from float64); without data, the default."""
+    if data is None:
+        return torch.get_default_dtype()
+    return data.values.dtype if data.values.is_floating_point() else torch.float64
 
 
 def _param_event_dim(name: str) -> int:
