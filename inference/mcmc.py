@@ -8,9 +8,10 @@ is recovered on request with ``infer_discrete``.
 
 The kernel's potential is Pyro's: the model traced at every leapfrog step, and autograd. A zoo
 model that can give its log density in closed form (``ZooModel.log_density``: unconstrained
-coordinates, exact gradient, numpy) has the kernel run on that instead, after a check that it equals
-the Pyro log joint; for a small model such as a 2-state HMM this is ten times faster, because
-the trace and autograd overhead of a few milliseconds per step is the whole cost.
+coordinates, exact gradient, numpy) is sampled by the same algorithm written for a flat vector
+(:mod:`inference.nuts`) instead, after a check that the closed form equals the Pyro log joint; for
+a small model such as a 2-state HMM, where Pyro's overhead of a few milliseconds per leapfrog step
+is nearly all the cost, that is an order of magnitude faster (``benchmarks/hmm_bench.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.ops.integrator import potential_grad
 from tqdm import tqdm
 
+from inference import nuts
 from inference.posterior import Posterior
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
 
@@ -55,8 +57,9 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         (``infer_discrete``, one draw per posterior draw).
     :param chain_method: "parallel" runs chains in forked worker processes, one per CPU core (on the
         CPU only); "sequential" runs them one after another. Results are identical either way.
-    :param closed_form: use the zoo model's ``log_density`` when it has one (False: trace the Pyro
-        model at every step, as for any other model).
+    :param closed_form: when the zoo model has a ``log_density``, sample it with the closed-form
+        sampler of :mod:`inference.nuts` (diagonal metric; ``dense_mass`` uses Pyro's kernel). False:
+        Pyro's kernel on the traced model, as for any other model.
     """
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
                              ("num_chains", num_chains, 1)):
@@ -72,8 +75,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
     jit = target.jit_compatible if jit is None else bool(jit)
-    density = checked_log_density(target, data) if closed_form else None
-    settings = dict(target_accept_prob=target_accept, max_tree_depth=max_tree_depth, full_mass=dense_mass)
+    density = checked_log_density(target, data) if closed_form and not dense_mass else None
 
     def chain(c: int, position: int = 0):
         cseed = chain_seed(seed, c)
@@ -81,18 +83,16 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         values = init if isinstance(init, Mapping) else init[c] if init is not None else None
         if values is None:
             values = target.initial_values(data, seed=cseed)
+        desc = f"NUTS chain {c + 1}/{num_chains}"
         if density is not None:
-            transforms, potential, shapes = density
-            kernel = NUTS(potential_fn=potential, transforms={k: t.inv for k, t in transforms.items()}, **settings)
-            kernel.initial_params = {  # given values, else uniform in (-2, 2) on the unconstrained scale
-                k: t.inv(torch.as_tensor(values[k], dtype=torch.float64)) if values and k in values
-                else torch.rand(shapes[k], dtype=torch.float64) * 4 - 2 for k, t in transforms.items()}
-        else:
-            strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
-            kernel = NUTS(target.marginal_fn, jit_compile=jit, ignore_jit_warnings=True,
-                          max_plate_nesting=info.max_plate_nesting, init_strategy=strategy, **settings)
-        return _run_chain(kernel, data, warmup_steps, num_samples, desc=f"NUTS chain {c + 1}/{num_chains}",
-                          progress=progress, position=position)
+            return _closed_form_chain(density, values, cseed, num_samples=num_samples, warmup_steps=warmup_steps,
+                                      target_accept=target_accept, max_tree_depth=max_tree_depth, desc=desc,
+                                      progress=progress, position=position)
+        strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
+        kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
+                      ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
+                      max_tree_depth=max_tree_depth, full_mass=dense_mass, init_strategy=strategy)
+        return _run_chain(kernel, data, warmup_steps, num_samples, desc=desc, progress=progress, position=position)
 
     start = time.perf_counter()
     workers = _num_workers(num_chains, chain_method, data)
@@ -119,7 +119,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
 
 
 def checked_log_density(target, data):
-    """The model's closed-form log density as NUTS's ``(transforms, potential_fn, shapes)``, or None.
+    """The model's closed-form log density as ``(transforms, fn, shapes)``, or None when it has none.
 
     Checked first: it must cover the latent sites of the marginal model and equal its Pyro log joint
     plus the log Jacobians, at a draw from the prior, to 1e-6 (relative); a model whose closed form
@@ -143,12 +143,7 @@ def checked_log_density(target, data):
     if not abs(got - expected) <= 1e-6 * max(1.0, abs(expected)):
         raise RuntimeError(f"{target.name}.log_density: {got!r} at a prior draw, but the Pyro log joint "
                            f"there is {expected!r}; the closed form does not match the model")
-    names = tuple(transforms)
-
-    def potential(z: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return _NegativeLogDensity.apply(fn, names, *(z[k] for k in names))
-
-    return transforms, potential, {k: v.shape for k, v in u.items()}
+    return transforms, fn, {k: tuple(v.shape) for k, v in u.items()}
 
 
 def _prior_draw(target, data) -> dict[str, torch.Tensor]:
@@ -159,20 +154,28 @@ def _prior_draw(target, data) -> dict[str, torch.Tensor]:
     return {k: s["value"] for k, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
 
 
-class _NegativeLogDensity(torch.autograd.Function):
-    """-log density(u) for NUTS from ``fn(u) -> (log density, gradient)``, which gives the gradient
-    with the value: the backward pass just hands it on."""
+def _closed_form_chain(density, values, seed: int, **options):
+    """One chain of :func:`inference.nuts.sample` on the flattened closed form; constrained draws."""
+    transforms, fn, shapes = density
+    names = tuple(transforms)
+    sizes = [math.prod(shapes[k]) for k in names]
+    splits = np.cumsum(sizes)[:-1]
 
-    @staticmethod
-    def forward(ctx, fn, names, *values):
-        with np.errstate(over="ignore", under="ignore"):
-            log_density, grad = fn({k: v.detach().double().numpy() for k, v in zip(names, values)})
-        ctx.grads = [torch.as_tensor(grad[k], dtype=v.dtype).reshape(v.shape) for k, v in zip(names, values)]
-        return torch.tensor(-log_density, dtype=values[0].dtype)
+    def unflatten(theta):
+        return {k: part.reshape(*theta.shape[:-1], *shapes[k]) for k, part in zip(names, np.split(theta, splits, -1))}
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        return (None, None, *(-grad_out * g for g in ctx.grads))
+    def log_density(theta):
+        value, grad = fn(unflatten(theta))
+        return value, np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in names])
+
+    rng = np.random.default_rng(seed)   # given values, else uniform in (-2, 2) on the unconstrained scale
+    start = np.concatenate([
+        transforms[k].inv(torch.as_tensor(values[k], dtype=torch.float64)).numpy().reshape(-1)
+        if values and k in values else rng.uniform(-2, 2, n) for k, n in zip(names, sizes)])
+    draws, stats = nuts.sample(log_density, start, seed=seed, **options)
+    with torch.no_grad():
+        constrained = {k: transforms[k](torch.from_numpy(np.ascontiguousarray(v))) for k, v in unflatten(draws).items()}
+    return constrained, stats
 
 
 def _num_workers(num_chains: int, chain_method: str, data) -> int:

@@ -1,0 +1,255 @@
+"""NUTS on a log density given in closed form: numpy arrays in, value and gradient out.
+
+The sampler of Pyro's ``NUTS`` kernel and Stan, written for a flat parameter vector so that a step
+costs the log density and a few vector operations, not a Pyro trace and autograd:
+
+- multinomial sampling of the trajectory with the generalized no-U-turn criterion (Betancourt 2017),
+  trees doubled in a random direction up to ``max_tree_depth``, divergence when the energy error
+  exceeds 1000;
+- Stan's warmup: dual-averaging step size (Hoffman & Gelman 2014, target acceptance
+  ``target_accept``), a diagonal metric re-estimated at the end of doubling windows after a
+  75-iteration start buffer and before a 50-iteration end buffer (regularized towards 1e-3 as in
+  Stan), windows shrunk for short warmups; the metric starts at the curvature of the log density
+  at the starting point instead of the identity.
+
+``inference.run_nuts`` uses it for zoo models with a ``log_density``; Pyro's kernel samples the others.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+LogDensity = Callable[[np.ndarray], "tuple[float, np.ndarray]"]   # theta (d,) -> (log p, gradient (d,))
+STATS = ("step_size", "acceptance_rate", "n_steps", "tree_depth")
+
+
+def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warmup_steps: int, seed: int,
+           target_accept: float = 0.8, max_tree_depth: int = 10, desc: str = "NUTS", progress: bool = True,
+           position: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Draws (num_samples, d) after ``warmup_steps`` of adaptation, and per-draw statistics:
+    ``diverging``, ``step_size``, ``acceptance_rate`` (mean over the tree), ``n_steps`` (leapfrog
+    steps) and ``tree_depth``."""
+    rng = np.random.default_rng(seed)
+    theta = np.array(start, dtype=np.float64)
+    logp, grad = _evaluate(log_density, theta)
+    if not np.isfinite(logp):
+        raise ValueError(f"start: the log density is {logp} at the starting point")
+    inv_metric = 1 / _curvature(log_density, theta, grad)
+    step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng)
+    adapt = _StepSizeAdaptation(step, target_accept)
+    windows = _metric_windows(warmup_steps)
+    welford = _Welford(theta.size)
+    draws = np.empty((num_samples, theta.size))
+    stats = {k: np.zeros(num_samples) for k in STATS}
+    stats["diverging"] = np.zeros(num_samples, dtype=bool)
+    divergences = 0
+    bar = tqdm(total=warmup_steps + num_samples, desc=desc, disable=None if progress else True, leave=False,
+               position=position)
+    try:
+        for i in range(warmup_steps + num_samples):
+            theta, logp, grad, info = _transition(log_density, theta, logp, grad, step, inv_metric, rng,
+                                                  max_tree_depth)
+            if i < warmup_steps:
+                step = adapt.update(info["acceptance_rate"])
+                if any(start <= i < end for start, end in windows):
+                    welford.add(theta)
+                if any(i == end - 1 for _, end in windows):   # a window closes: new metric, new step size
+                    inv_metric = welford.regularized_variance()
+                    welford = _Welford(theta.size)
+                    step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng)
+                    adapt = _StepSizeAdaptation(step, target_accept)
+                if i == warmup_steps - 1:
+                    step = adapt.final()
+            else:
+                j = i - warmup_steps
+                draws[j] = theta
+                stats["diverging"][j] = info["diverging"]
+                divergences += info["diverging"]
+                stats["step_size"][j] = step
+                for k in STATS[1:]:
+                    stats[k][j] = info[k]
+            if i % 10 == 0 or i == warmup_steps + num_samples - 1:
+                bar.set_postfix(phase="warmup" if i < warmup_steps else "sample", step=f"{step:.3g}",
+                                div=divergences)
+            bar.update()
+    finally:
+        bar.close()
+    return draws, stats
+
+
+def _evaluate(log_density: LogDensity, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        logp, grad = log_density(theta)
+    logp = float(logp)
+    return (logp if not math.isnan(logp) else -math.inf), grad
+
+
+class _Tree:
+    """A subtrajectory: its two ends (position, momentum, gradient), the sample it proposes, its
+    log weight, the sum of its momenta, and what went wrong."""
+
+    __slots__ = ("minus", "plus", "sample", "log_weight", "rho", "turning", "diverging", "accept_sum", "n")
+
+    def __init__(self, minus, plus, sample, log_weight, rho, turning, diverging, accept_sum, n):
+        self.minus, self.plus, self.sample, self.log_weight = minus, plus, sample, log_weight
+        self.rho, self.turning, self.diverging, self.accept_sum, self.n = rho, turning, diverging, accept_sum, n
+
+
+def _transition(log_density, theta, logp, grad, step, inv_metric, rng, max_depth):
+    """One NUTS iteration from theta: returns the new (theta, log p, gradient) and statistics."""
+    p = rng.standard_normal(theta.size) / np.sqrt(inv_metric)
+    energy0 = -logp + 0.5 * p @ (inv_metric * p)
+    edge = (theta, p, grad, logp)
+    tree = _Tree(edge, edge, edge, 0.0, p.copy(), False, False, 0.0, 0)
+    depth = 0
+    while depth < max_depth:
+        direction = 1 if rng.random() < 0.5 else -1
+        start = tree.plus if direction > 0 else tree.minus
+        new = _build(log_density, start, direction * step, depth, inv_metric, energy0, rng)
+        tree.accept_sum += new.accept_sum
+        tree.n += new.n
+        depth += 1
+        if new.turning or new.diverging:
+            tree.diverging = new.diverging
+            break
+        # biased progressive sampling: move to the new subtree with probability min(1, w_new / w_old)
+        if math.log(rng.random()) < new.log_weight - tree.log_weight:
+            tree.sample = new.sample
+        tree.log_weight = np.logaddexp(tree.log_weight, new.log_weight)
+        tree.rho = tree.rho + new.rho
+        if direction > 0:
+            tree.plus = new.plus
+        else:
+            tree.minus = new.minus
+        if _turning(tree.minus, tree.plus, tree.rho, inv_metric):
+            break
+    theta, _, grad, logp = tree.sample
+    info = {"acceptance_rate": tree.accept_sum / max(tree.n, 1), "n_steps": tree.n, "tree_depth": depth,
+            "diverging": tree.diverging}
+    return theta, logp, grad, info
+
+
+def _build(log_density, start, step, depth, inv_metric, energy0, rng) -> _Tree:
+    """A subtree of 2^depth leapfrog steps from ``start`` (signed step size)."""
+    if depth == 0:
+        theta, p, grad, _ = start
+        p = p + 0.5 * step * grad
+        theta = theta + step * inv_metric * p
+        logp, grad = _evaluate(log_density, theta)
+        p = p + 0.5 * step * grad
+        energy = -logp + 0.5 * p @ (inv_metric * p)
+        if math.isnan(energy):
+            energy = math.inf
+        edge = (theta, p, grad, logp)
+        delta = energy0 - energy
+        return _Tree(edge, edge, edge, delta, p, False, -delta > 1000.0, min(1.0, math.exp(min(delta, 0.0))), 1)
+    first = _build(log_density, start, step, depth - 1, inv_metric, energy0, rng)
+    if first.turning or first.diverging:
+        return first
+    outer = first.plus if step > 0 else first.minus
+    second = _build(log_density, outer, step, depth - 1, inv_metric, energy0, rng)
+    log_weight = np.logaddexp(first.log_weight, second.log_weight)
+    sample = second.sample if math.log(rng.random()) < second.log_weight - log_weight else first.sample
+    minus, plus = (first.minus, second.plus) if step > 0 else (second.minus, first.plus)
+    rho = first.rho + second.rho
+    turning = second.turning or second.diverging or _turning(minus, plus, rho, inv_metric)
+    return _Tree(minus, plus, sample, log_weight, rho, turning, second.diverging,
+                 first.accept_sum + second.accept_sum, first.n + second.n)
+
+
+def _turning(minus, plus, rho, inv_metric) -> bool:
+    """The generalized no-U-turn criterion on the momenta at both ends and their sum."""
+    return bool((inv_metric * minus[1]) @ rho <= 0 or (inv_metric * plus[1]) @ rho <= 0)
+
+
+def _curvature(log_density, theta, grad) -> np.ndarray:
+    """|d^2 log p / d theta_i^2| by central differences of the gradient, clamped to [1e-4, 1e4]."""
+    h = np.finfo(np.float64).eps ** (1 / 3)
+    out = np.ones(theta.size)
+    for i in range(theta.size):
+        step = h * max(1.0, abs(theta[i]))
+        moved = theta.copy()
+        moved[i] += step
+        upper = _evaluate(log_density, moved)[1][i]
+        moved[i] -= 2 * step
+        lower = _evaluate(log_density, moved)[1][i]
+        out[i] = abs(upper - lower) / (2 * step)
+    return np.clip(np.nan_to_num(out, nan=1.0), 1e-4, 1e4)
+
+
+def _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step: float = 1.0) -> float:
+    """Hoffman & Gelman's heuristic: double or halve the step until one leapfrog step's acceptance
+    crosses 0.5."""
+    p = rng.standard_normal(theta.size) / np.sqrt(inv_metric)
+    energy0 = -logp + 0.5 * p @ (inv_metric * p)
+
+    def log_accept(eps):
+        leaf = _build(log_density, (theta, p, grad, logp), eps, 0, inv_metric, energy0, rng)
+        return leaf.log_weight if np.isfinite(leaf.log_weight) else -math.inf
+
+    direction = 1 if log_accept(step) > math.log(0.5) else -1
+    for _ in range(100):
+        if (log_accept(step) > math.log(0.5)) != (direction > 0):
+            break
+        step = step * 2.0 ** direction
+    return step
+
+
+class _StepSizeAdaptation:
+    """Nesterov dual averaging of log step size towards a mean acceptance of ``target``."""
+
+    def __init__(self, step: float, target: float, gamma=0.05, t0=10.0, kappa=0.75):
+        self.mu, self.target, self.gamma, self.t0, self.kappa = math.log(10 * step), target, gamma, t0, kappa
+        self.t, self.h_bar, self.log_step_bar = 0, 0.0, 0.0
+
+    def update(self, accept: float) -> float:
+        self.t += 1
+        eta = 1 / (self.t + self.t0)
+        self.h_bar = (1 - eta) * self.h_bar + eta * (self.target - accept)
+        log_step = self.mu - math.sqrt(self.t) / self.gamma * self.h_bar
+        w = self.t ** -self.kappa
+        self.log_step_bar = w * log_step + (1 - w) * self.log_step_bar
+        return math.exp(log_step)
+
+    def final(self) -> float:
+        return math.exp(self.log_step_bar)
+
+
+def _metric_windows(warmup: int, start: int = 75, end: int = 50, base: int = 25) -> list[tuple[int, int]]:
+    """Stan's slow adaptation windows [a, b) of iterations: doubling from ``base`` between a start
+    buffer and an end buffer (15% / 10% / 75% of a warmup shorter than 150 iterations)."""
+    if warmup < 20:
+        return []
+    if start + end + base > warmup:
+        start, end = int(0.15 * warmup), int(0.1 * warmup)
+        base = warmup - start - end
+    windows, a, size = [], start, base
+    while a < warmup - end:
+        b = a + size
+        if b + 2 * size > warmup - end:   # the next window would not fit: stretch this one to the end buffer
+            b = warmup - end
+        windows.append((a, b))
+        a, size = b, 2 * size
+    return windows
+
+
+class _Welford:
+    """Running mean and variance; the metric is Stan's regularized variance."""
+
+    def __init__(self, d: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(d), np.zeros(d)
+
+    def add(self, x: np.ndarray) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def regularized_variance(self) -> np.ndarray:
+        n = self.n
+        var = self.m2 / max(n - 1, 1)
+        return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
