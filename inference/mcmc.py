@@ -288,31 +288,27 @@ def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, posit
 
 
 def _curvature_metric(kernel) -> None:
-    """Start the diagonal metric at 1 / |d^2 U / d z_i^2| at the starting point, not at the identity.
+    """Start Pyro's diagonal metric at the curvature of the potential at the starting point
+    (:func:`inference.nuts.curvature`), not at the identity.
 
     Stan's schedule, which Pyro follows, keeps the unit metric for the first 100 warmup iterations;
-    on a posterior whose scales differ by 10x that costs trees of 30+ leapfrog steps. The curvature
-    (central differences of the gradient, 2 evaluations per dimension, clamped to [1e-4, 1e4]) is a
-    Laplace guess at the posterior variances; warmup re-estimates the metric from draws as before.
+    on a posterior whose scales differ by 10x that costs trees of 30+ leapfrog steps. Warmup
+    re-estimates the metric from draws as before.
     """
     z = {k: v.detach() for k, v in kernel.initial_params.items()}
     names = tuple(sorted(z))
-    curvature = []
-    for k in names:
-        flat = z[k].reshape(-1)
-        h = torch.finfo(flat.dtype).eps ** (1 / 3)
-        for i in range(flat.numel()):
-            step = h * max(1.0, abs(float(flat[i])))
-            sides = []
-            for sign in (1.0, -1.0):
-                moved = flat.clone()
-                moved[i] += sign * step
-                grads, _ = potential_grad(kernel.potential_fn, {**z, k: moved.reshape(z[k].shape)})
-                sides.append(float(grads[k].reshape(-1)[i]))
-            curvature.append((sides[0] - sides[1]) / (2 * step))
-    curvature = torch.tensor(curvature, dtype=flat.dtype).abs().nan_to_num(1.0).clamp(1e-4, 1e4)
+    dtype = z[names[0]].dtype
+    sizes = [z[k].numel() for k in names]
+
+    def log_density(theta):
+        parts = torch.as_tensor(theta, dtype=dtype).split(sizes)
+        grads, potential = potential_grad(kernel.potential_fn, {k: p.reshape(z[k].shape) for k, p in zip(names, parts)})
+        return -float(potential), -torch.cat([grads[k].reshape(-1) for k in names]).double().numpy()
+
+    start = torch.cat([z[k].reshape(-1) for k in names]).double().numpy()
+    inverse = torch.as_tensor(1 / nuts.curvature(log_density, start, eps=torch.finfo(dtype).eps), dtype=dtype)
     dense = kernel.mass_matrix_adapter.inverse_mass_matrix[names].dim() == 2
-    kernel.mass_matrix_adapter.inverse_mass_matrix = {names: (1 / curvature).diag() if dense else 1 / curvature}
+    kernel.mass_matrix_adapter.inverse_mass_matrix = {names: inverse.diag() if dense else inverse}
     kernel._adapter.reset_step_size_adaptation(z)   # a step size for the new metric
 
 

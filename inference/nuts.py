@@ -38,7 +38,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
     logp, grad = _evaluate(log_density, theta)
     if not np.isfinite(logp):
         raise ValueError(f"start: the log density is {logp} at the starting point")
-    inv_metric = 1 / _curvature(log_density, theta, grad)
+    inv_metric = 1 / curvature(log_density, theta)
     step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng)
     adapt = _StepSizeAdaptation(step, target_accept)
     windows = _metric_windows(warmup_steps)
@@ -166,9 +166,11 @@ def _turning(minus, plus, rho, inv_metric) -> bool:
     return bool((inv_metric * minus[1]) @ rho <= 0 or (inv_metric * plus[1]) @ rho <= 0)
 
 
-def _curvature(log_density, theta, grad) -> np.ndarray:
-    """|d^2 log p / d theta_i^2| by central differences of the gradient, clamped to [1e-4, 1e4]."""
-    h = np.finfo(np.float64).eps ** (1 / 3)
+def curvature(log_density: LogDensity, theta: np.ndarray, eps: float = np.finfo(np.float64).eps) -> np.ndarray:
+    """|d^2 log p / d theta_i^2| by central differences of the gradient (steps eps^(1/3) |theta_i|, for
+    a density computed to precision ``eps``), clamped to [1e-4, 1e4]: 1 / curvature is a Laplace
+    guess at the posterior variances, which starts the metric."""
+    h = eps ** (1 / 3)
     out = np.ones(theta.size)
     for i in range(theta.size):
         step = h * max(1.0, abs(theta[i]))

@@ -16,13 +16,17 @@ import torch
 
 
 @numba.njit(cache=True)
-def _forward(log_init, log_trans, log_emis, lengths, alpha, scale):  # pragma: no cover - compiled
-    """Filtered probabilities ``alpha`` (n, B, T, S) and per-step log normalizers ``scale`` (n, B, T),
-    written in place; returns log p(x_b) (n, B). ``n`` indexes parameter sets, ``B`` sequences."""
+def _forward(log_init, log_trans, log_emis, lengths, alpha, scale, keep):  # pragma: no cover - compiled
+    """log p(x_b) (n, B); with ``keep``, also the filtered probabilities ``alpha`` (n, B, T, S) and the
+    per-step log normalizers ``scale`` (n, B, T), written in place for :func:`_backward`. ``n``
+    indexes parameter sets, ``B`` sequences."""
     n, B, T, S = log_emis.shape
     out = np.zeros((n, B), dtype=log_emis.dtype)
+    prev = np.empty(S, dtype=log_emis.dtype)
+    cur = np.empty(S, dtype=log_emis.dtype)
     for k in range(n):
         A = np.exp(log_trans[k])
+        init = np.exp(log_init[k])
         for b in range(B):
             total = 0.0
             for t in range(lengths[b]):
@@ -32,23 +36,26 @@ def _forward(log_init, log_trans, log_emis, lengths, alpha, scale):  # pragma: n
                 if m == -np.inf:                               # no state can emit x_t
                     total = -np.inf
                     break
+                if t == 0:
+                    cur[:] = init
+                else:                                          # cur = prev @ A, rows of A contiguous
+                    cur[:] = 0.0
+                    for i in range(S):
+                        for s in range(S):
+                            cur[s] += prev[i] * A[i, s]
                 c = 0.0
                 for s in range(S):
-                    if t == 0:
-                        a = np.exp(log_init[k, s])
-                    else:
-                        a = 0.0
-                        for i in range(S):
-                            a += alpha[k, b, t - 1, i] * A[i, s]
-                    alpha[k, b, t, s] = a * np.exp(log_emis[k, b, t, s] - m)
-                    c += alpha[k, b, t, s]
+                    cur[s] *= np.exp(log_emis[k, b, t, s] - m)
+                    c += cur[s]
                 if c == 0.0:                                   # the path so far is impossible
                     total = -np.inf
                     break
                 for s in range(S):
-                    alpha[k, b, t, s] /= c
-                scale[k, b, t] = np.log(c) + m
-                total += scale[k, b, t]
+                    prev[s] = cur[s] / c
+                if keep:
+                    alpha[k, b, t] = prev
+                    scale[k, b, t] = np.log(c) + m
+                total += np.log(c) + m
             out[k, b] = total
     return out
 
@@ -85,13 +92,15 @@ def _backward(log_trans, log_emis, lengths, alpha, scale, weight,
                 g_init[k, s] += g_emis[k, b, 0, s]
 
 
-def forward(log_init: np.ndarray, log_trans: np.ndarray, log_emis: np.ndarray, lengths: np.ndarray):
+def forward(log_init: np.ndarray, log_trans: np.ndarray, log_emis: np.ndarray, lengths: np.ndarray,
+            keep: bool = True):
     """log p(x_b) (n, B) for ``log_init`` (n, S), ``log_trans`` (n, S, S), ``log_emis`` (n, B, T, S)
-    and ``lengths`` (B,); also the saved state that :func:`gradient` needs."""
-    alpha = np.zeros_like(log_emis)
-    scale = np.zeros(log_emis.shape[:-1], dtype=log_emis.dtype)
-    out = _forward(log_init, log_trans, log_emis, lengths, alpha, scale)
-    return out, (log_trans, log_emis, lengths, alpha, scale)
+    and ``lengths`` (B,); also (with ``keep``) the saved state that :func:`gradient` needs."""
+    shape = log_emis.shape if keep else (1, 1, 1, log_emis.shape[-1])
+    alpha = np.empty(shape, dtype=log_emis.dtype)
+    scale = np.empty(shape[:-1], dtype=log_emis.dtype)
+    out = _forward(log_init, log_trans, log_emis, lengths, alpha, scale, keep)
+    return out, (log_trans, log_emis, lengths, alpha, scale) if keep else None
 
 
 def gradient(saved, weight: np.ndarray):
@@ -117,7 +126,8 @@ class ForwardBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_init, log_trans, log_emis, lengths):
         arrays = [np.ascontiguousarray(x.detach().numpy()) for x in (log_init, log_trans, log_emis)]
-        out, ctx.saved = forward(*arrays, np.ascontiguousarray(lengths.numpy(), dtype=np.int64))
+        lengths = np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
+        out, ctx.saved = forward(*arrays, lengths, keep=any(ctx.needs_input_grad))
         return torch.from_numpy(out)
 
     @staticmethod
