@@ -122,8 +122,9 @@ def checked_log_density(target, data):
     """The model's closed-form log density as ``(transforms, fn, shapes)``, or None when it has none.
 
     Checked first: it must cover the latent sites of the marginal model and equal its Pyro log joint
-    plus the log Jacobians, at a draw from the prior, to 1e-6 (relative); a model whose closed form
-    disagrees with its own Pyro model is an error, not a silent change of target.
+    plus the log Jacobians, at a draw from the prior, to 1e-6 (relative; 1000 machine epsilons for a
+    float32 model); a model whose closed form disagrees with its own Pyro model is an error, not a
+    silent change of target. ``prototypes`` are that draw: the shape and dtype of every site.
     """
     density = target.log_density(data)
     if density is None:
@@ -134,16 +135,17 @@ def checked_log_density(target, data):
         raise ValueError(f"{target.name}.log_density: covers {sorted(transforms)}, but the latent sites are "
                          f"{sorted(latent)}")
     with torch.no_grad():
-        values = {k: v.double() for k, v in _prior_draw(target, data).items() if k in transforms}
-        u = {k: transforms[k].inv(v) for k, v in values.items()}
+        values = {k: v for k, v in _prior_draw(target, data).items() if k in transforms}   # the model's dtype
+        u = {k: transforms[k].inv(v.double()) for k, v in values.items()}
         trace = poutine.trace(poutine.condition(target.marginal_fn, data=values)).get_trace(data)
         expected = float(trace.log_prob_sum()) + sum(
-            float(transforms[k].log_abs_det_jacobian(u[k], values[k]).sum()) for k in u)
+            float(transforms[k].log_abs_det_jacobian(u[k], values[k].double()).sum()) for k in u)
     got = fn({k: v.numpy() for k, v in u.items()})[0]
-    if not abs(got - expected) <= 1e-6 * max(1.0, abs(expected)):
+    tolerance = max(1e-6, 1e3 * max(torch.finfo(v.dtype).eps for v in values.values()))
+    if not abs(got - expected) <= tolerance * max(1.0, abs(expected)):
         raise RuntimeError(f"{target.name}.log_density: {got!r} at a prior draw, but the Pyro log joint "
                            f"there is {expected!r}; the closed form does not match the model")
-    return transforms, fn, {k: tuple(v.shape) for k, v in u.items()}
+    return transforms, fn, values
 
 
 def _prior_draw(target, data) -> dict[str, torch.Tensor]:
@@ -155,9 +157,12 @@ def _prior_draw(target, data) -> dict[str, torch.Tensor]:
 
 
 def _closed_form_chain(density, values, seed: int, **options):
-    """One chain of :func:`inference.nuts.sample` on the flattened closed form; constrained draws."""
-    transforms, fn, shapes = density
+    """One chain of :func:`inference.nuts.sample` on the flattened closed form; constrained draws in
+    the model's dtype."""
+    transforms, fn, prototypes = density
     names = tuple(transforms)
+    shapes = {k: tuple(prototypes[k].shape) for k in names}   # constrained shapes...
+    shapes = {k: tuple(transforms[k].inverse_shape(shapes[k])) for k in names}   # ...to unconstrained ones
     sizes = [math.prod(shapes[k]) for k in names]
     splits = np.cumsum(sizes)[:-1]
 
@@ -168,13 +173,14 @@ def _closed_form_chain(density, values, seed: int, **options):
         value, grad = fn(unflatten(theta))
         return value, np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in names])
 
-    rng = np.random.default_rng(seed)   # given values, else uniform in (-2, 2) on the unconstrained scale
+    rng = np.random.default_rng([seed, 1])   # given values, else uniform in (-2, 2) on the unconstrained scale
     start = np.concatenate([
         transforms[k].inv(torch.as_tensor(values[k], dtype=torch.float64)).numpy().reshape(-1)
         if values and k in values else rng.uniform(-2, 2, n) for k, n in zip(names, sizes)])
     draws, stats = nuts.sample(log_density, start, seed=seed, **options)
     with torch.no_grad():
-        constrained = {k: transforms[k](torch.from_numpy(np.ascontiguousarray(v))) for k, v in unflatten(draws).items()}
+        constrained = {k: transforms[k](torch.from_numpy(np.ascontiguousarray(v))).to(prototypes[k].dtype)
+                       for k, v in unflatten(draws).items()}
     return constrained, stats
 
 
@@ -297,6 +303,8 @@ def _curvature_metric(kernel) -> None:
     """
     z = {k: v.detach() for k, v in kernel.initial_params.items()}
     names = tuple(sorted(z))
+    if not names:
+        return
     dtype = z[names[0]].dtype
     sizes = [z[k].numel() for k in names]
 

@@ -60,7 +60,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
                 if any(i == end - 1 for _, end in windows):   # a window closes: new metric, new step size
                     inv_metric = welford.regularized_variance()
                     welford = _Welford(theta.size)
-                    step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng)
+                    step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step)
                     adapt = _StepSizeAdaptation(step, target_accept)
                 if i == warmup_steps - 1:
                     step = adapt.final()
@@ -112,12 +112,12 @@ def _transition(log_density, theta, logp, grad, step, inv_metric, rng, max_depth
         new = _build(log_density, start, direction * step, depth, inv_metric, energy0, rng)
         tree.accept_sum += new.accept_sum
         tree.n += new.n
-        depth += 1
         if new.turning or new.diverging:
             tree.diverging = new.diverging
             break
+        depth += 1   # as Stan: the depth counts the doublings that were kept
         # biased progressive sampling: move to the new subtree with probability min(1, w_new / w_old)
-        if math.log(rng.random()) < new.log_weight - tree.log_weight:
+        if _coin(rng, new.log_weight - tree.log_weight):
             tree.sample = new.sample
         tree.log_weight = np.logaddexp(tree.log_weight, new.log_weight)
         tree.rho = tree.rho + new.rho
@@ -153,12 +153,17 @@ def _build(log_density, start, step, depth, inv_metric, energy0, rng) -> _Tree:
     outer = first.plus if step > 0 else first.minus
     second = _build(log_density, outer, step, depth - 1, inv_metric, energy0, rng)
     log_weight = np.logaddexp(first.log_weight, second.log_weight)
-    sample = second.sample if math.log(rng.random()) < second.log_weight - log_weight else first.sample
+    sample = second.sample if _coin(rng, second.log_weight - log_weight) else first.sample
     minus, plus = (first.minus, second.plus) if step > 0 else (second.minus, first.plus)
     rho = first.rho + second.rho
     turning = second.turning or second.diverging or _turning(minus, plus, rho, inv_metric)
     return _Tree(minus, plus, sample, log_weight, rho, turning, second.diverging,
                  first.accept_sum + second.accept_sum, first.n + second.n)
+
+
+def _coin(rng, log_p: float) -> bool:
+    """True with probability min(1, exp(log_p))."""
+    return rng.random() < math.exp(min(log_p, 0.0))
 
 
 def _turning(minus, plus, rho, inv_metric) -> bool:
@@ -184,20 +189,21 @@ def curvature(log_density: LogDensity, theta: np.ndarray, eps: float = np.finfo(
 
 
 def _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step: float = 1.0) -> float:
-    """Hoffman & Gelman's heuristic: double or halve the step until one leapfrog step's acceptance
-    crosses 0.5."""
+    """Stan's heuristic (Hoffman & Gelman's, threshold 0.8): from ``step``, double or halve until the
+    acceptance of one leapfrog step crosses 0.8."""
     p = rng.standard_normal(theta.size) / np.sqrt(inv_metric)
     energy0 = -logp + 0.5 * p @ (inv_metric * p)
 
-    def log_accept(eps):
+    def accepted(eps):
         leaf = _build(log_density, (theta, p, grad, logp), eps, 0, inv_metric, energy0, rng)
-        return leaf.log_weight if np.isfinite(leaf.log_weight) else -math.inf
+        return np.isfinite(leaf.log_weight) and leaf.log_weight > math.log(0.8)
 
-    direction = 1 if log_accept(step) > math.log(0.5) else -1
-    for _ in range(100):
-        if (log_accept(step) > math.log(0.5)) != (direction > 0):
-            break
+    direction = 1 if accepted(step) else -1
+    while accepted(step) == (direction > 0):
         step = step * 2.0 ** direction
+        if not 1e-12 < step < 1e7:
+            raise ValueError(f"log density: no usable step size (reached {step:.3g}); is the density "
+                             "flat (improper) or non-finite around the starting point?")
     return step
 
 
@@ -229,13 +235,13 @@ def _metric_windows(warmup: int, start: int = 75, end: int = 50, base: int = 25)
     if start + end + base > warmup:
         start, end = int(0.15 * warmup), int(0.1 * warmup)
         base = warmup - start - end
-    windows, a, size = [], start, base
-    while a < warmup - end:
+    windows, size = [(start, start + base)], base
+    while windows[-1][1] < warmup - end:
+        a, size = windows[-1][1], 2 * size
         b = a + size
         if b + 2 * size > warmup - end:   # the next window would not fit: stretch this one to the end buffer
             b = warmup - end
         windows.append((a, b))
-        a, size = b, 2 * size
     return windows
 
 

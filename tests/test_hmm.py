@@ -1,6 +1,7 @@
 """HMM: hmmlearn and numpy oracles, the initial-state convention, enumeration, EM, recovery, alignment."""
 
 import itertools
+import math
 
 import numpy as np
 import pyro
@@ -267,6 +268,41 @@ def test_compiled_forward_backward_equals_the_matmul_tree():
     for a, b in zip(torch.autograd.grad((compiled * weights).sum(), potentials),
                     torch.autograd.grad((tree * weights).sum(), potentials)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
+
+
+def test_impossible_sequence_has_minus_infinite_likelihood_and_no_gradient():
+    """A sequence that stays in state 0, which cannot emit its third step: log p = -inf, and it adds
+    nothing to the gradient (the same answer twice: no uninitialized memory is read), while the other
+    sequence keeps the gradient it has alone."""
+    inf = math.inf
+    log_init = torch.tensor([0.0, -inf], dtype=torch.float64, requires_grad=True)
+    log_trans = torch.tensor([[0.0, -inf], [-inf, 0.0]], dtype=torch.float64, requires_grad=True)
+    log_emis = torch.tensor([[[-1.0, -2.0], [-1.0, -2.0], [-inf, -1.0], [-1.0, -2.0]],
+                             [[-1.0, -2.0], [-0.5, -2.0], [-1.0, -1.0], [-1.0, -2.0]]], dtype=torch.float64,
+                            requires_grad=True)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    ll = forward_log_prob(log_init, log_trans, log_emis, mask)
+    assert ll[0] == -inf and float(ll[1].detach()) == pytest.approx(-1.0 - 0.5 - 1.0 - 1.0)   # state 0 throughout
+    grads = [torch.autograd.grad(forward_log_prob(log_init, log_trans, log_emis, mask) @ torch.tensor([1.0, 1.0],
+             dtype=torch.float64), [log_init, log_trans, log_emis]) for _ in range(2)]
+    alone = torch.autograd.grad(forward_log_prob(log_init, log_trans, log_emis[1:], mask[1:]).sum(),
+                                [log_init, log_trans, log_emis])
+    for a, b, c in zip(*grads, alone):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+    assert torch.equal(grads[0][2][0], torch.zeros(4, 2, dtype=torch.float64))
+    assert torch.equal(grads[0][0], alone[0]) and torch.equal(grads[0][1], alone[1])
+
+
+def test_nuts_closed_form_keeps_float32_data_in_float32():
+    """Bernoulli keys in float32: the closed form is checked against the float32 Pyro model and the
+    draws come back in the model's dtype."""
+    m = zoo.get("hmm", n_states=2, emission="bernoulli")
+    seqs, _ = m.simulate(40, seed=0, params=random_params("bernoulli", S=2, seed=3), n_sequences=2)
+    x = Sequences(seqs.values.float(), seqs.lengths)
+    post = inference.run_nuts(m, x, num_samples=20, warmup_steps=20, num_chains=1, progress=False)
+    assert post.settings["potential"] == "closed form"
+    assert post.samples["emission_probs"].dtype == torch.float32
+    assert torch.isfinite(post.log_likelihood_of(x)).all()
 
 
 @pytest.mark.parametrize("emission", ["gaussian", "categorical", "poisson", "bernoulli"])

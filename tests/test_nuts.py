@@ -27,29 +27,49 @@ def chains():
 
 
 def test_moments_match_the_target(chains):
-    """Means within 4 Monte Carlo sd (sd^2 / ESS) and variances within 4 sd of their estimator
-    (relative sd sqrt((excess kurtosis + 2) / ESS)), for each of 5 coordinates: a Bonferroni level
-    of about 6e-4 for the 10 checks."""
+    """Means within 4 Monte Carlo sd (sd^2 / ESS of the draws), variances within 4 sd of their estimator
+    (relative sd sqrt((excess kurtosis + 2) / ESS of the squared deviations)), for each of 5 coordinates
+    (a Bonferroni level of about 6e-4 for the 10 checks), and the correlation within 4 sd
+    ((1 - rho^2) / sqrt(ESS))."""
     draws, _ = chains
     mean = np.r_[special.digamma(SHAPES), 0.0, 0.0]
     var = np.r_[special.polygamma(1, SHAPES), np.diag(COV)]
     kurtosis = np.r_[special.polygamma(3, SHAPES) / special.polygamma(1, SHAPES) ** 2, 0.0, 0.0]
     flat = draws.reshape(-1, 5)
     for i in range(5):
-        ess = float(az.ess(np.ascontiguousarray(draws[:, :, i])))
-        assert ess > 1000, (i, ess)
-        assert abs(flat[:, i].mean() - mean[i]) < 4 * np.sqrt(var[i] / ess), (i, flat[:, i].mean(), mean[i])
-        assert abs(flat[:, i].var() / var[i] - 1) < 4 * np.sqrt((kurtosis[i] + 2) / ess), (i, flat[:, i].var(), var[i])
-    assert np.corrcoef(flat[:, 3], flat[:, 4])[0, 1] == pytest.approx(0.9, abs=0.02)
+        x = draws[:, :, i]
+        ess_mean = float(az.ess(np.ascontiguousarray(x), method="mean"))
+        ess_var = float(az.ess(np.ascontiguousarray((x - mean[i]) ** 2), method="mean"))
+        assert min(ess_mean, ess_var) > 500, (i, ess_mean, ess_var)
+        assert abs(x.mean() - mean[i]) < 4 * np.sqrt(var[i] / ess_mean), (i, x.mean(), mean[i])
+        assert abs(x.var() / var[i] - 1) < 4 * np.sqrt((kurtosis[i] + 2) / ess_var), (i, x.var(), var[i])
+    ess = min(float(az.ess(np.ascontiguousarray(draws[:, :, i]), method="mean")) for i in (3, 4))
+    assert abs(np.corrcoef(flat[:, 3], flat[:, 4])[0, 1] - 0.9) < 4 * (1 - 0.9**2) / np.sqrt(ess)
 
 
-def test_adaptation_reaches_the_target_acceptance_without_divergences(chains):
+def test_no_divergences_and_trees_as_reported(chains):
     _, stats = chains
     for s in stats:
         assert s["diverging"].sum() == 0
-        assert 0.7 < s["acceptance_rate"].mean() < 0.97
-        assert np.all(s["step_size"] == s["step_size"][0])       # fixed after warmup
-        assert np.all(s["n_steps"] <= 2 ** s["tree_depth"])
+        assert np.all(s["n_steps"] < 2 ** (s["tree_depth"] + 1))   # kept doublings + at most one rejected
+
+
+def test_step_size_adaptation_follows_the_target_acceptance():
+    """Dual averaging: target acceptance 0.99 gives much smaller steps and a higher acceptance than 0.5
+    (seeds 0-3 give step ratios 3.3-8.7 on this target; the test asks for 2)."""
+    gaussian = lambda t: (float(-0.5 * t @ PRECISION @ t), -PRECISION @ t)   # noqa: E731
+    runs = {target: nuts.sample(gaussian, np.zeros(2), num_samples=300, warmup_steps=500, seed=0,
+                                target_accept=target, progress=False)[1] for target in (0.5, 0.99)}
+    assert runs[0.5]["step_size"][0] > 2 * runs[0.99]["step_size"][0]
+    assert runs[0.5]["acceptance_rate"].mean() < runs[0.99]["acceptance_rate"].mean()
+    assert runs[0.99]["acceptance_rate"].mean() > 0.95
+
+
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_short_or_no_warmup_still_samples(warmup):
+    draws, stats = nuts.sample(log_density, np.zeros(5), num_samples=10, warmup_steps=warmup, seed=1,
+                               progress=False)
+    assert draws.shape == (10, 5) and np.isfinite(draws).all() and len(stats["n_steps"]) == 10
 
 
 def test_same_seed_same_draws_and_bad_start():
@@ -59,9 +79,12 @@ def test_same_seed_same_draws_and_bad_start():
     with pytest.raises(ValueError, match="start"):
         nuts.sample(lambda t: (-np.inf, np.zeros_like(t)), np.zeros(2), num_samples=1, warmup_steps=0, seed=0,
                     progress=False)
+    with pytest.raises(ValueError, match="flat"):   # an improper, flat density has no step size
+        nuts.sample(lambda t: (0.0, np.zeros_like(t)), np.zeros(2), num_samples=1, warmup_steps=0, seed=0,
+                    progress=False)
 
 
-@pytest.mark.parametrize("warmup", [0, 10, 100, 150, 1000])
+@pytest.mark.parametrize("warmup", [0, 10, 100, 150, 151, 500, 1000])
 def test_metric_windows_follow_stans_schedule(warmup):
     windows = nuts._metric_windows(warmup)
     if warmup < 20:
@@ -70,5 +93,9 @@ def test_metric_windows_follow_stans_schedule(warmup):
     start, end = (75, 50) if warmup >= 150 else (int(0.15 * warmup), int(0.1 * warmup))
     assert windows[0][0] == start and windows[-1][1] == warmup - end
     assert all(a1 == b0 for (_, a1), (b0, _) in zip(windows, windows[1:]))       # contiguous
-    if warmup == 1000:
-        assert windows == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    if warmup in STAN_WINDOWS:   # Stan's adaptation windows for these warmups
+        assert windows == STAN_WINDOWS[warmup]
+
+
+STAN_WINDOWS = {151: [(75, 100), (100, 101)], 500: [(75, 100), (100, 150), (150, 250), (250, 450)],
+                1000: [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]}

@@ -61,16 +61,19 @@ def _forward(log_init, log_trans, log_emis, lengths, alpha, scale, keep):  # pra
 
 
 @numba.njit(cache=True)
-def _backward(log_trans, log_emis, lengths, alpha, scale, weight,
+def _backward(log_trans, log_emis, lengths, log_p, alpha, scale, weight,
               g_init, g_trans, g_emis):  # pragma: no cover - compiled
     """Adds weight[k, b] times the gradient of log p(x_b) to ``g_init`` (n, S), ``g_trans`` (n, S, S)
-    and writes it to ``g_emis`` (n, B, T, S): gamma_0, the expected transitions and gamma_t."""
+    and writes it to ``g_emis`` (n, B, T, S): gamma_0, the expected transitions and gamma_t.
+    A sequence with log p = -inf (impossible under these parameters) contributes 0."""
     n, B, T, S = log_emis.shape
     beta = np.empty(S, dtype=log_emis.dtype)
     ahead = np.empty(S, dtype=log_emis.dtype)
     for k in range(n):
         A = np.exp(log_trans[k])
         for b in range(B):
+            if log_p[k, b] == -np.inf:                         # the forward pass stopped early
+                continue
             w = weight[k, b]
             for s in range(S):
                 beta[s] = 1.0
@@ -100,17 +103,17 @@ def forward(log_init: np.ndarray, log_trans: np.ndarray, log_emis: np.ndarray, l
     alpha = np.empty(shape, dtype=log_emis.dtype)
     scale = np.empty(shape[:-1], dtype=log_emis.dtype)
     out = _forward(log_init, log_trans, log_emis, lengths, alpha, scale, keep)
-    return out, (log_trans, log_emis, lengths, alpha, scale) if keep else None
+    return out, (log_trans, log_emis, lengths, out, alpha, scale) if keep else None
 
 
 def gradient(saved, weight: np.ndarray):
     """The gradient of sum_kb weight[k, b] log p(x_kb) with respect to the three log potentials."""
-    log_trans, log_emis, lengths, alpha, scale = saved
+    log_trans, log_emis, lengths, log_p, alpha, scale = saved
     g_init = np.zeros(log_trans.shape[:-1], dtype=log_emis.dtype)
     g_trans = np.zeros_like(log_trans)
     g_emis = np.zeros_like(log_emis)
-    _backward(log_trans, log_emis, lengths, alpha, scale, np.ascontiguousarray(weight, dtype=log_emis.dtype),
-              g_init, g_trans, g_emis)
+    _backward(log_trans, log_emis, lengths, log_p, alpha, scale,
+              np.ascontiguousarray(weight, dtype=log_emis.dtype), g_init, g_trans, g_emis)
     return g_init, g_trans, g_emis
 
 
