@@ -6,8 +6,9 @@
 1. Forward log-likelihood of one sequence of T = 10,000 steps with S = 8 Gaussian states (float64,
    one torch thread): ``HiddenMarkovModel.log_likelihood`` (the compiled forward recursion of
    ``zoo/forward_backward.py``) and, for reference, the tensor tree it uses on a GPU
-   (``zoo.hmm.tree_log_prob``, here on the CPU) against hmmlearn's ``GaussianHMM.score`` (its compiled forward, "log" and "scaling"
-   implementations) at the same parameters on the same data, in the same process; median of
+   (``zoo.hmm.tree_log_prob``, here on the CPU) against hmmlearn's ``GaussianHMM.score`` (its
+   compiled forward, "log" and "scaling" implementations) at the same parameters on the same data,
+   in the same process; median of
    repeats, and the two values checked equal. Also the zoo forward pass plus its gradient, which
    is what SVI and NUTS pay per step.
 2. NUTS (2 chains in parallel, 500 warmup + 1000 draws each) on a 2-state Gaussian HMM simulated

@@ -44,10 +44,11 @@ sums the states out of when ``m.model`` is passed to ``inference.fit_svi`` as a 
 sequences and posterior draws: on the CPU the compiled forward recursion with the backward recursion as
 its gradient (:mod:`zoo.forward_backward`), on a GPU a balanced tree of batched ``matmul`` (O(log T)
 sequential steps); no Python loop over time either way. MAP maximizes it, the posterior predictive
-replicates data from it, and, as ``svi_marginal = True``, SVI fits it too (``Trace_ELBO``): the guide covers only the global sites, so this loss equals the
-``TraceEnum_ELBO`` of ``model`` draw by draw (tested, step by step), at a fraction of the cost. NUTS
-samples the same density through :meth:`HiddenMarkovModel.log_density`, its closed form on unconstrained
-coordinates with the exact gradient, which skips Pyro's trace and autograd at every leapfrog step.
+replicates data from it, and, as ``svi_marginal = True``, SVI fits it too (``Trace_ELBO``): the guide
+covers only the global sites, so this loss equals the ``TraceEnum_ELBO`` of ``model`` draw by draw
+(tested, step by step), at a fraction of the cost. NUTS samples the same density through
+:meth:`HiddenMarkovModel.log_density`, its closed form on unconstrained coordinates with the exact
+gradient, which skips Pyro's trace and autograd at every leapfrog step.
 
 Also here: Viterbi :meth:`~HiddenMarkovModel.decode`, forward-backward :meth:`~HiddenMarkovModel.smooth`
 (marginals as the gradient of log p(x) with respect to the log emission densities), Baum-Welch
@@ -217,7 +218,6 @@ class HiddenMarkovModel(ZooModel):
         and the forward algorithm's gradient is forward-backward (:mod:`zoo.forward_backward`).
         """
         seqs = data if isinstance(data, Sequences) else self.validate(data)
-        S = self.n_states
         lengths = seqs.lengths.numpy().astype(np.int64)
         x = seqs.values.numpy().astype(np.int64 if self.emission == "categorical" else np.float64)
         hyper = [h.double().numpy() for h in self.hyperparameters(seqs)]
@@ -260,8 +260,10 @@ class HiddenMarkovModel(ZooModel):
             value += _dirichlet_log_ratio(log_trans, 1 + g_trans, grad, "transition")
             if self.emission == "gaussian":
                 prior_scale = 2 * spread
-                value += (-0.5 * ((locs - center) / prior_scale) ** 2 - np.log(prior_scale) - 0.5 * _LOG_2PI).sum()
-                grad["locs"] = -(locs - center) / prior_scale**2 + np.einsum("bts,btsd->sd", gamma, z) / np.exp(log_scales)
+                value += (-0.5 * ((locs - center) / prior_scale) ** 2 - np.log(prior_scale)
+                          - 0.5 * _LOG_2PI).sum()
+                grad["locs"] = (-(locs - center) / prior_scale**2
+                                + np.einsum("bts,btsd->sd", gamma, z) / np.exp(log_scales))
                 mean = np.log(spread) - math.log(2.0)
                 value += (-0.5 * (log_scales - mean) ** 2 - 0.5 * _LOG_2PI).sum()
                 grad["scales"] = -(log_scales - mean) + np.einsum("bts,btsd->sd", gamma, z**2 - 1)
@@ -276,7 +278,8 @@ class HiddenMarkovModel(ZooModel):
             else:
                 p = np.exp(log_p)
                 value += (log_p + log_q).sum()                                              # Beta(1, 1) = 1, log |J|
-                grad["emission_probs"] = 1 - 2 * p + np.einsum("bts,btv->sv", gamma, x) - gamma.sum((0, 1))[:, None] * p
+                grad["emission_probs"] = (1 - 2 * p + np.einsum("bts,btv->sv", gamma, x)
+                                          - gamma.sum((0, 1))[:, None] * p)
             return float(value), grad
 
         return transforms, fn
