@@ -119,7 +119,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
 
 
 def checked_log_density(target, data):
-    """The model's closed-form log density as ``(transforms, fn, shapes)``, or None when it has none.
+    """The model's closed-form log density as ``(transforms, fn, prototypes)``, or None when it has none.
 
     Checked first: it must cover the latent sites of the marginal model and equal its Pyro log joint
     plus the log Jacobians, at a draw from the prior, to 1e-6 (relative; 1000 machine epsilons for a
@@ -161,8 +161,7 @@ def _closed_form_chain(density, values, seed: int, **options):
     the model's dtype."""
     transforms, fn, prototypes = density
     names = tuple(transforms)
-    shapes = {k: tuple(prototypes[k].shape) for k in names}   # constrained shapes...
-    shapes = {k: tuple(transforms[k].inverse_shape(shapes[k])) for k in names}   # ...to unconstrained ones
+    shapes = {k: tuple(transforms[k].inverse_shape(prototypes[k].shape)) for k in names}   # unconstrained
     sizes = [math.prod(shapes[k]) for k in names]
     splits = np.cumsum(sizes)[:-1]
 

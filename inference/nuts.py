@@ -55,9 +55,9 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
                                                   max_tree_depth)
             if i < warmup_steps:
                 step = adapt.update(info["acceptance_rate"])
-                if any(start <= i < end for start, end in windows):
+                if any(a <= i < b for a, b in windows):
                     welford.add(theta)
-                if any(i == end - 1 for _, end in windows):   # a window closes: new metric, new step size
+                if any(i == b - 1 for _, b in windows):   # a window closes: new metric, new step size
                     inv_metric = welford.regularized_variance()
                     welford = _Welford(theta.size)
                     step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step)
@@ -199,12 +199,13 @@ def _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step: floa
         return np.isfinite(leaf.log_weight) and leaf.log_weight > math.log(0.8)
 
     direction = 1 if accepted(step) else -1
-    while accepted(step) == (direction > 0):
+    while True:
         step = step * 2.0 ** direction
         if not 1e-12 < step < 1e7:
             raise ValueError(f"log density: no usable step size (reached {step:.3g}); is the density "
                              "flat (improper) or non-finite around the starting point?")
-    return step
+        if accepted(step) != (direction > 0):
+            return step
 
 
 class _StepSizeAdaptation:
