@@ -24,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 LogDensity = Callable[[np.ndarray], "tuple[float, np.ndarray]"]   # theta (d,) -> (log p, gradient (d,))
-STATS = ("step_size", "acceptance_rate", "n_steps", "tree_depth")
+# per-draw statistics with ArviZ's names (az.bfmi and az.plot_energy read ``energy``)
+STATS = ("step_size", "acceptance_rate", "n_steps", "tree_depth", "energy", "lp")
 
 
 def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warmup_steps: int, seed: int,
@@ -32,7 +33,8 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
            position: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draws (num_samples, d) after ``warmup_steps`` of adaptation, and per-draw statistics:
     ``diverging``, ``step_size``, ``acceptance_rate`` (mean over the tree), ``n_steps`` (leapfrog
-    steps) and ``tree_depth``."""
+    steps), ``tree_depth``, ``reached_max_treedepth``, ``energy`` (the Hamiltonian at the draw, as
+    Stan's ``energy__``) and ``lp`` (the log density at the draw)."""
     rng = np.random.default_rng(seed)
     theta = np.array(start, dtype=np.float64)
     logp, grad = _evaluate(log_density, theta)
@@ -46,6 +48,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
     draws = np.empty((num_samples, theta.size))
     stats = {k: np.zeros(num_samples) for k in STATS}
     stats["diverging"] = np.zeros(num_samples, dtype=bool)
+    stats["reached_max_treedepth"] = np.zeros(num_samples, dtype=bool)
     divergences = 0
     bar = tqdm(total=warmup_steps + num_samples, desc=desc, disable=None if progress else True, leave=False,
                position=position)
@@ -72,6 +75,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
                 stats["step_size"][j] = step
                 for k in STATS[1:]:
                     stats[k][j] = info[k]
+                stats["reached_max_treedepth"][j] = info["tree_depth"] >= max_tree_depth
             if i % 10 == 0 or i == warmup_steps + num_samples - 1:
                 bar.set_postfix(phase="warmup" if i < warmup_steps else "sample", step=f"{step:.3g}",
                                 div=divergences)
@@ -127,9 +131,9 @@ def _transition(log_density, theta, logp, grad, step, inv_metric, rng, max_depth
             tree.minus = new.minus
         if _turning(tree.minus, tree.plus, tree.rho, inv_metric):
             break
-    theta, _, grad, logp = tree.sample
+    theta, p, grad, logp = tree.sample
     info = {"acceptance_rate": tree.accept_sum / max(tree.n, 1), "n_steps": tree.n, "tree_depth": depth,
-            "diverging": tree.diverging}
+            "diverging": tree.diverging, "energy": -logp + 0.5 * p @ (inv_metric * p), "lp": logp}
     return theta, logp, grad, info
 
 
