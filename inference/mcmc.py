@@ -1,17 +1,13 @@
 """NUTS for any Pyro model, discrete latents summed out.
 
-Each chain is Pyro's NUTS kernel driven by a small loop of our own, which gives per-draw
-statistics (``diverging``, step size, acceptance, number of leapfrog steps), per-chain seeds
-derived from one user seed, per-chain starting values, and a progress bar. Sites marked for
-enumeration are summed out by the kernel's potential (``TraceEnum`` contraction); their posterior
-is recovered on request with ``infer_discrete``.
-
-The kernel's potential is Pyro's: the model traced at every leapfrog step, and autograd. A zoo
-model that can give its log density in closed form (``ZooModel.log_density``: unconstrained
-coordinates, exact gradient, numpy) is sampled by the same algorithm written for a flat vector
-(:mod:`inference.nuts`) instead, after a check that the closed form equals the Pyro log joint; for
-a small model such as a 2-state HMM, where Pyro's overhead of a few milliseconds per leapfrog step
-is nearly all the cost, that is an order of magnitude faster (``benchmarks/hmm_bench.py``).
+One sampler, :mod:`inference.nuts` (multinomial NUTS with Stan's warmup on a flat vector), for every
+model. Its log density is the model's closed form when it has one (``ZooModel.log_density``, checked
+against the Pyro log joint first), else the model's own Pyro log joint with enumerated sites summed
+out, traced once with its gradient and compiled (:class:`inference.potential.Potential`): no Pyro
+trace and no autograd per leapfrog step. Chains run in forked worker processes with per-chain seeds
+derived from one user seed; per-draw statistics carry ArviZ's names (``energy``, ``lp``,
+``diverging``, ``tree_depth``, ...). Enumerated sites are recovered on request with
+``infer_discrete``. Pyro's own NUTS kernel remains as ``engine="pyro"``, the reference.
 """
 
 from __future__ import annotations
@@ -35,21 +31,36 @@ from tqdm import tqdm
 
 from inference import nuts
 from inference.posterior import Posterior
+from inference.potential import Potential, has_compiler
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
 
 log = logging.getLogger(__name__)
 
 
+ENGINES = ("zoo", "pyro")
+POTENTIALS = ("auto", "closed_form", "compiled", "graph", "eager")
+#: with ``potential="auto"``, Inductor compiles the traced potential when the run has at least this
+#: many NUTS iterations over all chains: at ~10 leapfrog steps an iteration and 1-3 ms saved a step,
+#: that pays for a 10-30 s compile (benchmarks/README.md)
+COMPILE_MIN_ITERATIONS = 2000
+
+
 def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, num_chains: int = 4,
-             seed: int = 0, target_accept: float = 0.8, jit: bool | None = None, max_tree_depth: int = 10,
-             dense_mass: bool = False, init: Mapping | Sequence[Mapping] | None = None,
-             recover_discrete: bool = False, chain_method: str = "parallel", coords=None,
-             closed_form: bool = True, progress: bool = True) -> Posterior:
+             seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
+             init: Mapping | Sequence[Mapping] | None = None, recover_discrete: bool = False,
+             chain_method: str = "parallel", coords=None, engine: str = "zoo", potential: str = "auto",
+             jit: bool = False, progress: bool = True) -> Posterior:
     """Sample the posterior of ``model`` given ``data`` with NUTS.
 
     :param model: a zoo model or a plain Pyro callable ``model(data)``.
-    :param jit: compile the potential with ``torch.jit`` (default: what the zoo model declares as
-        safe; False for plain callables).
+    :param engine: "zoo" (default): :mod:`inference.nuts` on a flat vector, whose log density is the
+        model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
+        joint traced and compiled once (:class:`inference.potential.Potential`). "pyro": Pyro's NUTS
+        kernel on the traced model (the reference; also what ``dense_mass=True`` uses).
+    :param potential: for ``engine="zoo"``: "auto" (the closed form if any, else "compiled" for runs of
+        at least ``COMPILE_MIN_ITERATIONS`` iterations when a C++ compiler is present, else "graph"),
+        "closed_form", "compiled" (Inductor), "graph" (the traced graph, no compile) or "eager".
+    :param jit: ``torch.jit`` for Pyro's kernel (``engine="pyro"`` only).
     :param init: starting values (constrained), one dict for all chains or one per chain. Default:
         the zoo model's data-driven ``initial_values`` (seeded per chain), else uniform in (-2, 2)
         on the unconstrained scale.
@@ -57,25 +68,39 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         (``infer_discrete``, one draw per posterior draw).
     :param chain_method: "parallel" runs chains in forked worker processes, one per CPU core (on the
         CPU only); "sequential" runs them one after another. Results are identical either way.
-    :param closed_form: when the zoo model has a ``log_density``, sample it with the closed-form
-        sampler of :mod:`inference.nuts` (diagonal metric; ``dense_mass`` uses Pyro's kernel). False:
-        Pyro's kernel on the traced model, as for any other model.
     """
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
-                             ("num_chains", num_chains, 1)):
+                             ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept: expected a probability in (0, 1), got {target_accept!r}")
     if chain_method not in ("parallel", "sequential"):
         raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    if potential not in POTENTIALS:
+        raise ValueError(f"potential: expected one of {', '.join(POTENTIALS)}, got {potential!r}")
     if init is not None and not isinstance(init, Mapping) and len(init) != num_chains:
         raise ValueError(f"init: expected one dict or {num_chains} dicts (one per chain), got {len(init)}")
     target = as_target(model)
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
-    jit = target.jit_compatible if jit is None else bool(jit)
-    density = checked_log_density(target, data) if closed_form and not dense_mass else None
+    if dense_mass:
+        engine = "pyro"
+    start = time.perf_counter()
+    density = None
+    if engine == "zoo":
+        if potential in ("auto", "closed_form"):
+            density = checked_log_density(target, data)
+            if density is None and potential == "closed_form":
+                raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
+        if density is None:
+            route = potential
+            if route == "auto":
+                long_run = (warmup_steps + num_samples) * num_chains >= COMPILE_MIN_ITERATIONS
+                route = "compiled" if long_run and has_compiler() else "graph"
+            density = Potential(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting, route=route)
 
     def chain(c: int, position: int = 0):
         cseed = chain_seed(seed, c)
@@ -85,16 +110,15 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
             values = target.initial_values(data, seed=cseed)
         desc = f"NUTS chain {c + 1}/{num_chains}"
         if density is not None:
-            return _closed_form_chain(density, values, cseed, num_samples=num_samples, warmup_steps=warmup_steps,
-                                      target_accept=target_accept, max_tree_depth=max_tree_depth, desc=desc,
-                                      progress=progress, position=position)
+            return _flat_chain(density, values, cseed, num_samples=num_samples, warmup_steps=warmup_steps,
+                               target_accept=target_accept, max_tree_depth=max_tree_depth, desc=desc,
+                               progress=progress, position=position)
         strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
         kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
                       ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
                       max_tree_depth=max_tree_depth, full_mass=dense_mass, init_strategy=strategy)
         return _run_chain(kernel, data, warmup_steps, num_samples, desc=desc, progress=progress, position=position)
 
-    start = time.perf_counter()
     workers = _num_workers(num_chains, chain_method, data)
     if workers > 1:
         results = _parallel(chain, num_chains, workers)
@@ -103,28 +127,61 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     chains, stats = zip(*results)
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     sample_stats = {k: np.stack([s[k] for s in stats]) for k in stats[0]}
+    route = "pyro kernel" if density is None else getattr(density, "route", "closed form")
     posterior = Posterior(
         target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
         sample_stats=sample_stats, coords=coords,
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
-                      target_accept=target_accept, jit=jit, dense_mass=dense_mass, workers=workers,
-                      potential="closed form" if density is not None else "pyro trace"),
+                      target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
+                      potential=route, compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2)),
     )
     divergences = int(sample_stats["diverging"].sum())
-    log.info("NUTS %s: %d chains x %d draws in %.1fs, %d divergences", target.name, num_chains,
-             num_samples, posterior.wall_time, divergences)
+    log.info("NUTS %s: %d chains x %d draws in %.1fs (%s), %d divergences", target.name, num_chains,
+             num_samples, posterior.wall_time, route, divergences)
     if recover_discrete and target.info(data).enumerated:
         posterior.samples.update(discrete_draws(posterior, progress=progress))
     return posterior
 
 
-def checked_log_density(target, data):
-    """The model's closed-form log density as ``(transforms, fn, prototypes)``, or None when it has none.
+class ClosedForm:
+    """A model's closed-form log density (``ZooModel.log_density``) on the flat vector that
+    :mod:`inference.nuts` samples: the same interface as :class:`inference.potential.Potential`."""
+
+    route = "closed form"
+    compile_seconds = 0.0
+
+    def __init__(self, transforms, fn, prototypes):
+        self.names = tuple(transforms)
+        self.transforms, self.fn, self.prototypes = transforms, fn, prototypes
+        self.shapes = {k: tuple(transforms[k].inverse_shape(prototypes[k].shape)) for k in self.names}
+        self.sizes = [math.prod(self.shapes[k]) for k in self.names]
+
+    def unflatten(self, theta):
+        splits = np.cumsum(self.sizes)[:-1]
+        return {k: part.reshape(*theta.shape[:-1], *self.shapes[k])
+                for k, part in zip(self.names, np.split(theta, splits, -1))}
+
+    def flatten(self, values) -> np.ndarray:
+        return np.concatenate([self.transforms[k].inv(torch.as_tensor(values[k], dtype=torch.float64))
+                               .numpy().reshape(-1) for k in self.names])
+
+    def constrain(self, draws: np.ndarray) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {k: self.transforms[k](torch.from_numpy(np.ascontiguousarray(v))).to(self.prototypes[k].dtype)
+                    for k, v in self.unflatten(draws).items()}
+
+    def __call__(self, theta):
+        value, grad = self.fn(self.unflatten(theta))
+        return value, np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in self.names])
+
+
+def checked_log_density(target, data) -> ClosedForm | None:
+    """The model's closed-form log density, or None when it has none.
 
     Checked first: it must cover the latent sites of the marginal model and equal its Pyro log joint
     plus the log Jacobians, at a draw from the prior, to 1e-6 (relative; 1000 machine epsilons for a
     float32 model); a model whose closed form disagrees with its own Pyro model is an error, not a
-    silent change of target. ``prototypes`` are that draw: the shape and dtype of every site.
+    silent change of target.
     """
     density = target.log_density(data)
     if density is None:
@@ -145,7 +202,7 @@ def checked_log_density(target, data):
     if not abs(got - expected) <= tolerance * max(1.0, abs(expected)):
         raise RuntimeError(f"{target.name}.log_density: {got!r} at a prior draw, but the Pyro log joint "
                            f"there is {expected!r}; the closed form does not match the model")
-    return transforms, fn, values
+    return ClosedForm(transforms, fn, values)
 
 
 def _prior_draw(target, data) -> dict[str, torch.Tensor]:
@@ -156,31 +213,20 @@ def _prior_draw(target, data) -> dict[str, torch.Tensor]:
     return {k: s["value"] for k, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
 
 
-def _closed_form_chain(density, values, seed: int, **options):
-    """One chain of :func:`inference.nuts.sample` on the flattened closed form; constrained draws in
-    the model's dtype."""
-    transforms, fn, prototypes = density
-    names = tuple(transforms)
-    shapes = {k: tuple(transforms[k].inverse_shape(prototypes[k].shape)) for k in names}   # unconstrained
-    sizes = [math.prod(shapes[k]) for k in names]
-    splits = np.cumsum(sizes)[:-1]
-
-    def unflatten(theta):
-        return {k: part.reshape(*theta.shape[:-1], *shapes[k]) for k, part in zip(names, np.split(theta, splits, -1))}
-
-    def log_density(theta):
-        value, grad = fn(unflatten(theta))
-        return value, np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in names])
-
-    rng = np.random.default_rng([seed, 1])   # given values, else uniform in (-2, 2) on the unconstrained scale
-    start = np.concatenate([
-        transforms[k].inv(torch.as_tensor(values[k], dtype=torch.float64)).numpy().reshape(-1)
-        if values and k in values else rng.uniform(-2, 2, n) for k, n in zip(names, sizes)])
-    draws, stats = nuts.sample(log_density, start, seed=seed, **options)
-    with torch.no_grad():
-        constrained = {k: transforms[k](torch.from_numpy(np.ascontiguousarray(v))).to(prototypes[k].dtype)
-                       for k, v in unflatten(draws).items()}
-    return constrained, stats
+def _flat_chain(density, values, seed: int, **options):
+    """One chain of :func:`inference.nuts.sample` on ``density`` (a :class:`ClosedForm` or a
+    :class:`~inference.potential.Potential`); constrained draws in the model's dtype. The start is
+    ``values`` where given, else uniform in (-2, 2) on the unconstrained scale."""
+    rng = np.random.default_rng([seed, 1])
+    given = {k: values[k] for k in density.names if values and k in values}
+    start = density.flatten({**density.prototypes, **given})
+    first = 0
+    for k, n in zip(density.names, density.sizes):
+        if k not in given:
+            start[first:first + n] = rng.uniform(-2, 2, n)
+        first += n
+    draws, stats = nuts.sample(density, start, seed=seed, **options)
+    return density.constrain(draws), stats
 
 
 def _num_workers(num_chains: int, chain_method: str, data) -> int:
