@@ -158,7 +158,7 @@ class ClosedForm:
 
     def unflatten(self, theta):
         splits = np.cumsum(self.sizes)[:-1]
-        return {k: part.reshape(*theta.shape[:-1], *self.shapes[k])
+        return {k: part.reshape(tuple(theta.shape[:-1]) + self.shapes[k])
                 for k, part in zip(self.names, np.split(theta, splits, -1))}
 
     def flatten(self, values) -> np.ndarray:
@@ -219,13 +219,18 @@ def _flat_chain(density, values, seed: int, **options):
     ``values`` where given, else uniform in (-2, 2) on the unconstrained scale."""
     rng = np.random.default_rng([seed, 1])
     given = {k: values[k] for k in density.names if values and k in values}
-    start = density.flatten({**density.prototypes, **given})
-    first = 0
-    for k, n in zip(density.names, density.sizes):
-        if k not in given:
-            start[first:first + n] = rng.uniform(-2, 2, n)
-        first += n
-    draws, stats = nuts.sample(density, start, seed=seed, **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (10x slower under load)
+    try:
+        start = density.flatten({**density.prototypes, **given})
+        first = 0
+        for k, n in zip(density.names, density.sizes):
+            if k not in given:
+                start[first:first + n] = rng.uniform(-2, 2, n)
+            first += n
+        draws, stats = nuts.sample(density, start, seed=seed, **options)
+    finally:
+        torch.set_num_threads(threads)
     return density.constrain(draws), stats
 
 

@@ -23,6 +23,7 @@ Python control flow depends on latent values, which a trace freezes) is not used
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -105,7 +106,7 @@ class Potential:
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Unconstrained values per site from a flat ``(..., dim)`` tensor."""
         parts = torch.split(theta, self.sizes, dim=-1)
-        return {k: p.reshape(*theta.shape[:-1], *self.shapes[k]) for k, p in zip(self.names, parts)}
+        return {k: p.reshape(tuple(theta.shape[:-1]) + self.shapes[k]) for k, p in zip(self.names, parts)}
 
     def flatten(self, values: dict[str, torch.Tensor]) -> np.ndarray:
         """The flat unconstrained vector (float64) of constrained ``values``."""
@@ -128,6 +129,9 @@ class Potential:
             values[k] = y
             log_det = log_det + self.transforms[k].log_abs_det_jacobian(u, y).sum()
         trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(data)
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                site["fn"] = _unvalidated(site["fn"])
         return self._evaluator.log_prob(trace) + log_det
 
     def _value_and_grad(self, theta: torch.Tensor, *leaves):
@@ -207,9 +211,10 @@ def has_compiler() -> bool:
         shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-# --- the two places where this module touches PyTorch's compiler internals ------------------------
-# ``make_fx`` lives in torch.fx.experimental and ``torch._inductor.compile`` is Inductor's entry for
-# an ATen graph; tests/test_potential.py fails loudly when either changes.
+# --- the places where this module touches PyTorch internals ---------------------------------------
+# ``make_fx`` lives in torch.fx.experimental, ``torch._inductor.compile`` is Inductor's entry for an
+# ATen graph, and ``_unvalidated`` sets a distribution's private ``_validate_args``;
+# tests/test_potential.py fails loudly when any of them changes.
 
 def trace_graph(fn: Callable, *example):
     """``fn`` traced once, down to ATen operations (autograd included), into a ``torch.fx.GraphModule``."""
@@ -226,6 +231,21 @@ def compile_graph(graph, example: list):
 
     with config.patch({"cpp.threads": 1, "cpp.simdlen": 0}):
         return torch._inductor.compile(graph, example)
+
+
+def _unvalidated(fn):
+    """A shallow copy of distribution ``fn`` (and of the distributions it wraps) with argument
+    validation off. Priors built before sampling (``PyroSample``, a module attribute) keep the
+    validation they were built with, and a support check is data-dependent control flow, which the
+    tracer refuses; the supports are checked once, by Pyro's potential. ``_validate_args`` is
+    private to torch.distributions: tests/test_potential.py's PyroModule case fails if it changes."""
+    if not isinstance(fn, torch.distributions.Distribution):
+        return fn
+    fn = copy.copy(fn)
+    fn._validate_args = False
+    if isinstance(getattr(fn, "base_dist", None), torch.distributions.Distribution):
+        fn.base_dist = _unvalidated(fn.base_dist)
+    return fn
 
 
 def _flatten(data):

@@ -249,10 +249,11 @@ def init_to_uniform_any(site=None, radius: float = 2.0):
         return fn.sample().detach()
     t = transform_to(fn.support)
     try:
-        shape = t.inv(fn.sample().detach()).shape
+        prototype = fn.sample().detach()
+        shape, dtype = t.inv(prototype).shape, prototype.dtype   # the model's dtype, not the default
     except NotImplementedError:
-        shape = t.inverse_shape(fn.batch_shape + fn.event_shape)
-    value = t(torch.rand(shape) * (2 * radius) - radius).detach()
+        shape, dtype = t.inverse_shape(fn.batch_shape + fn.event_shape), torch.get_default_dtype()
+    value = t(torch.rand(shape, dtype=dtype) * (2 * radius) - radius).detach()
     value._pyro_custom_init = False
     return value
 
