@@ -223,13 +223,14 @@ def trace_graph(fn: Callable, *example):
     return make_fx(fn, tracing_mode="real")(*example)
 
 
-def compile_graph(graph, example: list):
+def compile_graph(graph, example: list, *, fallback_random: bool = False):
     """An ATen graph compiled by Inductor into C++ for the CPU: single-threaded kernels (chains run in
-    parallel processes), no vectorization (faster on the small reductions of enumerated models)."""
+    parallel processes), no vectorization (faster on the small reductions of enumerated models).
+    ``fallback_random``: random numbers from ATen's generator, as the graph draws them uncompiled."""
     import torch._inductor
     import torch._inductor.config as config
 
-    with config.patch({"cpp.threads": 1, "cpp.simdlen": 0}):
+    with config.patch({"cpp.threads": 1, "cpp.simdlen": 0, "fallback_random": fallback_random}):
         return torch._inductor.compile(graph, example)
 
 

@@ -26,6 +26,7 @@ from pyro.infer.autoguide import (
 )
 from tqdm import tqdm
 
+from inference.objectives import traced_loss
 from inference.posterior import Posterior
 from inference.target import Target, as_target, init_to_median_any, set_seed
 
@@ -108,7 +109,7 @@ def collect_parameters(loss_fn: Callable[[], torch.Tensor], modules) -> list[tor
 def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: float = 0.01,
             num_particles: int = 1, vectorize_particles: bool = False, seed: int = 0,
             num_samples: int = 1000, lr_decay: float = 0.01, clip_norm: float | None = 10.0,
-            init=None, coords=None, progress: bool = True) -> Posterior:
+            init=None, coords=None, loss_route: str = "auto", progress: bool = True) -> Posterior:
     """Fit ``model`` to ``data`` by SVI and return a :class:`~inference.Posterior` of guide draws.
 
     :param model: a zoo model or a plain Pyro callable ``model(data)``.
@@ -124,6 +125,9 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     :param init: starting values (constrained) for an autoguide; default: the zoo model's
         data-driven ``initial_values``, else the prior median.
     :param num_samples: draws taken from the fitted guide (1 for "delta").
+    :param loss_route: "auto", "compiled", "graph" or "pyro": how ``Trace_ELBO`` of a reparameterized
+        guide is computed (:func:`inference.objectives.traced_loss`; "auto" compiles it for runs of
+        1000 steps or more). Other ELBOs always run as Pyro computes them.
     :raises SVIDivergedError: when the loss becomes NaN/inf (parameters rolled back first).
     """
     _check_positive("num_steps", num_steps)
@@ -150,6 +154,8 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         params = collect_parameters(loss_fn, [target.zoo, guide_fn])
     if not params:
         raise ValueError("guide: has no trainable parameters")
+    loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
+                                      route=loss_route)
     optimizer = torch.optim.Adam(params, lr=lr)
     gamma = lr_decay ** (1.0 / max(1, num_steps)) if lr_decay else 1.0
     schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
@@ -192,7 +198,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         guide=guide_fn, coords=coords,
         settings=dict(guide=guide if isinstance(guide, str) else "model's own" if guide is None else "custom",
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
-                      seed=seed),
+                      seed=seed, loss_route=loss_route),
     )
 
 

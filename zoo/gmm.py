@@ -18,8 +18,11 @@ default to 0 and 1. ``locs ~ Normal(center, 2 spread)`` covers the data's range 
 spare; the median prior scale is half the data's spread, and the prior keeps scales away from 0,
 where mixture likelihoods are degenerate. ``Dirichlet(1)`` is uniform on the simplex.
 
-``assignment`` is enumerated (``config_enumerate``), so SVI (``TraceEnum_ELBO``) and NUTS both sum
-it out exactly; ``log_likelihood`` is the same sum in closed form.
+``assignment`` is enumerated (``config_enumerate``): ``TraceEnum_ELBO`` sums it out of ``model``
+exactly, and ``infer_discrete`` draws it. ``marginal_model`` is the same story with the sum written
+out (``MixtureSameFamily``): what NUTS samples and, with the own guide over the global sites only,
+what SVI fits (``Trace_ELBO``, the same objective with less bookkeeping); ``log_likelihood`` is the
+same sum per point.
 
 Label switching: the likelihood is invariant to permuting components, so every posterior mode has
 K! copies. :meth:`GaussianMixture.align` relabels each draw to a common reference by minimum-cost
@@ -66,6 +69,9 @@ class GaussianMixture(ZooModel):
     }
     default_dataset = "iris-petals"
     jit_compatible = True
+    #: SVI fits ``marginal_model`` (Trace_ELBO, the same objective as TraceEnum_ELBO on ``model``): the
+    #: own guide covers only the global sites
+    svi_marginal = True
 
     def __init__(self, n_components: int = 3, *, concentration: float = 1.0,
                  prior_center=None, prior_spread=None, dim: int = 2):
@@ -100,13 +106,10 @@ class GaussianMixture(ZooModel):
         return center, spread
 
     # --- the Pyro pair ---------------------------------------------------------------------
-    @config_enumerate
-    def model(self, data=None, *, n: int | None = None):
-        """The generative story. ``data`` is (N, D); with ``data=None`` draw ``n`` points."""
+    def _globals(self, data):
+        """The global sites drawn from their priors: weights (K,), locs (K, D), scales (K, D)."""
         K = self.n_components
         center, spread = self.hyperparameters(data)
-        N = data.shape[0] if data is not None else (n or 1)
-
         weights = pyro.sample(
             "weights", dist.Dirichlet(torch.full((K,), self.concentration, dtype=center.dtype))
         )                                                                             # (K,)
@@ -115,6 +118,13 @@ class GaussianMixture(ZooModel):
             scales = pyro.sample(
                 "scales", dist.LogNormal(spread.log() - math.log(2.0), 1.0).to_event(1)
             )                                                                         # (K, D)
+        return weights, locs, scales
+
+    @config_enumerate
+    def model(self, data=None, *, n: int | None = None):
+        """The generative story. ``data`` is (N, D); with ``data=None`` draw ``n`` points."""
+        weights, locs, scales = self._globals(data)
+        N = data.shape[0] if data is not None else (n or 1)
         with pyro.plate("data", N, dim=-1):
             assignment = pyro.sample("assignment", dist.Categorical(weights))          # (N,)
             return pyro.sample(
@@ -122,6 +132,14 @@ class GaussianMixture(ZooModel):
                 dist.Normal(Vindex(locs)[..., assignment, :], Vindex(scales)[..., assignment, :]).to_event(1),
                 obs=data,
             )                                                                         # (N, D)
+
+    def marginal_model(self, data=None, *, n: int | None = None):
+        """The same story with ``assignment`` summed out: obs[n] ~ sum_k weights[k] N(locs[k], scales[k])."""
+        weights, locs, scales = self._globals(data)
+        N = data.shape[0] if data is not None else (n or 1)
+        with pyro.plate("data", N, dim=-1):
+            mixture = dist.MixtureSameFamily(dist.Categorical(weights), dist.Normal(locs, scales).to_event(1))
+            return pyro.sample("obs", mixture, obs=data)                              # (N, D)
 
     def guide(self, data=None, *, n: int | None = None):
         """Mean-field guide over the global sites; ``assignment`` is left to enumeration.
