@@ -96,10 +96,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
             if density is None and potential == "closed_form":
                 raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
         if density is None:
-            route = potential
-            if route == "auto":
-                long_run = (warmup_steps + num_samples) * num_chains >= COMPILE_MIN_ITERATIONS
-                route = "compiled" if long_run and has_compiler() else "graph"
+            route = potential_route(potential, (warmup_steps + num_samples) * num_chains)
             density = Potential(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting, route=route)
 
     def chain(c: int, position: int = 0):
@@ -141,6 +138,14 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     if recover_discrete and target.info(data).enumerated:
         posterior.samples.update(discrete_draws(posterior, progress=progress))
     return posterior
+
+
+def potential_route(potential: str, iterations: int) -> str:
+    """The route of a traced potential: "auto" compiles for runs of ``COMPILE_MIN_ITERATIONS`` or more
+    (all chains) when a C++ compiler is present, and runs the traced graph otherwise."""
+    if potential not in ("auto", "closed_form"):
+        return potential
+    return "compiled" if iterations >= COMPILE_MIN_ITERATIONS and has_compiler() else "graph"
 
 
 class ClosedForm:

@@ -212,3 +212,16 @@ def test_both_engines_keep_the_dtype_of_an_enumerated_mixture(dtype, engine):
     assert all(v.dtype == dtype for v in post.samples.values())
     locs = post.samples["locs"].double().mean((0, 1)).sort().values
     np.testing.assert_allclose(locs.numpy(), [-2, 3], atol=1.0)   # the two clusters (|mean error| ~ 0.3)
+
+
+def test_auto_compiles_long_runs_only_and_never_without_a_compiler(monkeypatch):
+    import inference.mcmc as mcmc
+
+    monkeypatch.setattr(mcmc, "has_compiler", lambda: True)
+    assert mcmc.potential_route("auto", mcmc.COMPILE_MIN_ITERATIONS) == "compiled"
+    assert mcmc.potential_route("auto", mcmc.COMPILE_MIN_ITERATIONS - 1) == "graph"
+    assert mcmc.potential_route("eager", 10**6) == "eager"
+    monkeypatch.setattr(mcmc, "has_compiler", lambda: False)
+    assert mcmc.potential_route("auto", 10**6) == "graph"
+    with pytest.raises(ValueError, match="potential"):
+        inference.run_nuts(no_plate, torch.zeros(3), potential="jit")
