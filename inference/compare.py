@@ -86,7 +86,7 @@ def _ess(x: torch.Tensor) -> np.ndarray:
     arr = x.detach().cpu().numpy()
     if arr.shape[0] * arr.shape[1] < 4:
         return np.full(arr.shape[2:], np.nan)
-    with quiet_arviz():
+    with quiet_arviz(), np.errstate(invalid="ignore", divide="ignore"):   # constants: 0/0
         return np.asarray(az.ess(az.convert_to_dataset({"x": arr}), method="bulk")["x"].values)
 
 
