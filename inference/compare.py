@@ -40,8 +40,13 @@ def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFr
     sd_a / sd_b, bulk ESS and ESS per second of wall time for each, and a verdict. ``df.attrs``
     holds the labels and wall times.
     """
+    _check_pair(a, b, labels, sites)
     la, lb = _labels(a, b, labels)
     qa, qb = aligned_pair(a, b, sites)
+    for name in set(qa) & set(qb):
+        if qa[name].shape[2:] != qb[name].shape[2:]:
+            raise ValueError(f"b: {name} has shape {tuple(qb[name].shape[2:])} per draw, but {tuple(qa[name].shape[2:])} "
+                             "in a; compare needs posteriors of the same model, configuration and data sizes")
     rows = []
     for name in qb:
         if name not in qa:
@@ -67,6 +72,29 @@ def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFr
     df = pd.DataFrame(rows).set_index("quantity")
     df.attrs.update(labels=(la, lb), wall_time={la: a.wall_time, lb: b.wall_time})
     return df
+
+
+def _check_pair(a, b, labels, sites) -> None:
+    """Two posteriors of one model and configuration, or a clear error naming the argument."""
+    for name, post in (("a", a), ("b", b)):
+        if not isinstance(post, Posterior):
+            raise TypeError(f"{name}: expected an inference.Posterior, got {type(post).__name__}")
+    if a.target.name != b.target.name:
+        raise ValueError(f"b: a posterior of model {b.target.name!r}, but a is of {a.target.name!r}; compare needs "
+                         "two posteriors of the same model")
+    config_a, config_b = ({k: repr(v) for k, v in p.target.zoo.config().items()} if p.target.zoo is not None else {}
+                          for p in (a, b))
+    diff = {k: (config_a.get(k), config_b.get(k)) for k in config_a.keys() | config_b.keys()
+            if config_a.get(k) != config_b.get(k)}
+    if diff:
+        raise ValueError(f"b: the model is configured differently from a's ({', '.join(f'{k}: {va!r} vs {vb!r}' for k, (va, vb) in sorted(diff.items()))})")
+    if labels is not None and (isinstance(labels, str) or len(labels) != 2 or len(set(labels)) != 2):
+        raise ValueError(f"labels: expected two different labels such as ('svi', 'nuts'), got {labels!r}")
+    if sites is not None:
+        missing = [k for k in ([sites] if isinstance(sites, str) else sites) if k not in a.samples or k not in b.samples]
+        if isinstance(sites, str) or missing:
+            raise ValueError(f"sites: expected a list of sites drawn in both posteriors, got {sites!r}"
+                             + (f" ({', '.join(map(repr, missing))} missing)" if missing else ""))
 
 
 def _verdict(smd: float, ratio: float) -> str:
