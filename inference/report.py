@@ -159,7 +159,9 @@ def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
                             "and this report was not written")
     old = None
     if out.exists() or out.is_symlink():
-        check_output_dir(out, force)      # the folder appeared or changed during the run
+        if not force:
+            raise taken
+        check_output_dir(out, force)      # still a report folder (it may have changed during the run)
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
         out.rename(old / "report")
     try:

@@ -154,7 +154,13 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
-        params = collect_parameters(loss_fn, [target.zoo, guide_fn])
+        try:
+            params = collect_parameters(loss_fn, [target.zoo, guide_fn])
+        except Exception:
+            if not _nonfinite_unchecked(loss_fn):
+                raise
+            with pyro.validation_enabled(False):   # a non-finite loss at the start: step 0 reports it below
+                params = collect_parameters(loss_fn, [target.zoo, guide_fn])
     if not params:
         raise ValueError("guide: has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr)
