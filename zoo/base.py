@@ -220,5 +220,5 @@ def check_setting(value, name: str, *, kind: str = "number", positive: bool = Fa
         ranks = " or ".join({0: "a number", 1: "a vector", 2: "a matrix"}.get(r, f"rank {r}") for r in (shape or (0,)))
         raise ValueError(f"{name}: expected {ranks}, got shape {arr.shape}")
     if arr.size == 0 or not np.isfinite(arr).all() or (positive and not (arr > 0).all()):
-        raise ValueError(f"{name}: expected finite {what} values, got {value!r}")
+        raise ValueError(f"{name}: expected finite values{' > 0' if positive else ''}, got {value!r}")
     return float(arr) if arr.ndim == 0 else value

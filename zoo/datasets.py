@@ -168,7 +168,9 @@ def load_csv(path: str | os.PathLike, columns: list[str] | None = None) -> Datas
         raise ValueError(f"data: {str(path)!r} has no data rows or columns")
     bad = [str(c) for c, dt in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)]
     if bad:
-        raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only")
+        sep = next((s for s in (";", "\t", "|") if len(bad) == 1 and s in bad[0]), None)
+        hint = f" (the file looks separated by {sep!r}; expected commas)" if sep else ""
+        raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only{hint}")
     values = frame.to_numpy(dtype=np.float64, copy=True)          # read in float64, then checked to fit
     dtype = torch.get_default_dtype()
     big = np.isfinite(values) & (np.abs(values) > torch.finfo(dtype).max)
