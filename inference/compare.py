@@ -87,7 +87,8 @@ def _check_pair(a, b, labels, sites) -> None:
     diff = {k: (config_a.get(k), config_b.get(k)) for k in config_a.keys() | config_b.keys()
             if config_a.get(k) != config_b.get(k)}
     if diff:
-        raise ValueError(f"b: the model is configured differently from a's ({', '.join(f'{k}: {va!r} vs {vb!r}' for k, (va, vb) in sorted(diff.items()))})")
+        settings = ", ".join(f"{k}: {va} vs {vb}" for k, (va, vb) in sorted(diff.items()))
+        raise ValueError(f"b: the model is configured differently from a's ({settings})")
     if labels is not None and (isinstance(labels, str) or len(labels) != 2 or len(set(labels)) != 2):
         raise ValueError(f"labels: expected two different labels such as ('svi', 'nuts'), got {labels!r}")
     if sites is not None:

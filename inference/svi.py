@@ -223,8 +223,7 @@ def _diverged(step, losses, target, guide_fn, params, last_good, bar, cause="") 
     bar.close()
     names = _parameter_names([target.zoo, guide_fn])
     restored = {names.get(id(p), f"param_{i}"): p for i, p in enumerate(params)}
-    return SVIDivergedError(step, losses, target.source if target.zoo is None else target.zoo, cause,
-                            guide=guide_fn, params=restored)
+    return SVIDivergedError(step, losses, target.source, cause, guide=guide_fn, params=restored)
 
 
 def _parameter_names(modules) -> dict[int, str]:

@@ -171,15 +171,15 @@ def load_csv(path: str | os.PathLike, columns: list[str] | None = None) -> Datas
         sep = next((s for s in (";", "\t", "|") if len(bad) == 1 and s in bad[0]), None)
         hint = f" (the file looks separated by {sep!r}; expected commas)" if sep else ""
         raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only{hint}")
-    values = frame.to_numpy(dtype=np.float64, copy=True)          # read in float64, then checked to fit
-    dtype = torch.get_default_dtype()
-    big = np.isfinite(values) & (np.abs(values) > torch.finfo(dtype).max)
-    for what, bad in (("overflows " + str(dtype).replace("torch.", "") + f" (largest {torch.finfo(dtype).max:.3g}); "
-                       "rescale the column", big), ("is infinite", np.isinf(values))):
+    values = frame.to_numpy(dtype=np.float64, copy=True)     # read in float64, then checked against the model dtype
+    dtype, limit = torch.get_default_dtype(), torch.finfo(torch.get_default_dtype()).max
+    for bad, what in ((np.isinf(values), "is infinite"),
+                      (np.isfinite(values) & (np.abs(values) > limit),
+                       f"overflows {str(dtype).replace('torch.', '')} (largest {limit:.3g}); rescale the column")):
         if bad.any():
             r, c = np.argwhere(bad)[0]
-            raise ValueError(f"data: {str(path)!r}: value {values[r, c]:g} in row {r + 1}, column {frame.columns[c]!r} "
-                             f"{what}")
+            raise ValueError(f"data: {str(path)!r}: value {values[r, c]:g} in data row {r + 1}, column "
+                             f"{frame.columns[c]!r} {what}")
     return Dataset(
         name=Path(path).stem,
         data=torch.as_tensor(values, dtype=dtype),

@@ -58,6 +58,7 @@ which relabels states (label switching) by matching each draw's emission paramet
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Mapping, NamedTuple
@@ -563,8 +564,7 @@ class HiddenMarkovModel(ZooModel):
                 raise ValueError(f"data: the largest symbol {V - 1} implies a vocabulary of {V} symbols, more than "
                                  f"{MAX_SYMBOLS}; recode the symbols to 0..V-1 with V the number of distinct ones")
             if V > len(observed):
-                log.warning("vocabulary of %d symbols is larger than the %d observed steps: most emission "
-                            "probabilities are set by the prior alone (recode the symbols to 0..V-1?)", V, len(observed))
+                _warn_vocabulary(V, len(observed))
 
     def num_observations(self, data) -> int:
         """Observed time steps in all sequences (held-out scores are reported per time step)."""
@@ -884,6 +884,12 @@ def _at_state(params, z):
         if k in params:
             out[k] = Vindex(params[k])[..., z, :] if _param_event_dim(k) else Vindex(params[k])[..., z]
     return out
+
+
+@functools.lru_cache(maxsize=None)   # once per (V, N), although data are validated at several stages
+def _warn_vocabulary(V: int, N: int) -> None:
+    log.warning("vocabulary of %d symbols is larger than the %d observed steps: most emission probabilities are "
+                "set by the prior alone (recode the symbols to 0..V-1?)", V, N)
 
 
 def _insert_sequence_dims(p: torch.Tensor, event_dim: int) -> torch.Tensor:
