@@ -45,8 +45,9 @@ def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFr
     qa, qb = aligned_pair(a, b, sites)
     for name in set(qa) & set(qb):
         if qa[name].shape[2:] != qb[name].shape[2:]:
-            raise ValueError(f"b: {name} has shape {tuple(qb[name].shape[2:])} per draw, but {tuple(qa[name].shape[2:])} "
-                             "in a; compare needs posteriors of the same model, configuration and data sizes")
+            raise ValueError(f"b: {name} has shape {tuple(qb[name].shape[2:])} per draw, but "
+                             f"{tuple(qa[name].shape[2:])} in a; compare needs posteriors of the same model, "
+                             "configuration and data sizes")
     rows = []
     for name in qb:
         if name not in qa:
@@ -92,7 +93,8 @@ def _check_pair(a, b, labels, sites) -> None:
     if labels is not None and (isinstance(labels, str) or len(labels) != 2 or len(set(labels)) != 2):
         raise ValueError(f"labels: expected two different labels such as ('svi', 'nuts'), got {labels!r}")
     if sites is not None:
-        missing = [k for k in ([sites] if isinstance(sites, str) else sites) if k not in a.samples or k not in b.samples]
+        names = [sites] if isinstance(sites, str) else sites
+        missing = [k for k in names if k not in a.samples or k not in b.samples]
         if isinstance(sites, str) or missing:
             raise ValueError(f"sites: expected a list of sites drawn in both posteriors, got {sites!r}"
                              + (f" ({', '.join(map(repr, missing))} missing)" if missing else ""))

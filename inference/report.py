@@ -61,7 +61,8 @@ def check_output_dir(out: str | os.PathLike, force: bool = False, *, name: str =
             raise FileExistsError(f"{name}: {str(out)!r} already exists; pass --force (force=True) to replace "
                                   "a report folder, or choose another folder")
         if out.is_symlink() or not out.is_dir():
-            raise FileExistsError(f"{name}: {str(out)!r} exists and is a link or a file, not a folder; it is never replaced")
+            raise FileExistsError(f"{name}: {str(out)!r} exists and is a link or a file, not a folder; it is never "
+                                  "replaced")
         for p in protect:
             if p is not None and _inside(Path(p).resolve(), where):
                 raise ValueError(f"{name}: {str(out)!r} holds the input {str(p)!r}; --force never replaces it, "
