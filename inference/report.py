@@ -75,7 +75,8 @@ def check_output_dir(out: str | os.PathLike, force: bool = False, *, name: str =
 
 
 def check_output_file(path: str | os.PathLike, force: bool = False, *, name: str = "path",
-                      protect: Iterable[str | os.PathLike] = (), is_ours=None, what: str = "a zoo file") -> Path:
+                      protect: Iterable[str | os.PathLike] = (), is_ours=None, what: str = "a zoo file",
+                      advice: str = "pass --force (force=True) to replace it") -> Path:
     """The same checks as :func:`check_output_dir` for one output file (e.g. a training checkpoint): an
     existing file is replaced only with ``force``, only if ``is_ours(path)`` accepts it (raises nothing),
     and never when it is or lies inside a ``protect`` path."""
@@ -86,7 +87,7 @@ def check_output_file(path: str | os.PathLike, force: bool = False, *, name: str
         if path.is_dir():
             raise FileExistsError(f"{name}: {str(path)!r} is a folder, expected a file")
         if not force:
-            raise FileExistsError(f"{name}: {str(path)!r} already exists; pass --force (force=True) to replace it")
+            raise FileExistsError(f"{name}: {str(path)!r} already exists; {advice}")
         for p in protect:
             if _inside(path.resolve(), Path(p).resolve()):
                 raise ValueError(f"{name}: {str(path)!r} is (inside) the input {str(p)!r}; it is never replaced")

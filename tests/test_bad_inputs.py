@@ -87,7 +87,10 @@ def box(tmp_path, monkeypatch):
 
 
 def _fails_cleanly(capsys, args, *needles):
-    code = main(args)
+    try:
+        code = main(args)
+    except SystemExit as e:   # argparse's own exit, after its one line
+        code = e.code
     err = capsys.readouterr().err.strip()
     assert code == 2, (code, err)
     lines = [ln for ln in err.splitlines() if not ln.startswith("zoo: warning:")]

@@ -177,21 +177,27 @@ def _check_device(device: str | None) -> None:
 
 
 def check_args(args) -> bool:
-    """Validate the flags of ``fit``/``compare`` before anything slow; warn (one line each) about flags the
-    chosen command and method do not use. Returns whether the model is fitted by minibatch training."""
+    """Validate the flags of ``fit``/``compare`` before anything slow and note the flags the chosen command
+    and method do not use (:func:`warn_unused` prints them). Returns whether the model is fitted by
+    minibatch training."""
     import zoo
 
     model = zoo.get(args.model, **model_config(args))
     amortized = not model.global_sites
-    for flag in _unused_flags(args, amortized):
-        how = f"--method {args.method}" if getattr(args, "method", None) else "this command"
-        print(f"zoo: warning: {flag} is not used by `zoo {args.command} {args.model}` with {how}; ignored",
-              file=sys.stderr)
+    args.unused = _unused_flags(args, amortized)
     _check_device(args.device)
     for flag, value in DEFAULTS.items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     return amortized
+
+
+def warn_unused(args) -> None:
+    """One warning line per flag that is not used, printed once the inputs are checked and the fit begins
+    (a mistake found earlier stays a single line)."""
+    how = f" with --method {args.method}" if getattr(args, "method", None) else ""
+    for flag in getattr(args, "unused", ()):
+        print(f"zoo: warning: {flag} is not used by `zoo {args.command} {args.model}`{how}; ignored", file=sys.stderr)
 
 
 def output_folder(args, checkpoint: bool = False):
@@ -208,8 +214,8 @@ def output_folder(args, checkpoint: bool = False):
     from inference.train import read_checkpoint
 
     path = args.checkpoint or f"{out}.ckpt.pt"
-    check_output_file(path, args.force or args.resume, name="--checkpoint", protect=protect,
-                      is_ours=read_checkpoint, what="a zoo training checkpoint")
+    check_output_file(path, args.force or args.resume, name="--checkpoint", protect=protect, is_ours=read_checkpoint,
+                      what="a zoo training checkpoint", advice="pass --resume to continue it or --force to start afresh")
     return out, path
 
 
@@ -254,6 +260,9 @@ def cmd_fit(args) -> int:
     if check_args(args):
         return fit_amortized(args)
     model, out, dataset, data, coords = _setup(args)
+    if args.method == "em" and not callable(getattr(model, "em", None)):
+        raise ValueError(f"--method: model {args.model!r} has no EM baseline; use svi, nuts or map")
+    warn_unused(args)
     progress = not args.quiet
     if args.method == "nuts":
         post = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
@@ -264,8 +273,6 @@ def cmd_fit(args) -> int:
                                  num_samples=args.samples, num_particles=args.particles, coords=coords,
                                  progress=progress)
     else:
-        if not callable(getattr(model, "em", None)):
-            raise ValueError(f"--method: model {args.model!r} has no EM baseline; use svi, nuts or map")
         start = time.perf_counter()
         params = model.em(data, seed=args.seed)
         post = Posterior.point(model, data, params, method="em", wall_time=time.perf_counter() - start,
@@ -313,6 +320,7 @@ def cmd_compare(args) -> int:
     if check_args(args):
         return compare_amortized(args)
     model, out, dataset, data, coords = _setup(args)
+    warn_unused(args)
     progress = not args.quiet
     svi = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
                             seed=args.seed, num_samples=args.samples, num_particles=args.particles,
@@ -359,6 +367,7 @@ def _train_amortized(args):
     out, checkpoint = output_folder(args, checkpoint=args.trainer != "lightning")
     dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
     data = model.validate(dataset.data)
+    warn_unused(args)
     valid = dataset.splits.get("valid")
     split = "test" if "test" in dataset.splits else "valid" if valid is not None else "train"
     kw = dict(valid=valid, elbo=args.elbo, num_particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
@@ -411,15 +420,14 @@ def compare_amortized(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; the one place where exceptions become exit codes: 0 done, 1 the fit failed
     (divergence, or an unexpected error: one line, ``-v`` for the traceback), 2 a user mistake (one line
-    naming the flag), 130 interrupted. Ctrl-C is answered at every phase, start-up included."""
+    naming the flag), 130 interrupted. Ctrl-C is answered at every phase, start-up included. A bad flag
+    raises argparse's ``SystemExit(2)`` after its one line."""
     parsed: dict = {}
     try:
         return _run(argv, parsed)
     except KeyboardInterrupt:
         print("zoo: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except SystemExit as e:          # argparse: --help (0) or a bad flag (2, its one line already printed)
-        return e.code if isinstance(e.code, int) else 2
     except Exception as e:
         args = parsed.get("args")
         if getattr(args, "verbose", False):
