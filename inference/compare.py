@@ -40,8 +40,14 @@ def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFr
     sd_a / sd_b, bulk ESS and ESS per second of wall time for each, and a verdict. ``df.attrs``
     holds the labels and wall times.
     """
+    _check_pair(a, b, labels, sites)
     la, lb = _labels(a, b, labels)
     qa, qb = aligned_pair(a, b, sites)
+    for name in set(qa) & set(qb):
+        if qa[name].shape[2:] != qb[name].shape[2:]:
+            raise ValueError(f"b: {name} has shape {tuple(qb[name].shape[2:])} per draw, but "
+                             f"{tuple(qa[name].shape[2:])} in a; compare needs posteriors of the same model, "
+                             "configuration and data sizes")
     rows = []
     for name in qb:
         if name not in qa:
@@ -69,6 +75,31 @@ def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFr
     return df
 
 
+def _check_pair(a, b, labels, sites) -> None:
+    """Two posteriors of one model and configuration, or a clear error naming the argument."""
+    for name, post in (("a", a), ("b", b)):
+        if not isinstance(post, Posterior):
+            raise TypeError(f"{name}: expected an inference.Posterior, got {type(post).__name__}")
+    if a.target.name != b.target.name:
+        raise ValueError(f"b: a posterior of model {b.target.name!r}, but a is of {a.target.name!r}; compare needs "
+                         "two posteriors of the same model")
+    config_a, config_b = ({k: repr(v) for k, v in p.target.zoo.config().items()} if p.target.zoo is not None else {}
+                          for p in (a, b))
+    diff = {k: (config_a.get(k), config_b.get(k)) for k in config_a.keys() | config_b.keys()
+            if config_a.get(k) != config_b.get(k)}
+    if diff:
+        settings = ", ".join(f"{k}: {va} vs {vb}" for k, (va, vb) in sorted(diff.items()))
+        raise ValueError(f"b: the model is configured differently from a's ({settings})")
+    if labels is not None and (isinstance(labels, str) or len(labels) != 2 or len(set(labels)) != 2):
+        raise ValueError(f"labels: expected two different labels such as ('svi', 'nuts'), got {labels!r}")
+    if sites is not None:
+        names = [sites] if isinstance(sites, str) else sites
+        missing = [k for k in names if k not in a.samples or k not in b.samples]
+        if isinstance(sites, str) or missing:
+            raise ValueError(f"sites: expected a list of sites drawn in both posteriors, got {sites!r}"
+                             + (f" ({', '.join(map(repr, missing))} missing)" if missing else ""))
+
+
 def _verdict(smd: float, ratio: float) -> str:
     parts = ["agree" if abs(smd) < AGREE_SMD else "means differ"]
     if np.isfinite(ratio) and not SD_RATIO[0] <= ratio <= SD_RATIO[1]:
@@ -86,7 +117,7 @@ def _ess(x: torch.Tensor) -> np.ndarray:
     arr = x.detach().cpu().numpy()
     if arr.shape[0] * arr.shape[1] < 4:
         return np.full(arr.shape[2:], np.nan)
-    with quiet_arviz():
+    with quiet_arviz(), np.errstate(invalid="ignore", divide="ignore"):   # constants: 0/0
         return np.asarray(az.ess(az.convert_to_dataset({"x": arr}), method="bulk")["x"].values)
 
 

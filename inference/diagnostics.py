@@ -64,7 +64,8 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
         summary = pd.DataFrame.from_dict(rows, orient="index")
         return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws,
                          [f"point estimate ({n_total} draw): no uncertainty or mixing diagnostics"])
-    with quiet_arviz():  # one chain (SVI draws): ArviZ logs that split R-hat needs two
+    # one chain (SVI draws): ArviZ logs that split R-hat needs two; a constant quantity divides 0 by 0
+    with quiet_arviz(), np.errstate(invalid="ignore", divide="ignore"):
         summary = az.summary(posterior.quantities_idata(), var_names=names, hdi_prob=hdi_prob, round_to="none")
     reasons = []
     rhat = summary["r_hat"].astype(float)

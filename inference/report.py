@@ -1,18 +1,23 @@
 """A report folder built from Posterior objects: netCDF, CSV tables, PNG plots, summary.md and .html.
 
 The folder is written to a temporary sibling and renamed into place at the end, so a failure never
-leaves a half-written report, and an existing folder is replaced only when ``force=True``.
+leaves a half-written report. Every report folder holds a marker file (``MARKER``); ``force=True``
+replaces only a folder that has it (or an empty one), never the working folder, one of its
+ancestors or a folder holding protected paths (the input data). :func:`check_output_dir` is the
+check, to call before any long work; :func:`write_report` calls it again at the end.
 """
 
 from __future__ import annotations
 
+import errno
 import html
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import arviz as az
 import matplotlib.pyplot as plt
@@ -25,15 +30,103 @@ from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
 
+#: the file every report folder holds: ``force=True`` replaces only folders that have it (or empty ones)
+MARKER = ".zoo-report"
 
-def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse an existing output folder unless ``force`` (call before long work, and again at the end)."""
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(out: str | os.PathLike, force: bool = False, *, name: str = "out",
+                     protect: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check that a report folder can be written at ``out``, before any long work; return it as a Path.
+
+    Refused, with a ``ValueError``/``FileExistsError`` naming ``name`` (the argument or CLI flag): the
+    working folder or one of its ancestors; an existing path without ``force``; with ``force``, an
+    existing path that is not a folder, is neither empty nor a report (no ``MARKER``), or holds one
+    of the ``protect`` paths (e.g. the input data); a location under a file or in a folder that cannot
+    be written. Missing parent folders are fine (created when the report is written).
+    """
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise TypeError(f"{name}: expected a folder path, got {out!r}")
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"out: {str(out)!r} already exists; pass --force to replace it or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out: {str(out)!r} exists and is not a folder")
+    where = out.resolve()
+    if _inside(Path.cwd().resolve(), where):
+        raise ValueError(f"{name}: {str(out)!r} is the working folder or contains it; choose a new folder, "
+                         "e.g. runs/NAME")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise FileExistsError(f"{name}: {str(out)!r} already exists; pass --force (force=True) to replace "
+                                  "a report folder, or choose another folder")
+        if out.is_symlink() or not out.is_dir():
+            raise FileExistsError(f"{name}: {str(out)!r} exists and is a link or a file, not a folder; it is never "
+                                  "replaced")
+        for p in protect:
+            if p is not None and _inside(Path(p).resolve(), where):
+                raise ValueError(f"{name}: {str(out)!r} holds the input {str(p)!r}; --force never replaces it, "
+                                 "choose another folder")
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise FileExistsError(f"{name}: {str(out)!r} is not a zoo report folder (no {MARKER} file) and not "
+                                  "empty; --force replaces only report folders, choose another folder")
+    _check_parent(out, name)
     return out
+
+
+def check_output_file(path: str | os.PathLike, force: bool = False, *, name: str = "path",
+                      protect: Iterable[str | os.PathLike] = (), is_ours=None, what: str = "a zoo file",
+                      advice: str = "pass --force (force=True) to replace it") -> Path:
+    """The same checks as :func:`check_output_dir` for one output file (e.g. a training checkpoint): an
+    existing file is replaced only with ``force``, only if ``is_ours(path)`` accepts it (raises nothing),
+    and never when it is or lies inside a ``protect`` path."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise TypeError(f"{name}: expected a file path, got {path!r}")
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if path.is_dir():
+            raise FileExistsError(f"{name}: {str(path)!r} is a folder, expected a file")
+        if not force:
+            raise FileExistsError(f"{name}: {str(path)!r} already exists; {advice}")
+        for p in protect:
+            if _inside(path.resolve(), Path(p).resolve()):
+                raise ValueError(f"{name}: {str(path)!r} is (inside) the input {str(p)!r}; it is never replaced")
+        try:
+            if is_ours is not None:
+                is_ours(path)
+        except Exception:
+            raise FileExistsError(f"{name}: {str(path)!r} is not {what}; --force replaces only that, choose "
+                                  "another file") from None
+    _check_parent(path, name)
+    return path
+
+
+def _check_parent(path: Path, name: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder that can be written."""
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} lies under {str(parent)!r}, which is a file, not a folder")
+    try:                         # a real write: os.access says yes to root on a read-only file system
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".zoo-probe-"))
+    except OSError as e:
+        raise PermissionError(f"{name}: cannot create {str(path)!r}: folder {str(parent)!r} is not writable "
+                              f"({e.strerror})") from None
+
+
+def check_posteriors(posteriors, name: str = "posteriors") -> dict[str, Posterior]:
+    """A non-empty ``{label: Posterior}`` with labels usable in file names, or a clear error."""
+    if not isinstance(posteriors, Mapping):
+        raise TypeError(f"{name}: expected a dict {{label: Posterior}}, got {type(posteriors).__name__}")
+    if not posteriors:
+        raise ValueError(f"{name}: is empty; expected at least one {{label: Posterior}}")
+    for label, post in posteriors.items():
+        if not isinstance(label, str) or not label or os.sep in label or label.startswith("."):
+            raise ValueError(f"{name}: label {label!r} cannot name a file; use a plain word such as 'svi'")
+        if not isinstance(post, Posterior):
+            raise TypeError(f"{name}: {label!r} is a {type(post).__name__}, expected an inference.Posterior")
+    return dict(posteriors)
 
 
 def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
@@ -45,26 +138,45 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
     ``figures`` adds ``{file stem: matplotlib Figure}``; ``sections`` adds summary.md sections
     ``{heading: markdown text or a DataFrame}`` after the runs table (a table is also written as CSV
     when ``df.attrs["csv"]`` names a file, and only there when ``df.attrs["markdown"]`` is False).
+    The folder appears in one rename at the end; if another run created ``out`` meanwhile, that
+    folder is left as it is and ``FileExistsError`` is raised.
     """
+    posteriors = check_posteriors(posteriors)
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
         _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, figures or {}, sections or {})
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        (tmp / MARKER).write_text("written by latent-zoo's inference.write_report\n")
+        _move_into_place(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``out`` (replacing a report folder there only with ``force``), atomically."""
+    taken = FileExistsError(f"out: {str(out)!r} was created by another run meanwhile; it was left as it is "
+                            "and this report was not written")
+    old = None
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise taken
+        check_output_dir(out, force)      # still a report folder (it may have changed during the run)
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        out.rename(old / "report")
+    try:
+        os.rename(tmp, out)               # atomic; fails on a non-empty folder created meanwhile
+    except OSError as e:
+        if old is not None and not out.exists():
+            (old / "report").rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise taken from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extra_figures, sections):

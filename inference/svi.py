@@ -14,6 +14,7 @@ import time
 import warnings
 from typing import Callable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
@@ -41,16 +42,22 @@ GUIDES = {
 
 
 class SVIDivergedError(RuntimeError):
-    """The ELBO became NaN/inf. The model's parameters are left at their last finite values."""
+    """The ELBO became NaN/inf (or the model failed on parameters that had become NaN/inf).
 
-    def __init__(self, step: int, losses: list[float], model, cause: str = ""):
+    The parameters are restored to their last finite values first: ``model`` (the fitted copy of a zoo
+    model, else the callable), ``guide`` and ``params`` (``{name: tensor}``, the restored trainable
+    tensors) hold them; ``step`` and ``losses`` tell where it happened. When the model raised, the
+    exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, step: int, losses: list[float], model, cause: str = "", *, guide=None, params=None):
         last = next((x for x in reversed(losses) if math.isfinite(x)), float("nan"))
         why = f" ({cause})" if cause else ""
         super().__init__(
             f"SVI loss became non-finite at step {step}{why} (last finite loss {last:.4g}); parameters were "
             "restored to their last finite values. Try a smaller lr, more particles, or a better init."
         )
-        self.step, self.losses, self.model = step, losses, model
+        self.step, self.losses, self.model, self.guide, self.params = step, losses, model, guide, dict(params or {})
 
 
 def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False):
@@ -151,7 +158,13 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
-        params = collect_parameters(loss_fn, [target.zoo, guide_fn])
+        try:
+            params = collect_parameters(loss_fn, [target.zoo, guide_fn])
+        except Exception:
+            if not _nonfinite_unchecked(loss_fn):
+                raise
+            with pyro.validation_enabled(False):   # a non-finite loss at the start: step 0 reports it below
+                params = collect_parameters(loss_fn, [target.zoo, guide_fn])
     if not params:
         raise ValueError("guide: has no trainable parameters")
     loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
@@ -164,22 +177,18 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     bar = tqdm(range(num_steps), desc=f"SVI {target.name}", disable=None if progress else True, leave=False)
     for step in bar:
         optimizer.zero_grad()
-        cause = ""
         try:
             loss = loss_fn()
-            value = float(loss.detach())
-        except (ValueError, RuntimeError) as e:
-            if step == 0:
-                raise
-            # the same code ran at step 0: only the parameter values changed (e.g. a scale became NaN)
-            value, cause = float("nan"), str(e).splitlines()[0][:200]
+        except Exception as e:
+            if not _nonfinite_unchecked(loss_fn):
+                raise   # the model's or guide's own error: unchanged, with its traceback
+            losses.append(float("nan"))   # a distribution refused a NaN/inf argument: the loss is non-finite
+            raise _diverged(step, losses, target, guide_fn, params, last_good, bar,
+                            str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from e
+        value = float(loss.detach())
         losses.append(value)
         if not math.isfinite(value):
-            with torch.no_grad():
-                for p, good in zip(params, last_good):
-                    p.copy_(good)
-            bar.close()
-            raise SVIDivergedError(step, losses, target.source, cause)
+            raise _diverged(step, losses, target, guide_fn, params, last_good, bar)
         with torch.no_grad():
             for p, good in zip(params, last_good):
                 good.copy_(p)
@@ -200,6 +209,37 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
                       seed=seed, loss_route=loss_route),
     )
+
+
+def _nonfinite_unchecked(loss_fn) -> bool:
+    """Whether the loss, evaluated again without argument validation, is NaN/inf: then the exception
+    was a distribution refusing a non-finite argument (a divergence), not the model's own error."""
+    try:
+        with pyro.validation_enabled(False), torch.no_grad():
+            return not math.isfinite(float(loss_fn()))
+    except Exception:
+        return False
+
+
+def _diverged(step, losses, target, guide_fn, params, last_good, bar, cause="") -> SVIDivergedError:
+    """Restore the last finite parameters and build the error that carries them."""
+    with torch.no_grad():
+        for p, good in zip(params, last_good):
+            p.copy_(good)
+    bar.close()
+    names = _parameter_names([target.zoo, guide_fn])
+    restored = {names.get(id(p), f"param_{i}"): p for i, p in enumerate(params)}
+    return SVIDivergedError(step, losses, target.source, cause, guide=guide_fn, params=restored)
+
+
+def _parameter_names(modules) -> dict[int, str]:
+    """``id(tensor) -> name`` of module parameters and ``pyro.param`` store entries (unconstrained)."""
+    names = {id(p): name for name, p in pyro.get_param_store().named_parameters()}
+    for module in modules:
+        module = getattr(module, "__self__", module)
+        if isinstance(module, torch.nn.Module):
+            names.update((id(p), name) for name, p in module.named_parameters())
+    return names
 
 
 def sample_guide(guide_fn, data, sites, num_samples: int) -> dict[str, torch.Tensor]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from zoo.base import ZooModel
-
+# ``import zoo`` is cheap (torch and Pyro load with the first model or with zoo.base), so the command
+# line can answer Ctrl-C during start-up cleanly; ``zoo.ZooModel`` is resolved on first use.
 __all__ = ["ZooModel", "get", "list_models", "register"]
 
 # name -> "module:Class" (imported on first use) or a class added with register()
@@ -28,6 +28,8 @@ _REGISTRY = {
 
 def register(name: str, cls: type[ZooModel]) -> None:
     """Add your own :class:`ZooModel` subclass under ``name`` (then ``get``, the CLI and reports know it)."""
+    from zoo.base import ZooModel
+
     if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
         raise TypeError(f"cls: expected a ZooModel subclass, got {cls!r}")
     _REGISTRY[name] = cls
@@ -60,3 +62,11 @@ def get(name: str, **config) -> ZooModel:
             f"accepted: {', '.join(accepted) or '(none)'}"
         )
     return cls(**config)
+
+
+def __getattr__(name):
+    if name == "ZooModel":
+        from zoo.base import ZooModel
+
+        return ZooModel
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

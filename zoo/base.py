@@ -132,6 +132,9 @@ def as_float_tensor(data, *, name: str = "data", allow_nan: bool = False, dtype=
         t = data.detach()
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"{name}: expected a real numeric tensor, got dtype {t.dtype}")
+        if t.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(f"{name}: dtype {t.dtype} is too coarse for inference; convert the data to float32 "
+                            "or float64 first")
         if not t.is_floating_point():
             t = t.to(dtype or torch.get_default_dtype())
         elif dtype is not None:
@@ -155,8 +158,8 @@ def as_float_tensor(data, *, name: str = "data", allow_nan: bool = False, dtype=
         raise ValueError(f"{name}: is empty (shape {tuple(t.shape)}); expected at least one row")
     nonfinite = ~torch.isfinite(t) if not allow_nan else torch.isinf(t)
     if nonfinite.any():
-        what = "inf" if allow_nan else "NaN/inf"
         idx = nonfinite.nonzero()[0].tolist()
+        what = "inf" if allow_nan else "NaN (missing) or inf" if torch.isnan(t).any() else "inf"
         raise ValueError(
             f"{name}: contains {int(nonfinite.sum())} {what} value(s) (first at index {tuple(idx)}); "
             "remove or impute them first"
@@ -181,3 +184,41 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_setting(value, name: str, *, kind: str = "number", positive: bool = False, shape=None,
+                  choices=None, allow_none: bool = False):
+    """The one check of a model setting at construction; returns the value cleaned, or raises a
+    ``TypeError``/``ValueError`` naming ``name``.
+
+    ``kind``: "int" (an integer ``>= 1`` when ``positive``), "bool", "choice" (one of ``choices``), or
+    "number" (a finite real number, or an array of them when ``shape`` is given: ``shape`` is a tuple
+    of allowed ranks, e.g. ``(0, 1)`` for a scalar or a vector; ``positive`` asks for every entry > 0).
+    ``None`` passes through when ``allow_none``.
+    """
+    if value is None and allow_none:
+        return None
+    if kind == "int":
+        return check_positive_int(value, name, minimum=1 if positive else 0)
+    if kind == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {value!r}")
+        return bool(value)
+    if kind == "choice":
+        if value not in choices:
+            raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    what = "number" + (" > 0" if positive else "")
+    if isinstance(value, (str, bytes, bool, np.bool_)) or value is None:
+        raise TypeError(f"{name}: expected a finite {what}{' or an array of them' if shape else ''}, got {value!r}")
+    try:
+        arr = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a finite {what}{' or an array of them' if shape else ''}, "
+                        f"got {value!r}") from None
+    if arr.ndim not in (shape or (0,)):
+        ranks = " or ".join({0: "a number", 1: "a vector", 2: "a matrix"}.get(r, f"rank {r}") for r in (shape or (0,)))
+        raise ValueError(f"{name}: expected {ranks}, got shape {arr.shape}")
+    if arr.size == 0 or not np.isfinite(arr).all() or (positive and not (arr > 0).all()):
+        raise ValueError(f"{name}: expected finite values{' > 0' if positive else ''}, got {value!r}")
+    return float(arr) if arr.ndim == 0 else value

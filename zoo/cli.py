@@ -4,7 +4,10 @@
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
 
-User mistakes exit with status 2 and a one-line message; no traceback.
+User mistakes exit with status 2 and a one-line message naming the flag; no traceback. Ctrl-C exits
+with 130 at any moment, start-up included, and leaves no partial output. :func:`main` is the one place
+that maps exceptions to exit codes; :func:`output_folder` checks ``--out`` (and ``--checkpoint``)
+before any fitting, with :func:`inference.report.check_output_dir`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,49 @@ CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": 
                 "latent_dim": "latent_dim", "hidden": "hidden", "likelihood": "likelihood"}
 
 
+#: API keyword -> CLI flag, to name the flag in error messages
+FLAG_OF = {**{key: "--" + flag.replace("_", "-") for flag, key in CONFIG_FLAGS.items()},
+           "out": "--out", "checkpoint": "--checkpoint", "data": "--data", "data_dir": "--data-dir",
+           "num_steps": "--steps", "lr": "--lr", "guide": "--guide", "num_samples": "--samples",
+           "warmup_steps": "--warmup", "num_chains": "--chains", "num_particles": "--particles",
+           "epochs": "--epochs", "batch_size": "--batch-size", "patience": "--patience", "device": "--device",
+           "devices": "--devices", "eval_particles": "--eval-particles", "resume": "--resume", "seed": "--seed"}
+
+#: defaults of the flags that only some methods use (None in the parser, so a flag the user gave is known)
+DEFAULTS = {"steps": 3000, "samples": 1000, "warmup": 500, "chains": 4, "particles": 1, "epochs": 100,
+            "batch_size": 100, "elbo": "trace", "trainer": "torch", "devices": 1, "points": 8}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line and exit status 2 (argparse prints the whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="Latent Zoo: fit and compare latent-variable models.")
+    parser = _Parser(prog="zoo", description="Latent Zoo: fit and compare latent-variable models.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models and datasets")
 
@@ -32,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="folder with real datasets (default: $ZOO_DATA_DIR)")
         p.add_argument("--out", help="report folder (default: runs/<model>-<command>)")
         p.add_argument("--force", action="store_true", help="replace an existing report folder")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--steps", type=int, default=3000, help="SVI steps")
-        p.add_argument("--lr", type=float, default=None,
+        p.add_argument("--seed", type=_int(0), default=0)
+        p.add_argument("--steps", type=_int(1), help="SVI steps (default 3000)")
+        p.add_argument("--lr", type=_positive_float, default=None,
                        help="learning rate of Adam (default 0.02 for SVI, 1e-3 for minibatch training)")
         p.add_argument("--guide", default=None, help="SVI guide: model (default), normal, mvn, iaf")
-        p.add_argument("--samples", type=int, default=1000, help="posterior draws (per chain for NUTS)")
-        p.add_argument("--warmup", type=int, default=500, help="NUTS warmup steps per chain")
-        p.add_argument("--chains", type=int, default=4, help="NUTS chains")
+        p.add_argument("--samples", type=_int(1), help="posterior draws (per chain for NUTS; default 1000)")
+        p.add_argument("--warmup", type=_int(0), help="NUTS warmup steps per chain (default 500)")
+        p.add_argument("--chains", type=_int(1), help="NUTS chains (default 4)")
         p.add_argument("--components", type=int, help="number of mixture / latent components")
         p.add_argument("--states", type=int, help="number of hidden states (hmm)")
         p.add_argument("--emission", help="emission family (hmm): gaussian, categorical, poisson, bernoulli")
@@ -49,21 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hidden", type=_sizes, help="hidden layer sizes, e.g. 200,200 (VAE)")
         p.add_argument("--likelihood", help="observation model, e.g. bernoulli or gaussian (VAE)")
         t = p.add_argument_group("minibatch training (models whose latents are all local, e.g. the VAE)")
-        t.add_argument("--epochs", type=int, default=100)
-        t.add_argument("--batch-size", type=int, default=100)
-        t.add_argument("--elbo", default="trace", choices=["trace", "iwae"], help="objective (iwae: Burda et al.)")
-        p.add_argument("--particles", type=int, default=1,
-                       help="ELBO particles (SVI), or particles per data point (k of the IWAE bound)")
-        t.add_argument("--patience", type=int, default=None, help="early stopping: epochs without a better validation ELBO")
+        t.add_argument("--epochs", type=_int(1), help="default 100")
+        t.add_argument("--batch-size", type=_int(1), help="default 100")
+        t.add_argument("--elbo", choices=["trace", "iwae"], help="objective (iwae: Burda et al.; default trace)")
+        p.add_argument("--particles", type=_int(1),
+                       help="ELBO particles (SVI), or particles per data point (k of the IWAE bound; default 1)")
+        t.add_argument("--patience", type=_int(1), default=None,
+                       help="early stopping: epochs without a better validation ELBO")
         t.add_argument("--checkpoint", help="checkpoint file, written every epoch (default: OUT.ckpt.pt)")
         t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-        t.add_argument("--trainer", default="torch", choices=["torch", "lightning"],
-                       help="torch: our loop (checkpoints); lightning: PyTorch Lightning DDP on --devices processes")
-        t.add_argument("--devices", type=int, default=1, help="processes / GPUs for --trainer lightning")
+        t.add_argument("--trainer", choices=["torch", "lightning"],
+                       help="torch (default): our loop (checkpoints); lightning: PyTorch Lightning DDP on --devices processes")
+        t.add_argument("--devices", type=_int(1), help="processes / GPUs for --trainer lightning (default 1)")
         t.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-        t.add_argument("--eval-particles", type=int, default=None,
+        t.add_argument("--eval-particles", type=_int(1), default=None,
                        help="importance samples per image for the test log-likelihood (default: the model's, 5000)")
-        t.add_argument("--points", type=int, default=8, help="compare: test images for the amortization gap")
+        t.add_argument("--points", type=_int(1), help="compare: test images for the amortization gap (default 8)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
 
@@ -76,16 +121,102 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_config(args) -> dict:
+    """The model's configuration from the dedicated flags and ``--option KEY=VALUE``; a setting given
+    twice with different values is an error, not a silent override."""
     config = {key: getattr(args, flag) for flag, key in CONFIG_FLAGS.items() if getattr(args, flag, None) is not None}
+    given = {key: f"--{flag.replace('_', '-')} {config[key]}" for flag, key in CONFIG_FLAGS.items() if key in config}
     for item in args.option:
-        if "=" not in item:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
             raise ValueError(f"--option: expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
         try:
-            config[key.strip()] = ast.literal_eval(value)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            config[key.strip()] = value
+            value = text
+        if key in config and config[key] != value:
+            raise ValueError(f"--option: {item!r} conflicts with {given[key]}; give the setting once")
+        config[key] = value
+        given[key] = f"--option {item}"
     return config
+
+
+def _unused_flags(args, amortized: bool) -> list[str]:
+    """Flags the user gave that the chosen command and method do not use."""
+    method = getattr(args, "method", None)
+    svi = {"steps", "lr", "guide", "particles", "samples"}
+    used = {"svi": svi, "map": svi - {"guide", "samples"}, "nuts": {"samples", "warmup", "chains"}, "em": set(),
+            None: svi | {"warmup", "chains"}}[method]
+    train = {"epochs", "batch_size", "elbo", "particles", "patience", "checkpoint", "resume", "trainer", "devices",
+             "device", "eval_particles", "lr"}
+    if amortized:
+        used = train | ({"points", "samples", "warmup", "chains", "steps"} if method is None else set())
+        if args.trainer == "lightning":
+            used -= {"patience", "checkpoint", "resume"}
+    if args.trainer != "lightning":
+        used.discard("devices")
+    flags = ["steps", "lr", "guide", "samples", "warmup", "chains", "particles", *sorted(train - {"lr", "particles"}),
+             "points"]
+    return [f"--{f.replace('_', '-')}" for f in flags if f not in used and getattr(args, f) not in (None, False)]
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} asked for, but this machine has no CUDA device that torch can use; "
+                         "use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected cpu or cuda (cuda:N), got {device!r}")
+
+
+def check_args(args) -> bool:
+    """Validate the flags of ``fit``/``compare`` before anything slow and note the flags the chosen command
+    and method do not use (:func:`warn_unused` prints them). Returns whether the model is fitted by
+    minibatch training."""
+    import zoo
+
+    model = zoo.get(args.model, **model_config(args))
+    amortized = not model.global_sites
+    args.unused = _unused_flags(args, amortized)
+    _check_device(args.device)
+    for flag, value in DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    return amortized
+
+
+def warn_unused(args) -> None:
+    """One warning line per flag that is not used, printed once the inputs are checked and the fit begins
+    (a mistake found earlier stays a single line)."""
+    how = f" with --method {args.method}" if getattr(args, "method", None) else ""
+    for flag in getattr(args, "unused", ()):
+        print(f"zoo: warning: {flag} is not used by `zoo {args.command} {args.model}`{how}; ignored", file=sys.stderr)
+
+
+def output_folder(args, checkpoint: bool = False):
+    """``--out`` (default runs/<model>-<command>) checked before any fitting: never the working folder or an
+    ancestor, nor a folder holding the input data; replaced only with --force and only if it is a report.
+    With ``checkpoint``, also the checkpoint file (default OUT.ckpt.pt). Returns ``(out, checkpoint)``."""
+    from inference.report import check_output_dir, check_output_file
+
+    protect = [p for p in (args.data, args.data_dir) if p and os.path.exists(p)]
+    out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force,
+                           name="--out", protect=protect)
+    if not checkpoint:
+        return out, None
+    from inference.train import read_checkpoint
+
+    path = args.checkpoint or f"{out}.ckpt.pt"
+    check_output_file(path, args.force or args.resume, name="--checkpoint", protect=protect, is_ours=read_checkpoint,
+                      what="a zoo training checkpoint", advice="pass --resume to continue it or --force to start afresh")
+    return out, path
 
 
 def cmd_list(args) -> int:
@@ -106,13 +237,12 @@ def cmd_list(args) -> int:
 
 def _setup(args):
     import zoo
-    from inference.report import check_output_dir
     from zoo import datasets
 
     if args.lr is None:
         args.lr = 0.02
     model = zoo.get(args.model, **model_config(args))
-    out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force)
+    out, _ = output_folder(args)
     dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
     data = model.validate(dataset.data)
     coords = {"feature": dataset.feature_names} if dataset.feature_names else {}
@@ -127,9 +257,12 @@ def cmd_fit(args) -> int:
     import inference
     from inference.posterior import Posterior
 
-    if _amortized(args):
+    if check_args(args):
         return fit_amortized(args)
     model, out, dataset, data, coords = _setup(args)
+    if args.method == "em" and not callable(getattr(model, "em", None)):
+        raise ValueError(f"--method: model {args.model!r} has no EM baseline; use svi, nuts or map")
+    warn_unused(args)
     progress = not args.quiet
     if args.method == "nuts":
         post = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
@@ -140,8 +273,6 @@ def cmd_fit(args) -> int:
                                  num_samples=args.samples, num_particles=args.particles, coords=coords,
                                  progress=progress)
     else:
-        if not callable(getattr(model, "em", None)):
-            raise ValueError(f"--method: model {args.model!r} has no EM baseline; use svi, nuts or map")
         start = time.perf_counter()
         params = model.em(data, seed=args.seed)
         post = Posterior.point(model, data, params, method="em", wall_time=time.perf_counter() - start,
@@ -186,9 +317,10 @@ def cmd_compare(args) -> int:
     import inference
     from inference.compare import summary_line
 
-    if _amortized(args):
+    if check_args(args):
         return compare_amortized(args)
     model, out, dataset, data, coords = _setup(args)
+    warn_unused(args)
     progress = not args.quiet
     svi = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
                             seed=args.seed, num_samples=args.samples, num_particles=args.particles,
@@ -222,17 +354,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 # --- amortized models: minibatch training, test log-likelihood, amortization gap -----------------
 
 
-def _amortized(args) -> bool:
-    """A model whose latents are all local (no global sites) is fitted by minibatch amortized SVI."""
-    import zoo
-
-    return not zoo.get(args.model, **model_config(args)).global_sites
-
-
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
-    from inference.report import check_output_dir
     from inference.train import heldout_nll, plot_history, train
     from zoo import datasets
 
@@ -240,9 +364,10 @@ def _train_amortized(args):
         raise ValueError(f"--method: model {args.model!r} has only local latents and is fitted by amortized SVI "
                          f"(--method svi); `zoo compare {args.model}` runs NUTS on the latents of a few test images")
     model = zoo.get(args.model, **model_config(args), **({"eval_particles": args.eval_particles} if args.eval_particles else {}))
-    out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force)
+    out, checkpoint = output_folder(args, checkpoint=args.trainer != "lightning")
     dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
     data = model.validate(dataset.data)
+    warn_unused(args)
     valid = dataset.splits.get("valid")
     split = "test" if "test" in dataset.splits else "valid" if valid is not None else "train"
     kw = dict(valid=valid, elbo=args.elbo, num_particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
@@ -252,9 +377,8 @@ def _train_amortized(args):
 
         fit = train_lightning(model, data, devices=args.devices, accelerator="gpu" if args.device == "cuda" else "cpu", **kw)
     else:
-        checkpoint = args.checkpoint or f"{out}.ckpt.pt"
         if args.force and not args.resume and os.path.exists(checkpoint):
-            os.remove(checkpoint)   # --force: start afresh (without it, an existing checkpoint is refused)
+            os.remove(checkpoint)   # --force: start afresh from a checkpoint that output_folder found to be ours
         fit = train(model, data, patience=args.patience, checkpoint=checkpoint, resume=args.resume, device=args.device, **kw)
     evaluation = dataset.split(split)
     post = fit.posterior(evaluation.data)
@@ -294,31 +418,77 @@ def compare_amortized(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command; the one place where exceptions become exit codes: 0 done, 1 the fit failed
+    (divergence, or an unexpected error: one line, ``-v`` for the traceback), 2 a user mistake (one line
+    naming the flag), 130 interrupted. Ctrl-C is answered at every phase, start-up included. A bad flag
+    raises argparse's ``SystemExit(2)`` after its one line."""
+    parsed: dict = {}
+    try:
+        return _run(argv, parsed)
+    except KeyboardInterrupt:
+        print("zoo: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:
+        args = parsed.get("args")
+        if getattr(args, "verbose", False):
+            raise
+        code, message = _user_message(e, args)
+        print(f"zoo: error: {message}", file=sys.stderr)
+        return code
+
+
+def _run(argv, parsed: dict) -> int:
+    import warnings
+
+    # ArviZ announces its refactor once a day on import: noise on a newcomer's first screen
+    warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    args = parsed["args"] = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     import matplotlib
 
     matplotlib.use("Agg")
     commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare}
+    return commands[args.command](args)
+
+
+def _user_message(e: BaseException, args) -> tuple[int, str]:
+    """(exit code, one line) for an exception; the leading ``keyword:`` of a message becomes its flag."""
     from inference.svi import SVIDivergedError
 
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, SVIDivergedError):
+        return 1, message
+    if isinstance(e, OSError) and not isinstance(e, (FileExistsError, FileNotFoundError)) or (
+            isinstance(e, (FileExistsError, FileNotFoundError)) and e.filename is not None):
+        path = e.filename or ""
+        near = [(f, os.path.dirname(os.path.abspath(getattr(args, f)))) for f in ("out", "checkpoint", "data", "data_dir")
+                if getattr(args, f, None)]
+        flag = next((f"--{f.replace('_', '-')}" for f, folder in near
+                     if path and os.path.abspath(str(path)).startswith(folder + os.sep)), "")
+        where = f"{flag}: " if flag else ""
+        return 2, f"{where}{e.strerror or message}" + (f": {path!r}" if path else "")
+    if isinstance(e, (ValueError, TypeError, FileExistsError, FileNotFoundError)):
+        key, sep, rest = message.partition(": ")
+        if sep and key in FLAG_OF:
+            flag = FLAG_OF[key]
+            message = f"{flag}: {rest}" if flag[2:].replace("-", "_") == key else f"{flag} ({key}): {rest}"
+        elif sep and args is not None and key in model_config_keys(args):
+            message = f"--option {key}: {rest}"
+        return 2, message
+    return 1, f"{type(e).__name__}: {message} (internal error; run again with -v for the traceback)"
+
+
+def model_config_keys(args) -> set[str]:
+    """The configuration keywords of the model named on the command line (empty if it is unknown)."""
+    import inspect
+
+    import zoo
+
     try:
-        return commands[args.command](args)
-    except SVIDivergedError as e:
-        if args.verbose:
-            raise
-        print(f"zoo: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as e:
-        if args.verbose:
-            raise
-        print(f"zoo: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("zoo: interrupted; no report was written", file=sys.stderr)
-        return 130
+        return set(inspect.signature(zoo.model_class(args.model).__init__).parameters) - {"self"}
+    except Exception:
+        return set()
 
 
 if __name__ == "__main__":  # pragma: no cover

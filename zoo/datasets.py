@@ -13,6 +13,7 @@ variable. Files with a published checksum are verified on load.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Dataset", "load", "list_datasets", "register", "resolve_data_dir", "verify_sha256"]
 
@@ -130,11 +133,24 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     if path.is_dir():
         raise ValueError(f"data: {str(path)!r} is a directory, expected a CSV file")
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
+        if len(frame.columns) and all(_is_number(c) for c in frame.columns):
+            log.warning("data: the first row of %r is numbers, not column names; read as data", str(path))
+            frame = pd.read_csv(path, header=None)
+            frame.columns = [f"x{i}" for i in range(frame.shape[1])]
+        return frame
     except pd.errors.EmptyDataError:
         raise ValueError(f"data: {str(path)!r} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
         raise ValueError(f"data: could not read {str(path)!r} as CSV ({type(e).__name__}: {e})") from None
+
+
+def _is_number(text) -> bool:
+    try:
+        float(str(text).strip())
+        return True
+    except ValueError:
+        return False
 
 
 def load_csv(path: str | os.PathLike, columns: list[str] | None = None) -> Dataset:
@@ -152,10 +168,21 @@ def load_csv(path: str | os.PathLike, columns: list[str] | None = None) -> Datas
         raise ValueError(f"data: {str(path)!r} has no data rows or columns")
     bad = [str(c) for c, dt in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)]
     if bad:
-        raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only")
+        sep = next((s for s in (";", "\t", "|") if len(bad) == 1 and s in bad[0]), None)
+        hint = f" (the file looks separated by {sep!r}; expected commas)" if sep else ""
+        raise ValueError(f"data: {str(path)!r} has non-numeric column(s) {', '.join(bad)}; expected numbers only{hint}")
+    values = frame.to_numpy(dtype=np.float64, copy=True)     # read in float64, then checked against the model dtype
+    dtype, limit = torch.get_default_dtype(), torch.finfo(torch.get_default_dtype()).max
+    for bad, what in ((np.isinf(values), "is infinite"),
+                      (np.isfinite(values) & (np.abs(values) > limit),
+                       f"overflows {str(dtype).replace('torch.', '')} (largest {limit:.3g}); rescale the column")):
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(f"data: {str(path)!r}: value {values[r, c]:g} in data row {r + 1}, column "
+                             f"{frame.columns[c]!r} {what}")
     return Dataset(
         name=Path(path).stem,
-        data=torch.as_tensor(frame.to_numpy(dtype=np.float64, copy=True), dtype=torch.get_default_dtype()),
+        data=torch.as_tensor(values, dtype=dtype),
         description=f"CSV file {path}",
         source=str(path),
         feature_names=[str(c) for c in frame.columns],

@@ -45,7 +45,7 @@ from pyro.ops.indexing import Vindex
 from scipy.optimize import linear_sum_assignment
 from torch.distributions import constraints
 
-from zoo.base import ZooModel, as_matrix, check_positive_int
+from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
 
 
 class GaussianMixture(ZooModel):
@@ -76,13 +76,11 @@ class GaussianMixture(ZooModel):
     def __init__(self, n_components: int = 3, *, concentration: float = 1.0,
                  prior_center=None, prior_spread=None, dim: int = 2):
         super().__init__()
-        self.n_components = check_positive_int(n_components, "n_components")
-        if not (isinstance(concentration, (int, float)) and concentration > 0):
-            raise ValueError(f"concentration: expected a positive number, got {concentration!r}")
-        self.concentration = float(concentration)
-        self.prior_center = prior_center
-        self.prior_spread = prior_spread
-        self.dim = check_positive_int(dim, "dim")
+        self.n_components = check_setting(n_components, "n_components", kind="int", positive=True)
+        self.concentration = check_setting(concentration, "concentration", positive=True)
+        self.prior_center = check_setting(prior_center, "prior_center", shape=(0, 1), allow_none=True)
+        self.prior_spread = check_setting(prior_spread, "prior_spread", shape=(0, 1), positive=True, allow_none=True)
+        self.dim = check_setting(dim, "dim", kind="int", positive=True)
 
     # --- priors ----------------------------------------------------------------------------
     def hyperparameters(self, data=None, dim=None, dtype=None):
@@ -168,6 +166,11 @@ class GaussianMixture(ZooModel):
     # --- the protocol ----------------------------------------------------------------------
     def validate(self, data):
         x = as_matrix(data, name="data")
+        for name in ("prior_center", "prior_spread"):
+            size = np.size(getattr(self, name)) if getattr(self, name) is not None else 1
+            if size not in (1, x.shape[1]):
+                raise ValueError(f"{name}: has {size} entries but the data have D={x.shape[1]} columns; give one "
+                                 "number or D of them")
         if x.shape[0] < self.n_components:
             raise ValueError(
                 f"n_components: {self.n_components} components exceed the number of data points N={x.shape[0]}"

@@ -58,6 +58,7 @@ which relabels states (label switching) by matching each draw's emission paramet
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Mapping, NamedTuple
@@ -78,7 +79,7 @@ from torch.distributions.utils import clamp_probs
 from tqdm.auto import tqdm
 
 from zoo import forward_backward as fb
-from zoo.base import ZooModel, as_float_tensor, check_positive_int
+from zoo.base import ZooModel, as_float_tensor, check_positive_int, check_setting
 from zoo.forward_backward import ForwardBackward
 from zoo.gmm import GaussianMixture, _match, _permute, kmeans
 
@@ -91,6 +92,8 @@ EMISSIONS = {  # emission family -> its global sites (after "initial", "transiti
     "bernoulli": ("emission_probs",),
 }
 _EVENT_DIM = {"gaussian": 1, "categorical": 0, "poisson": 0, "bernoulli": 1}   # rank of one observation
+#: the largest categorical vocabulary accepted (S x V emission probabilities per posterior draw)
+MAX_SYMBOLS = 100_000
 _LOG_2PI = math.log(2 * math.pi)
 _CHUNK = 2**24   # posterior draws are processed in chunks of about this many (draw, sequence, step, S^2) values
 
@@ -128,17 +131,18 @@ class HiddenMarkovModel(ZooModel):
     def __init__(self, n_states: int = 2, *, emission: str = "gaussian", dim: int | None = None,
                  n_symbols: int | None = None):
         super().__init__()
-        self.n_states = check_positive_int(n_states, "n_states")
-        if emission not in EMISSIONS:
-            raise ValueError(f"emission: expected one of {', '.join(EMISSIONS)}, got {emission!r}")
-        self.emission = emission
-        self.dim = None if dim is None else check_positive_int(dim, "dim")
-        self.n_symbols = None if n_symbols is None else check_positive_int(n_symbols, "n_symbols")
+        self.n_states = check_setting(n_states, "n_states", kind="int", positive=True)
+        self.emission = check_setting(emission, "emission", kind="choice", choices=tuple(EMISSIONS))
+        self.dim = check_setting(dim, "dim", kind="int", positive=True, allow_none=True)
+        self.n_symbols = check_setting(n_symbols, "n_symbols", kind="int", positive=True, allow_none=True)
+        if (self.n_symbols or 0) > MAX_SYMBOLS:
+            raise ValueError(f"n_symbols: {self.n_symbols} symbols exceed the limit of {MAX_SYMBOLS}; recode the "
+                             "symbols to 0..V-1 with V the number of distinct ones")
         self.global_sites = ("initial", "transition", *EMISSIONS[emission])
         event = {"gaussian": "feature", "bernoulli": "feature", "categorical": "symbol"}.get(emission)
         self.dims = {"initial": ["state"], "transition": ["state", "next_state"],
                      **{k: ["state", event] if event else ["state"] for k in EMISSIONS[emission]},
-                     "obs": ["sequence", "time", "feature"]}
+                     "obs": ["sequence", "time", "feature"][:2 + _EVENT_DIM[emission]]}
 
     # --- priors and the Pyro pair -----------------------------------------------------------
     def hyperparameters(self, data: Sequences | None = None):
@@ -293,9 +297,10 @@ class HiddenMarkovModel(ZooModel):
         """
         if "q_initial" not in self._pyro_params:
             self._init_guide(data)
-        pyro.sample("initial", dist.Dirichlet(self.q_initial))                                       # (S,)
+        one = self.n_states == 1   # a Dirichlet over one state is a point mass: nothing to learn (Adam would drift)
+        pyro.sample("initial", dist.Dirichlet(self.q_initial.detach() if one else self.q_initial))   # (S,)
         with pyro.plate("states", self.n_states, dim=-1):
-            pyro.sample("transition", dist.Dirichlet(self.q_transition))                             # (S, S)
+            pyro.sample("transition", dist.Dirichlet(self.q_transition.detach() if one else self.q_transition))
             if self.emission == "gaussian":
                 pyro.sample("locs", dist.Normal(self.q_locs_loc, self.q_locs_scale).to_event(1))      # (S, D)
                 pyro.sample("scales", dist.LogNormal(self.q_scales_loc, self.q_scales_scale).to_event(1))
@@ -554,6 +559,12 @@ class HiddenMarkovModel(ZooModel):
             if self.n_symbols is not None:
                 _reject(observed >= self.n_symbols, observed, mask,
                         f"symbol outside the vocabulary 0..{self.n_symbols - 1} (n_symbols={self.n_symbols})")
+            V = int(observed.max()) + 1 if self.n_symbols is None else self.n_symbols
+            if V > MAX_SYMBOLS:
+                raise ValueError(f"data: the largest symbol {V - 1} implies a vocabulary of {V} symbols, more than "
+                                 f"{MAX_SYMBOLS}; recode the symbols to 0..V-1 with V the number of distinct ones")
+            if V > len(observed):
+                _warn_vocabulary(V, len(observed))
 
     def num_observations(self, data) -> int:
         """Observed time steps in all sequences (held-out scores are reported per time step)."""
@@ -873,6 +884,12 @@ def _at_state(params, z):
         if k in params:
             out[k] = Vindex(params[k])[..., z, :] if _param_event_dim(k) else Vindex(params[k])[..., z]
     return out
+
+
+@functools.lru_cache(maxsize=None)   # once per (V, N), although data are validated at several stages
+def _warn_vocabulary(V: int, N: int) -> None:
+    log.warning("vocabulary of %d symbols is larger than the %d observed steps: most emission probabilities are "
+                "set by the prior alone (recode the symbols to 0..V-1?)", V, N)
 
 
 def _insert_sequence_dims(p: torch.Tensor, event_dim: int) -> torch.Tensor:

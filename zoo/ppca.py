@@ -82,7 +82,7 @@ import torch
 from pyro.nn import PyroParam
 from pyro.distributions import TorchDistribution, constraints
 
-from zoo.base import ZooModel, as_matrix, check_positive_int
+from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,10 @@ class PPCA(ZooModel):
     def __init__(self, n_components: int = 2, *, ard: bool = False, missing: str | None = None,
                  marginalize: bool = True, dim: int = 3):
         super().__init__()
-        self.n_components = check_positive_int(n_components, "n_components")
-        for name, value in (("ard", ard), ("marginalize", marginalize)):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected True or False, got {value!r}")
-        if missing not in MISSING:
-            raise ValueError(f"missing: expected None or 'mask', got {missing!r}")
-        self.ard = bool(ard)
-        self.missing = missing
-        self.marginalize = bool(marginalize)
+        self.n_components = check_setting(n_components, "n_components", kind="int", positive=True)
+        self.ard = check_setting(ard, "ard", kind="bool")
+        self.missing = check_setting(missing, "missing", kind="choice", choices=MISSING)
+        self.marginalize = check_setting(marginalize, "marginalize", kind="bool")
         self.dim = check_positive_int(dim, "dim", minimum=2)
 
     @property

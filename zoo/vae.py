@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.base import ZooModel, as_matrix, check_positive_int
+from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -108,17 +108,15 @@ class VAE(ZooModel):
     def __init__(self, latent_dim: int = 50, hidden: Sequence[int] = (200, 200), likelihood: str = "bernoulli",
                  *, input_dim: int | None = None, eval_particles: int = 5000, init_seed: int = 0):
         super().__init__()
-        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
+        self.latent_dim = check_setting(latent_dim, "latent_dim", kind="int", positive=True)
         if isinstance(hidden, (int, np.integer)):
             hidden = (hidden,)
         if not isinstance(hidden, Sequence) or isinstance(hidden, str):
             raise TypeError(f"hidden: expected a sequence of layer sizes, got {hidden!r}")
         self.hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood: expected one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
-        self.likelihood = likelihood
-        self.eval_particles = check_positive_int(eval_particles, "eval_particles")
-        self.init_seed = int(init_seed)
+        self.likelihood = check_setting(likelihood, "likelihood", kind="choice", choices=tuple(LIKELIHOODS))
+        self.eval_particles = check_setting(eval_particles, "eval_particles", kind="int", positive=True)
+        self.init_seed = check_setting(init_seed, "init_seed", kind="int")
         self.input_dim = None
         if input_dim is not None:
             self._build(check_positive_int(input_dim, "input_dim"))
