@@ -277,6 +277,10 @@ def _parallel(chain, num_chains: int, workers: int):
             except EOFError:
                 status, payload = "error", f"worker for chain {c} died (exit code {proc.exitcode})"
             proc.join()
+            if status == "interrupt":   # Ctrl-C reached the worker first: the parent's own interrupt follows
+                for _, other, _ in procs:
+                    other.terminate()
+                raise KeyboardInterrupt
             if status == "error":
                 for _, other, _ in procs:
                     other.terminate()
@@ -292,6 +296,8 @@ def _worker(chain, c, position, sender):
         draws, stats = chain(c, position)
         # numpy, not tensors: torch would share tensor memory through file descriptors that die with us
         sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats)))
+    except KeyboardInterrupt:
+        sender.send(("interrupt", None))
     except BaseException as e:  # report, do not hang the parent
         sender.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     finally:
