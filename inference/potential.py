@@ -81,7 +81,7 @@ class Potential:
         self.dtype = functools.reduce(torch.promote_types, [v.dtype for v in self.prototypes.values()])
         self.dim = sum(self.sizes)
         self._evaluator = TraceEinsumEvaluator(trace, bool(self.enumerated), max_plate_nesting)
-        self.leaves, self._rebuild = _flatten(data)
+        self.leaves, self._rebuild = flatten_data(data)
         self.route, self._fn = "eager", self._value_and_grad
         self.compile_seconds = 0.0
         if route == "auto":
@@ -249,7 +249,7 @@ def _unvalidated(fn):
     return fn
 
 
-def _flatten(data):
+def flatten_data(data):
     """Tensor leaves of ``data`` (a tensor, or a tuple/list/dict of tensors and other values) and a
     function rebuilding ``data`` from new leaves: the leaves become inputs of the traced graph."""
     if torch.is_tensor(data):
