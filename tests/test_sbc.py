@@ -159,3 +159,26 @@ def test_bad_input_names_the_argument():
 
 def test_public_entry_point():
     assert inference.sbc is sbc
+
+
+def test_cli_writes_the_three_files_and_refuses_mistakes(tmp_path, capsys):
+    from zoo.cli import main
+
+    out = tmp_path / "sbc"
+    args = ["sbc", "hmm", "--emission", "categorical", "--option", "n_symbols=3", "--simulations", "3",
+            "--observations", "30", "--samples", "40", "--warmup", "40", "--chains", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sbc.csv", "sbc.nc", "sbc.png"]
+    assert "SBC hmm NUTS: 3 simulations" in capsys.readouterr().out
+    before = (out / "sbc.nc").read_bytes()
+    assert main(args) == 2                                       # an existing folder is never replaced silently
+    assert capsys.readouterr().err.strip().startswith("zoo: error: out:")
+    assert (out / "sbc.nc").read_bytes() == before
+
+    assert main(["sbc", "gmm", "--simulations", "3", "--quiet", "--out", str(tmp_path / "gmm")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zoo: error: gmm: the prior of 'gmm' depends on the data") and "\n" not in err
+    assert not (tmp_path / "gmm").exists()
+    assert main(["sbc", "hmm", "--emission", "categorical", "--option", "n_symbols=3", "--simulations", "1",
+                 "--quiet", "--out", str(tmp_path / "one")]) == 2
+    assert capsys.readouterr().err.startswith("zoo: error: --simulations: expected an integer >= 2")
