@@ -29,7 +29,6 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Predictive

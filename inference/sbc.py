@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ import pandas as pd
 import pyro.poutine as poutine
 import torch
 from joblib import Parallel, delayed
-from scipy import stats
+from scipy import stats as scipy_stats
 from tqdm import tqdm
 
 from inference.target import Target, as_target, chain_seed
@@ -104,7 +106,7 @@ class SBCResult:
         for label in labels:
             u = self.values(label)
             counts = np.bincount(np.minimum((u * bins).astype(int), bins - 1), minlength=bins)
-            chi2, p = stats.chisquare(counts)
+            chi2, p = scipy_stats.chisquare(counts)
             rows[label] = {"chi2": float(chi2), "df": bins - 1, "p_value": float(p), "pit_mean": float(u.mean()),
                            "pit_sd": float(u.std(ddof=1)), "verdict": "miscalibrated" if p < level else "ok"}
         table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("quantity")
@@ -176,7 +178,7 @@ class SBCResult:
         for ax, label in zip(axes.flat, shown):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                az.plot_ecdf(self.values(label), cdf=stats.uniform().cdf, eval_points=grid, difference=True,
+                az.plot_ecdf(self.values(label), cdf=scipy_stats.uniform().cdf, eval_points=grid, difference=True,
                              confidence_bands=True, ci_prob=ci_prob, random_state=0, ax=ax, show=False)
             ax.set_title(label, fontsize=9)
             ax.axhline(0, color="0.5", lw=0.5)
@@ -191,9 +193,6 @@ class SBCResult:
     def write(self, out, *, force: bool = False) -> Path:
         """Write ``sbc.nc``, ``sbc.csv`` (the table) and ``sbc.png`` (the plot) into the folder ``out``
         (created; an existing folder is replaced only with ``force``), atomically."""
-        import shutil
-        import os
-
         import matplotlib.pyplot as plt
 
         from inference.report import check_output_dir
