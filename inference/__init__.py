@@ -20,8 +20,10 @@ from inference.compare import compare  # noqa: E402
 from inference.diagnostics import Diagnosis, diagnose  # noqa: E402
 from inference.mcmc import discrete_draws, run_nuts  # noqa: E402
 from inference.posterior import Posterior  # noqa: E402
+from inference.ppc import PPCResult, ppc  # noqa: E402
 from inference.report import write_report  # noqa: E402
+from inference.sbc import SBCResult, sbc  # noqa: E402
 from inference.svi import SVIDivergedError, fit_svi  # noqa: E402
 
 __all__ = ["Diagnosis", "Posterior", "SVIDivergedError", "compare", "diagnose", "discrete_draws",
-           "fit_svi", "run_nuts", "write_report"]
+           "fit_svi", "ppc", "PPCResult", "run_nuts", "sbc", "SBCResult", "write_report"]

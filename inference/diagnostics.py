@@ -2,6 +2,19 @@
 
 Everything is computed on the model's identifiable quantities (``Posterior.aligned``): for a
 mixture that is the relabeled draws, so R-hat does not flag mere label switching between chains.
+
+NUTS runs that record per-draw ``energy`` (the Hamiltonian at each draw, ArviZ's name) also get the
+energy Bayesian fraction of missing information per chain (E-BFMI, Betancourt 2016; ``az.bfmi``):
+the variance of the energy *changes* between successive draws over the variance of the energy,
+
+    E-BFMI = sum_n (E_n - E_{n-1})^2 / sum_n (E_n - mean E)^2.
+
+Momentum resampling is the only way NUTS changes energy level; when it moves the energy by much less
+than the energy varies over the posterior (E-BFMI < 0.3), the chain explores the energy levels by a
+random walk and the tails (a funnel, heavy tails) are visited too rarely for the draws to be trusted.
+Runs that record ``reached_max_treedepth`` also report how many transitions were cut short at the
+maximum tree depth (an efficiency warning: trajectories stopped before they turned around).
+Samplers that record neither (Pyro's kernel) simply get no such verdict.
 """
 
 from __future__ import annotations
@@ -12,10 +25,11 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from inference.posterior import Posterior, quiet_arviz
+from inference.posterior import Posterior, _from_dict, quiet_arviz
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
+BFMI_MIN = 0.3
 
 
 @dataclass
@@ -28,6 +42,10 @@ class Diagnosis:
     num_chains: int
     num_draws: int
     reasons: list[str] = field(default_factory=list)
+    #: E-BFMI per chain (None when the sampler recorded no ``energy``)
+    bfmi: np.ndarray | None = None
+    #: transitions that stopped at the maximum tree depth (None when not recorded)
+    max_treedepth_hits: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -39,18 +57,22 @@ class Diagnosis:
 
     def __str__(self) -> str:
         head = (f"{self.method.upper()}: {self.num_chains} chain(s) x {self.num_draws} draws, "
-                f"{self.divergences} divergences -> {self.verdict}")
+                f"{self.divergences} divergences")
+        if self.bfmi is not None:
+            head += ", E-BFMI " + " ".join(f"{b:.2f}" for b in self.bfmi)
+        head += f" -> {self.verdict}"
         lines = [head] + [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)
 
 
 def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float = ESS_MIN,
-             hdi_prob: float = 0.94) -> Diagnosis:
+             bfmi_min: float = BFMI_MIN, hdi_prob: float = 0.94) -> Diagnosis:
     """Summarize ``posterior`` (mean, sd, hdi, mcse, ess_bulk, ess_tail, r_hat) and judge it.
 
     Reasons for concern: any R-hat above ``rhat_max``, any bulk ESS below ``ess_min``, any
-    divergent transition. A single draw (MAP, EM) yields a summary of point values and no verdict
-    on mixing.
+    divergent transition, E-BFMI below ``bfmi_min`` in any chain, transitions that hit the maximum
+    tree depth (the last two only when the sampler recorded ``energy`` / ``reached_max_treedepth``).
+    A single draw (MAP, EM) yields a summary of point values and no verdict on mixing.
     """
     names = list(posterior.aligned)
     divergences = int(np.sum(posterior.sample_stats.get("diverging", 0)))
@@ -80,7 +102,39 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
                        f"(worst {low.idxmin()} = {low.min():.0f})")
     if divergences:
         reasons.append(f"{divergences} divergent transition{'s' if divergences > 1 else ''} after warmup")
-    return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws, reasons)
+    bfmi = energy_bfmi(posterior)
+    if bfmi is not None and (bfmi < bfmi_min).any():
+        low = np.flatnonzero(bfmi < bfmi_min)
+        reasons.append(
+            f"E-BFMI < {bfmi_min:g} in chain{'s' if len(low) > 1 else ''} "
+            + ", ".join(f"{c} ({bfmi[c]:.2f})" for c in low)
+            + ": momentum resampling changes the energy far less than the energy varies, so the chain "
+            "explores energy levels by a slow random walk and may miss the tails (funnel, heavy tails); "
+            "reparameterize (e.g. non-centred) or run much longer")
+    hits = None
+    if "reached_max_treedepth" in posterior.sample_stats:
+        saturated = np.asarray(posterior.sample_stats["reached_max_treedepth"], dtype=bool)
+        hits = int(saturated.sum())
+        if hits:
+            depth = int(np.max(posterior.sample_stats["tree_depth"])) if "tree_depth" in posterior.sample_stats else None
+            reasons.append(
+                f"{hits} transition{'s' if hits > 1 else ''} ({100 * hits / saturated.size:.1f}%) stopped at the "
+                f"maximum tree depth{f' {depth}' if depth is not None else ''}: trajectories were cut before "
+                "turning around (slow exploration, not bias); raise max_tree_depth or reparameterize")
+    return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws, reasons,
+                     bfmi=bfmi, max_treedepth_hits=hits)
+
+
+def energy_bfmi(posterior: Posterior) -> np.ndarray | None:
+    """E-BFMI per chain (``az.bfmi`` of ``sample_stats["energy"]``, shape (chain,)), or None when the
+    sampler recorded no energy or a chain has fewer than 3 draws."""
+    energy = posterior.sample_stats.get("energy")
+    if energy is None:
+        return None
+    energy = np.asarray(energy, dtype=float).reshape(posterior.num_chains, -1)
+    if energy.shape[1] < 3:
+        return None
+    return np.atleast_1d(az.bfmi(energy))
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -101,5 +155,23 @@ def plot_rank(posterior: Posterior, var_names=None):
     axes = az.plot_rank(posterior.quantities_idata(), var_names=var_names or list(posterior.aligned), show=False)
     fig = np.ravel(axes)[0].figure
     fig.suptitle(f"{posterior.target.name} {posterior.method.upper()} rank plot")
+    fig.tight_layout()
+    return fig
+
+
+def plot_energy(posterior: Posterior):
+    """ArviZ energy plot: the marginal energy distribution against the distribution of energy changes
+    between draws (E-BFMI in the legend). Two similar widths mean momentum resampling can reach every
+    energy level; a transition distribution much narrower than the marginal one is what a low E-BFMI
+    means. Returns the matplotlib Figure; raises ValueError when the run recorded no ``energy``."""
+    energy = posterior.sample_stats.get("energy")
+    if energy is None:
+        raise ValueError(f"posterior: no 'energy' in the sample statistics of this {posterior.method.upper()} run "
+                         "(NUTS through inference.nuts records it); nothing to plot")
+    idata = _from_dict({"sample_stats": {"energy": np.asarray(energy, dtype=float)}}, coords={}, dims={},
+                       attrs={"inference_method": posterior.method})
+    ax = az.plot_energy(idata, show=False)
+    fig = ax.figure
+    fig.suptitle(f"{posterior.target.name} {posterior.method.upper()} energy")
     fig.tight_layout()
     return fig

@@ -107,6 +107,15 @@ class ZooModel(PyroModule):
         """Optional model-specific report figures: ``{file stem: matplotlib Figure}``."""
         return {}
 
+    #: optional method ``ppc_statistics(values, data, params) -> {name: float or array}``: the test
+    #: statistics of posterior predictive checks (``inference.ppc``) that matter for this model.
+    #: ``values`` are values of ``observed_site`` (the data's own, or a replicate drawn from
+    #: ``marginal_model``), ``data`` the validated data they belong to (sequence lengths, missing
+    #: entries), ``params`` one posterior draw of the global sites: a statistic may use it (a realized
+    #: discrepancy, e.g. states decoded under the draw). ``None``: mean, sd, min and max of each
+    #: observed site.
+    ppc_statistics = None
+
     # --- conveniences --------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The constructor arguments of this instance (for reports and ``repr``)."""

@@ -3,6 +3,7 @@
     zoo list
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
+    zoo sbc MODEL --simulations N --jobs J [--method nuts|svi] [--out DIR]   # simulation-based calibration
 
 User mistakes exit with status 2 and a one-line message naming the flag; no traceback. Ctrl-C exits
 with 130 at any moment, start-up included, and leaves no partial output. :func:`main` is the one place
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", default="svi", choices=["svi", "nuts", "map", "em"])
     compare = sub.add_parser("compare", help="fit by SVI and by NUTS, compare, diagnose, report")
     common(compare)
+    sbc = sub.add_parser("sbc", help="simulation-based calibration: refit data simulated from the prior")
+    common(sbc)
+    sbc.add_argument("--method", default="nuts", choices=["nuts", "svi"])
+    sbc.add_argument("--simulations", type=int, default=100, help="simulated data sets (replicates)")
+    sbc.add_argument("--observations", type=int, default=50, help="data points (time steps) per simulated data set")
+    sbc.add_argument("--jobs", type=int, default=1, help="parallel replicates (joblib; -1: all cores)")
     return parser
 
 
@@ -344,6 +351,35 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sbc(args) -> int:
+    """Simulation-based calibration: sbc.nc, sbc.csv and sbc.png in --out (default runs/MODEL-sbc)."""
+    import zoo
+    from inference.sbc import sbc
+
+    check_args(args)
+    model = zoo.get(args.model, **model_config(args))
+    out, _ = output_folder(args)
+    if args.method == "nuts":
+        fit = dict(num_samples=args.samples, warmup_steps=args.warmup, num_chains=args.chains)
+    else:
+        fit = dict(num_steps=args.steps, lr=args.lr or 0.02, num_samples=args.samples, num_particles=args.particles,
+                   guide=_svi_guide(args))
+    try:
+        result = sbc(model, num_simulations=args.simulations, num_observations=args.observations, method=args.method,
+                     fit_kwargs=fit, seed=args.seed, n_jobs=args.jobs, progress=not args.quiet)
+    except ValueError as e:   # name the CLI flags, not the Python arguments
+        flags = {"num_simulations:": "--simulations:", "num_observations:": "--observations:", "n_jobs:": "--jobs:",
+                 "model:": f"{args.model}:"}
+        text = str(e)
+        raise ValueError(next((f + text[len(a):] for a, f in flags.items() if text.startswith(a)), text)) from None
+    print(result.table().round(4).to_string())
+    print()
+    print(result)
+    path = result.write(out, force=args.force)
+    print(f"\nSBC written to {path}/ (sbc.nc, sbc.csv, sbc.png)")
+    return 0
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -448,7 +484,7 @@ def _run(argv, parsed: dict) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare}
+    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc}
     return commands[args.command](args)
 
 

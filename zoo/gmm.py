@@ -246,6 +246,16 @@ class GaussianMixture(ZooModel):
     def coords(self, data) -> dict[str, list]:
         return {"component": list(range(self.n_components))}
 
+    def ppc_statistics(self, values, data, params):
+        """Points assigned to their most probable component under ``params``: ``cluster_size`` (fraction
+        of the points, largest cluster first) and ``cluster_spread`` (sd of a cluster's points, averaged
+        over features, in the same order; 0 for a cluster of fewer than 2 points)."""
+        labels = self.responsibilities(values, params).argmax(-1)                # (N,)
+        counts = torch.bincount(labels, minlength=self.n_components)
+        order = torch.argsort(counts, descending=True, stable=True)
+        spread = [values[labels == k].std(0).mean() if counts[k] > 1 else torch.zeros(()) for k in order]
+        return {"cluster_size": (counts[order] / len(values)).numpy(), "cluster_spread": torch.stack(spread).numpy()}
+
     def figures(self, data, posteriors, dataset=None):
         from zoo import plots
 

@@ -683,6 +683,27 @@ class HiddenMarkovModel(ZooModel):
         z[mask] = labels
         return emission, z
 
+    def ppc_statistics(self, values, data, params):
+        """Persistence. With the states decoded (Viterbi) under ``params``: ``mean_run_length`` and
+        ``max_run_length`` (steps spent in a state before leaving it) and ``switches`` (state changes, all
+        sequences); and ``autocorrelation``, the lag-1 autocorrelation of the observations within
+        sequences (features centred on their overall mean, pooled over features; symbols one-hot)."""
+        seqs = Sequences(values, data.lengths)
+        path, _ = self.decode(seqs, params)                                       # (B, T), -1 on padding
+        runs = []
+        for z, n in zip(path, data.lengths.tolist()):
+            starts = torch.nonzero(torch.cat([torch.ones(1, dtype=torch.bool), z[1:n] != z[:n - 1]])).squeeze(-1)
+            runs.append(torch.diff(starts, append=torch.tensor([n])))
+        runs = torch.cat(runs)
+        mask = seqs.mask
+        x = self.validate(seqs).values
+        x = F.one_hot(x, self._vocabulary(data)) if self.emission == "categorical" else x
+        x = x.reshape(*mask.shape, -1).double()
+        centred = (x - x[mask].mean(0)) * mask[..., None]                         # (B, T, F), 0 on padding
+        num, den = (centred[:, 1:] * centred[:, :-1]).sum(), (centred**2).sum()
+        return {"mean_run_length": float(runs.double().mean()), "max_run_length": float(runs.max()),
+                "switches": float(len(runs) - len(path)), "autocorrelation": float(num / den) if den > 0 else 0.0}
+
     def coords(self, data) -> dict[str, list]:
         coords = {"state": list(range(self.n_states)), "next_state": list(range(self.n_states))}
         if self.emission == "categorical" and data is not None:

@@ -398,6 +398,13 @@ class PPCA(ZooModel):
     def coords(self, data) -> dict[str, list]:
         return {"component": list(range(self.n_components))}
 
+    def ppc_statistics(self, values, data, params):
+        """``eigenvalues``: the spectrum of the sample covariance (1/N, descending, all D of them), the
+        entries missing in ``data`` left out of ``values`` too (mean-imputed per column)."""
+        x = torch.where(torch.isnan(data), data, values)
+        x = _mean_impute(x) - _mean_impute(x).mean(0)
+        return {"eigenvalues": torch.linalg.eigvalsh(x.T @ x / len(x)).flip(0).numpy()}
+
     def figures(self, data, posteriors, dataset=None):
         from zoo import plots
 

@@ -230,6 +230,13 @@ class VAE(ZooModel):
             trace = pyro.poutine.trace(self.model).get_trace(None, n=n)
         return trace.nodes["obs"]["value"], {"z": trace.nodes["z"]["value"]}
 
+    def ppc_statistics(self, values, data, params):
+        """``pixel_mean`` (each pixel's mean over images, (D,)) and the mean and sd over images of the
+        per-image log-likelihood log p(x_n) (importance sampled with 100 particles)."""
+        ll = self.log_likelihood(values, num_particles=100)
+        return {"pixel_mean": values.mean(0).numpy(), "log_likelihood_mean": float(ll.mean()),
+                "log_likelihood_sd": float(ll.std())}
+
     def initial_values(self, data, seed: int = 0):
         """The encoder's means: a starting point for MCMC on z and for per-image guides."""
         self._require_networks()

@@ -1,0 +1,188 @@
+"""Simulation-based calibration: NUTS calibrated, mean-field SVI not (as the closed form predicts),
+the same ranks on a Dask cluster, files, the chi-square by hand, and clear errors.
+
+Tolerances come from the uniformity test itself: ``SBCResult.calibrated`` rejects a quantity at the
+Bonferroni level 0.01 / (number of quantities), so a correct sampler fails a calibration test here
+with probability at most about 1%, whatever the seed."""
+
+import math
+
+import joblib
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from scipy import stats
+
+import inference
+import zoo
+from inference.sbc import SBCResult, sbc
+from zoo.base import ZooModel, as_float_tensor
+
+HMM = dict(n_states=2, emission="categorical", n_symbols=3)   # Dirichlet(1) priors: nothing depends on the data
+HMM_FIT = dict(num_samples=200, warmup_steps=150)
+
+
+class SumOfTwo(ZooModel):
+    """theta ~ N(0, I_2), y_n ~ N(theta_0 + theta_1, 1), n = 1..N: the data see only the sum.
+
+    The posterior is Gaussian with precision Lambda = I + N 1 1^T: the two coordinates are strongly
+    negatively correlated (-N / (N + 1)), each with marginal variance Sigma_ii = (N + 1) / (2N + 1).
+    The mean-field Gaussian closest in KL(q || p) has the exact means but variances 1 / Lambda_ii =
+    1 / (N + 1) (Bishop 2006, section 10.1.2): for N = 20 an sd ratio sqrt(Sigma_ii Lambda_ii) = 3.28
+    between the truth's spread and q's, so the truth falls outside q's central 90% with probability
+    2 Phi(-1.645 / 3.28) = 0.62 instead of 0.10. A full-rank Gaussian guide is exact here.
+    """
+
+    name = "sum_of_two"
+    global_sites = ("theta",)
+
+    def model(self, data=None, *, n=None):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
+        with pyro.plate("data", len(data) if data is not None else n):
+            return pyro.sample("obs", dist.Normal(theta.sum(-1), 1.0), obs=data)
+
+    def validate(self, data):
+        return as_float_tensor(data, name="data", dtype=torch.float64)
+
+    def simulate(self, n, seed=0):
+        with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
+            trace = pyro.poutine.trace(self.model).get_trace(None, n=n)
+        return trace.nodes["obs"]["value"], {"theta": trace.nodes["theta"]["value"]}
+
+
+def test_nuts_on_a_small_hmm_is_calibrated():
+    m = zoo.get("hmm", **HMM)
+    r = sbc(m, num_simulations=20, num_observations=40, fit_kwargs=HMM_FIT, seed=0, progress=False)
+    assert set(r.ranks) == {"initial", "transition", "emission_probs"}
+    assert r.ranks["transition"].shape == (20, 2, 2)
+    assert (r.ranks["transition"] >= 0).all() and (r.ranks["transition"] <= r.stats["num_draws"][:, None, None]).all()
+    assert (r.stats["num_draws"] < 200).all() and (r.stats["num_draws"] >= 10).all()   # thinned by ESS
+    assert r.calibrated, r.table()
+
+
+@pytest.mark.skip(reason="needs the GMM sampled by inference/nuts.py (the lead's one-engine work): through "
+                         "Pyro's kernel one replicate takes 2-6 minutes on the shared 2 cores")
+def test_nuts_on_a_small_gmm_is_calibrated():
+    """Two components in one dimension, the prior fixed (not centred on each data set)."""
+    m = zoo.get("gmm", n_components=2, dim=1, prior_center=0.0, prior_spread=1.0)
+    r = sbc(m, num_simulations=20, num_observations=20, fit_kwargs=dict(num_samples=100, warmup_steps=100),
+            seed=0, progress=False)
+    assert set(r.ranks) == {"weights", "locs", "scales"}
+    assert r.calibrated, r.table()
+
+
+def test_mean_field_svi_is_miscalibrated_where_it_underestimates_variance():
+    """AutoNormal on :class:`SumOfTwo`: the truth lands outside q's central 90% about 62% of the time
+    (closed form in the class docstring), the chi-square test rejects, and the fractional ranks pile up
+    at both ends (sd above the uniform's 0.289). Power: 40 simulations give 8 bins; the two outer ones
+    hold 2 P(|Z| > 1.15 / 3.28) = 0.73 of the fractional ranks instead of 0.25, about 29 where 10 are
+    expected, a chi-square near 36 on 7 df (p ~ 1e-5, far below the Bonferroni level 0.005; 20
+    simulations in 4 bins were not enough). The full-rank guide on the same simulations passes."""
+    n, sims = 20, 40
+    fit = dict(num_steps=400, lr=0.05, num_samples=100)
+    mf = sbc(SumOfTwo(), num_simulations=sims, num_observations=n, method="svi", seed=1, progress=False,
+             fit_kwargs={**fit, "guide": "normal"})
+    table = mf.table()
+    assert (table["verdict"] == "miscalibrated").all(), table
+    assert (table["pit_sd"] > 1 / math.sqrt(12)).all()
+    ratio = math.sqrt((n + 1) / (2 * n + 1) * (n + 1))
+    expected = 2 * stats.norm.cdf(-stats.norm.ppf(0.95) / ratio)            # 0.62
+    outside = np.mean((mf.pit["theta"] < 0.05) | (mf.pit["theta"] > 0.95))
+    assert abs(outside - expected) < 4 * math.sqrt(expected * (1 - expected) / (2 * sims)), (outside, expected)
+
+    full = sbc(SumOfTwo(), num_simulations=12, num_observations=n, method="svi", seed=1, progress=False,
+               fit_kwargs={**fit, "guide": "mvn"})
+    assert full.calibrated, full.table()
+
+
+def test_a_dask_cluster_gives_the_same_ranks_as_the_local_run():
+    distributed = pytest.importorskip("dask.distributed")
+    m = zoo.get("hmm", **HMM)
+    kw = dict(num_simulations=4, num_observations=30, fit_kwargs=dict(num_samples=60, warmup_steps=60), seed=7,
+              progress=False)
+    local = sbc(m, n_jobs=1, **kw)
+    with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        with joblib.parallel_backend("dask"):
+            remote = sbc(m, n_jobs=2, **kw)
+    for name in local.ranks:
+        np.testing.assert_array_equal(local.ranks[name], remote.ranks[name])
+        np.testing.assert_array_equal(local.truth[name], remote.truth[name])
+    np.testing.assert_array_equal(local.stats["num_draws"], remote.stats["num_draws"])
+
+
+def synthetic_result(rng, sims=50):
+    u = rng.uniform(size=(sims, 2))
+    L = np.full(sims, 99)
+    return SBCResult(model="toy", method="nuts", ranks={"theta": np.floor(u * 100).astype(int)}, pit={"theta": u},
+                     truth={"theta": rng.normal(size=(sims, 2))},
+                     stats={"num_draws": L, "min_ess": L * 1.0, "divergences": np.zeros(sims, int),
+                            "wall_time": np.ones(sims)})
+
+
+def test_chi_square_by_hand_and_files_round_trip(tmp_path):
+    r = synthetic_result(np.random.default_rng(0))
+    table = r.table(bins=5)
+    counts = np.histogram(r.pit["theta"][:, 1], bins=np.linspace(0, 1, 6))[0]
+    chi2 = ((counts - 10) ** 2 / 10).sum()
+    assert table.loc["theta[1]", "chi2"] == pytest.approx(chi2)
+    assert table.loc["theta[1]", "p_value"] == pytest.approx(stats.chi2.sf(chi2, 4))
+    out = r.write(tmp_path / "sbc")
+    assert sorted(p.name for p in out.iterdir()) == ["sbc.csv", "sbc.nc", "sbc.png"]
+    back = SBCResult.from_netcdf(out / "sbc.nc")
+    np.testing.assert_array_equal(back.ranks["theta"], r.ranks["theta"])
+    np.testing.assert_allclose(back.pit["theta"], r.pit["theta"])
+    assert back.model == "toy" and back.method == "nuts"
+    with pytest.raises(FileExistsError, match="out:"):
+        r.write(tmp_path / "sbc")
+    fig = r.plot()
+    assert len([a for a in fig.axes if a.get_title()]) == 2
+
+
+def test_bad_input_names_the_argument():
+    def plain(data):
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"^model: SBC needs a zoo model with simulate"):
+        sbc(plain, num_simulations=3)
+    with pytest.raises(ValueError, match=r"^model: the prior of 'gmm' depends on the data"):
+        sbc(zoo.get("gmm", n_components=2), num_simulations=3)
+    with pytest.raises(ValueError, match=r"^model: 'vae' has no global latent sites"):
+        sbc(zoo.get("vae"), num_simulations=3)
+    with pytest.raises(ValueError, match=r"^method: expected one of nuts, svi"):
+        sbc(SumOfTwo(), method="map")
+    with pytest.raises(ValueError, match=r"^fit_kwargs: 'seed'"):
+        sbc(SumOfTwo(), fit_kwargs={"seed": 3})
+    with pytest.raises(ValueError, match=r"^num_simulations"):
+        sbc(SumOfTwo(), num_simulations=1)
+    with pytest.raises(ValueError, match=r"^var_names"):
+        synthetic_result(np.random.default_rng(1)).plot(var_names=["nope"])
+
+
+def test_public_entry_point():
+    assert inference.sbc is sbc
+
+
+def test_cli_writes_the_three_files_and_refuses_mistakes(tmp_path, capsys):
+    from zoo.cli import main
+
+    out = tmp_path / "sbc"
+    args = ["sbc", "hmm", "--emission", "categorical", "--option", "n_symbols=3", "--simulations", "3",
+            "--observations", "30", "--samples", "40", "--warmup", "40", "--chains", "1", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["sbc.csv", "sbc.nc", "sbc.png"]
+    assert "SBC hmm NUTS: 3 simulations" in capsys.readouterr().out
+    before = (out / "sbc.nc").read_bytes()
+    assert main(args) == 2                                       # an existing folder is never replaced silently
+    assert capsys.readouterr().err.strip().startswith("zoo: error: out:")
+    assert (out / "sbc.nc").read_bytes() == before
+
+    assert main(["sbc", "gmm", "--simulations", "3", "--quiet", "--out", str(tmp_path / "gmm")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zoo: error: gmm: the prior of 'gmm' depends on the data") and "\n" not in err
+    assert not (tmp_path / "gmm").exists()
+    assert main(["sbc", "hmm", "--emission", "categorical", "--option", "n_symbols=3", "--simulations", "1",
+                 "--quiet", "--out", str(tmp_path / "one")]) == 2
+    assert capsys.readouterr().err.startswith("zoo: error: --simulations: expected an integer >= 2")
