@@ -3,6 +3,7 @@
     zoo list
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
+    zoo new NAME                                        # zoo/NAME.py and tests/test_NAME.py from an example
 
 User mistakes exit with status 2 and a one-line message; no traceback.
 """
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", default="svi", choices=["svi", "nuts", "map", "em"])
     compare = sub.add_parser("compare", help="fit by SVI and by NUTS, compare, diagnose, report")
     common(compare)
+    new = sub.add_parser("new", help="write zoo/NAME.py and tests/test_NAME.py from a documented example model")
+    new.add_argument("name", metavar="NAME", help="the new model's name, a lowercase Python identifier")
+    new.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -212,6 +216,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    """``zoo new NAME``: a new model file and its test (zoo/scaffold.py); never replaces a file."""
+    from zoo.scaffold import new_model
+
+    model_file, test_file = new_model(args.name)
+    print(f"wrote {model_file}\nwrote {test_file}\nnext: edit the story and the TODOs in {model_file.name}, then\n"
+          f"  zoo check {args.name}\n  pytest {test_file} tests/test_contract.py -k {args.name}\n"
+          f"  zoo compare {args.name}")
+    return 0
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -301,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare}
+    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "new": cmd_new}
     from inference.svi import SVIDivergedError
 
     try:
