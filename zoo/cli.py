@@ -98,8 +98,12 @@ def cmd_list(args) -> int:
 
     print("models:")
     for name in zoo.list_models():
-        cls = zoo.model_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        try:
+            cls = zoo.model_class(name)
+        except Exception as e:   # a broken plugin does not hide the other models
+            print(f"  {name:10s} (cannot be loaded: {type(e).__name__}: {e})")
+            continue
+        doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
         print(f"  {name:10s} {doc}  [default data: {cls.default_dataset}]")
     print("datasets:")
     for name, desc in datasets.list_datasets().items():
