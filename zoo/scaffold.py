@@ -31,7 +31,8 @@ def check_name(name: str, package_dir: Path) -> None:
         raise ValueError(f"NAME: expected a lowercase Python identifier such as factor_analysis, got {name!r}")
     if name in zoo.list_models():
         raise ValueError(f"NAME: a model named {name!r} exists already (see `zoo list`)")
-    if hasattr(zoo, name) or (package_dir / f"{name}.py").exists() or (package_dir / name).exists():
+    taken = [d / f for d in (package_dir, Path(zoo.__file__).parent) for f in (f"{name}.py", name)]
+    if hasattr(zoo, name) or any(path.exists() for path in taken):
         raise ValueError(f"NAME: {name!r} is taken by the zoo package itself; choose another name")
 
 
