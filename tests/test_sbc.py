@@ -62,8 +62,6 @@ def test_nuts_on_a_small_hmm_is_calibrated():
     assert r.calibrated, r.table()
 
 
-@pytest.mark.skip(reason="needs the GMM sampled by inference/nuts.py (the lead's one-engine work): through "
-                         "Pyro's kernel one replicate takes 2-6 minutes on the shared 2 cores")
 def test_nuts_on_a_small_gmm_is_calibrated():
     """Two components in one dimension, the prior fixed (not centred on each data set)."""
     m = zoo.get("gmm", n_components=2, dim=1, prior_center=0.0, prior_spread=1.0)

@@ -4,6 +4,7 @@
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
     zoo sbc MODEL --simulations N --jobs J [--method nuts|svi] [--out DIR]   # simulation-based calibration
+    zoo new NAME                                        # zoo/NAME.py and tests/test_NAME.py from an example
 
 User mistakes exit with status 2 and a one-line message naming the flag; no traceback. Ctrl-C exits
 with 130 at any moment, start-up included, and leaves no partial output. :func:`main` is the one place
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     sbc.add_argument("--simulations", type=int, default=100, help="simulated data sets (replicates)")
     sbc.add_argument("--observations", type=int, default=50, help="data points (time steps) per simulated data set")
     sbc.add_argument("--jobs", type=int, default=1, help="parallel replicates (joblib; -1: all cores)")
+    new = sub.add_parser("new", help="write zoo/NAME.py and tests/test_NAME.py from a documented example model")
+    new.add_argument("name", metavar="NAME", help="the new model's name, a lowercase Python identifier")
+    new.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -232,8 +236,12 @@ def cmd_list(args) -> int:
 
     print("models:")
     for name in zoo.list_models():
-        cls = zoo.model_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        try:
+            cls = zoo.model_class(name)
+        except Exception as e:   # a broken plugin does not hide the other models
+            print(f"  {name:10s} (cannot be loaded: {type(e).__name__}: {e})")
+            continue
+        doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
         print(f"  {name:10s} {doc}  [default data: {cls.default_dataset}]")
     print("datasets:")
     for name, desc in datasets.list_datasets().items():
@@ -380,6 +388,17 @@ def cmd_sbc(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    """``zoo new NAME``: a new model file and its test (zoo/scaffold.py); never replaces a file."""
+    from zoo.scaffold import new_model
+
+    model_file, test_file = new_model(args.name)
+    print(f"wrote {model_file}\nwrote {test_file}\nnext: edit the story and the TODOs in {model_file.name}, then\n"
+          f"  zoo check {args.name}\n  pytest {test_file} tests/test_contract.py -k {args.name}\n"
+          f"  zoo compare {args.name}")
+    return 0
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -484,7 +503,7 @@ def _run(argv, parsed: dict) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc}
+    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc, "new": cmd_new}
     return commands[args.command](args)
 
 
