@@ -21,6 +21,7 @@ import pandas as pd
 
 from inference.compare import plot_forest, plot_overlay, summary_line
 from inference.diagnostics import Diagnosis, plot_rank, plot_trace
+from inference.html import write_html
 from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
                             files=files, title=title, sections=sections)
     (folder / "summary.md").write_text(render_markdown(blocks))
     (folder / "summary.html").write_text(render_html(blocks))
+    write_html(folder, posteriors, title=blocks[0][1], dataset=dataset, diagnoses=diagnoses, comparison=comparison,
+               pieces={"more": list(sections.items())})
 
 
 def plot_losses(posteriors: Mapping[str, Posterior]):
