@@ -106,8 +106,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
              for items in pieces.values() for item in items}
     found = _folder_items(folder, skip=given)
     body = [f"<h1>{_e(title or _first_heading(summary) or 'Latent Zoo report')}</h1>",
-            "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items() if sid != "more")
-            + "</nav>"]
+            "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
     builders = {
         "data": lambda: _data(idatas, posteriors, dataset, summary),
         "comparison": lambda: _comparison(comparison, folder),
@@ -123,10 +122,11 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "comparison": "Only one fit in this folder: `zoo compare MODEL` fits by SVI and by NUTS and compares them.",
         "diagnostics": "No diagnostics were recorded for this folder.",
         "plots": "No sampled posterior with several chains: nothing to plot (a point estimate has no trace).",
-        "ppc": "No posterior predictive draws in this folder.",
+        "ppc": "No predictive check here: no replicated data that match the observed variables.",
         "loo": "No posterior with a pointwise log-likelihood and several draws: no PSIS-LOO.",
         "sbc": "Not run: `zoo sbc MODEL --simulations N` checks that the fitting method recovers parameters "
                "drawn from the prior.",
+        "more": "Nothing further for this run.",
         "files": "No files.",
     }
     for sid, (heading, look) in SECTIONS.items():
@@ -137,8 +137,6 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
             items = [f"This section could not be built: {e}"]
         items += list(pieces.get(sid, []))
         parts = [_render(item) for item in items]
-        if sid == "more" and not parts:
-            continue
         parts = [p for p in parts if p] or [f'<p class="absent">{_e(absent.get(sid, "Nothing to show."))}</p>']
         body.append(f'<section id="{sid}"><h2>{_e(heading)}</h2><p class="look"><b>What to look at:</b> '
                      f'{_e(look)}</p>{"".join(parts)}</section>')
@@ -315,13 +313,20 @@ def _ppc(idatas, found):
     for label in reversed(list(idatas)):
         idata = idatas[label]
         if {"posterior_predictive", "observed_data"} <= set(idata.groups()):
-            common = [v for v in idata.posterior_predictive.data_vars if v in idata.observed_data]
-            if not common:
+            # each replicated variable with the observed variable of its name, else of its shape
+            pairs = {}
+            for name, rep in idata.posterior_predictive.data_vars.items():
+                same = [v for v in idata.observed_data.data_vars.values() if v.shape == rep.shape[2:]]
+                obs = idata.observed_data.get(name, same[0] if len(same) == 1 else None)
+                if obs is not None:
+                    pairs[name] = (rep.values, obs.values)
+            if not pairs:
                 continue
+            data = az.from_dict(posterior_predictive={k: r for k, (r, _) in pairs.items()},
+                                observed_data={k: o for k, (_, o) in pairs.items()})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = az.plot_ppc(idata, var_names=common, num_pp_samples=50, random_seed=0, show=False,
-                                   figsize=(6.5, 3.6))
+                axes = az.plot_ppc(data, num_pp_samples=50, random_seed=0, show=False, figsize=(6.5, 3.6))
             return [(f"{label}: density of the observed values against 50 replicated data sets", _figure_of(axes))]
     return []
 

@@ -90,16 +90,19 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
     if sampled:
         figures["trace"] = lambda: plot_trace(sampled[0])
         figures["rank"] = lambda: plot_rank(sampled[0])
-    if len(posteriors) > 1:
-        figures["forest"] = lambda: plot_forest(dict(posteriors))
-        figures["density"] = lambda: plot_overlay(dict(posteriors))
+    first = next(iter(posteriors.values()))
+    zoo_model = first.target.zoo
+    # overlays and the model's own figures: the fits of the first one's model (zoo select: several sizes)
+    same = {k: p for k, p in posteriors.items() if p.target.name == first.target.name and
+            (zoo_model is None or p.target.zoo.config() == zoo_model.config())}
+    if len(same) > 1:
+        figures["forest"] = lambda: plot_forest(same)
+        figures["density"] = lambda: plot_overlay(same)
     trained = {k: p for k, p in posteriors.items() if p.losses}
     if trained:
         figures["loss"] = lambda: plot_losses(trained)
-    first = next(iter(posteriors.values()))
-    zoo_model = first.target.zoo
     if zoo_model is not None:
-        for stem, fig in zoo_model.figures(first.data, dict(posteriors), dataset=dataset).items():
+        for stem, fig in zoo_model.figures(first.data, same, dataset=dataset).items():
             figures[stem] = (lambda f=fig: f)
     for stem, fig in extra_figures.items():
         figures[stem] = (lambda f=fig: f)
