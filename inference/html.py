@@ -274,7 +274,7 @@ def _energy(posteriors, idatas, sampled):
             continue
         bfmi = az.bfmi(idata)
         ax = az.plot_energy(idata, show=False, figsize=(6, 3.6))
-        ax.set_title(f"{label}: energy (E-BFMI per chain: {', '.join(f'{b:.2f}' for b in bfmi)})", fontsize=10)
+        ax.set_title(f"{label}: energy", fontsize=10)
         items.append((f"{label}: marginal energy vs energy transition; E-BFMI per chain "
                       f"{', '.join(f'{b:.2f}' for b in bfmi)} (below 0.3: warning)", ax.figure))
     return items or ["No energy plot: no posterior here records `energy` in its sample statistics "
@@ -288,11 +288,10 @@ def _pair(posteriors, idatas, sampled):
     q = _quantity_idata(posteriors[label], idatas[label]).posterior
     draws, names = {}, []
     for name, var in q.data_vars.items():
-        values = var.values.reshape(var.sizes["chain"], var.sizes["draw"], -1)
-        for j in range(values.shape[-1]):
+        for idx in np.ndindex(var.shape[2:]):
             if len(draws) < PAIR_MAX:
-                key = name if values.shape[-1] == 1 else f"{name}[{j}]"
-                draws[key] = values[..., j]
+                key = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+                draws[key] = var.values[(slice(None), slice(None), *idx)]
                 names.append(key)
     stats = idatas[label].sample_stats if "sample_stats" in idatas[label].groups() else None
     groups = {"posterior": draws}

@@ -167,7 +167,7 @@ def render(html_path: Path, tmp_path: Path, screenshot: Path | None = None) -> d
             " height: document.documentElement.scrollHeight};")
         page["console"] = driver.get_log("browser")
         if screenshot is not None:
-            driver.set_window_size(1200, page["height"])
+            driver.set_window_size(1200, page["height"] + 200)   # the window includes the browser's frame
             driver.save_screenshot(str(screenshot))
         return page
     finally:

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 #: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
 CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission",
@@ -260,8 +261,10 @@ def cmd_select(args) -> int:
     print(f"\n{args.model} on {dataset.name}, ranked by PSIS-LOO (best first):\n")
     print(table[["elpd_loo", "se", "elpd_diff", "dse", "p_loo", "pareto_k_max", "pareto_k>0.7"]].round(2).to_string())
     ranked = {label: candidates[label] for label in table.index}
-    path = inference.write_report(out, ranked, dataset=dataset, force=args.force,
-                                  diagnoses={label: inference.diagnose(p) for label, p in ranked.items()},
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # ArviZ on a constant quantity (the weight of K=1)
+        diagnoses = {label: inference.diagnose(p) for label, p in ranked.items()}
+    path = inference.write_report(out, ranked, dataset=dataset, force=args.force, diagnoses=diagnoses,
                                   title=f"zoo select {args.model} --{flag} ({dataset.name})",
                                   sections={"Model choice (PSIS-LOO, best first)": table},
                                   figures={"select": plot_select(table), "khat": plot_khat(loos)})
