@@ -21,7 +21,8 @@ from inference.diagnostics import Diagnosis, diagnose  # noqa: E402
 from inference.mcmc import discrete_draws, run_nuts  # noqa: E402
 from inference.posterior import Posterior  # noqa: E402
 from inference.report import write_report  # noqa: E402
+from inference.select import loo, select  # noqa: E402
 from inference.svi import SVIDivergedError, fit_svi  # noqa: E402
 
 __all__ = ["Diagnosis", "Posterior", "SVIDivergedError", "compare", "diagnose", "discrete_draws",
-           "fit_svi", "run_nuts", "write_report"]
+           "fit_svi", "loo", "run_nuts", "select", "write_report"]

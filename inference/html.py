@@ -105,7 +105,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     given = {getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv")
              for items in pieces.values() for item in items}
     found = _folder_items(folder, skip=given)
-    body = [f"<h1>{_e(title or _first_heading(summary) or 'Latent Zoo report')}</h1>",
+    title = title or _first_heading(summary) or "Latent Zoo report"
+    body = [f"<h1>{_e(title)}</h1>",
             "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
     builders = {
         "data": lambda: _data(idatas, posteriors, dataset, summary),
@@ -142,7 +143,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
                      f'{_e(look)}</p>{"".join(parts)}</section>')
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{_e(title or 'Latent Zoo report')}</title><style>{CSS}</style></head><body>"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
     out = Path(path) if path is not None else folder / "report.html"
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
@@ -286,12 +287,16 @@ def _pair(posteriors, idatas, sampled):
         return []
     label = sampled[-1]
     q = _quantity_idata(posteriors[label], idatas[label]).posterior
-    draws, names = {}, []
+    draws, names, total = {}, [], 0
     for name, var in q.data_vars.items():
         for idx in np.ndindex(var.shape[2:]):
-            if len(draws) < PAIR_MAX:
+            total += 1
+            x = var.values[(slice(None), slice(None), *idx)]
+            # skip a scalar fixed by one already shown (e.g. the last weight of a simplex)
+            if len(draws) < PAIR_MAX and x.std() > 0 and \
+                    all(abs(np.corrcoef(x.ravel(), y.ravel())[0, 1]) < 0.999 for y in draws.values()):
                 key = f"{name}[{', '.join(map(str, idx))}]" if idx else name
-                draws[key] = var.values[(slice(None), slice(None), *idx)]
+                draws[key] = x
                 names.append(key)
     stats = idatas[label].sample_stats if "sample_stats" in idatas[label].groups() else None
     groups = {"posterior": draws}
@@ -301,8 +306,7 @@ def _pair(posteriors, idatas, sampled):
     axes = az.plot_pair(data, kind="scatter", divergences="sample_stats" in groups, marginals=True,
                         scatter_kwargs={"alpha": 0.25, "s": 4}, textsize=9, show=False,
                         figsize=(1.8 * len(names) + 1, 1.8 * len(names) + 1))
-    more = sum(int(np.prod(v.shape[2:])) for v in q.data_vars.values()) - len(names)
-    note = f" (first {len(names)} scalars; {more} more not shown)" if more > 0 else ""
+    note = f" ({len(names)} of {total} scalars)" if total > len(names) else ""
     return [(f"{label}: pairs of draws{note}; divergences in red", _figure_of(axes))]
 
 
@@ -338,7 +342,7 @@ def _loo(posteriors):
         try:
             r = loo(post, name=label)
         except (ValueError, TypeError) as e:
-            notes.append(f"No PSIS-LOO for {e}")
+            notes.append(str(e))
             continue
         k = np.asarray(r.pareto_k)
         rows[label] = {"elpd_loo": float(r.elpd_loo), "se": float(r.se), "p_loo": float(r.p_loo),

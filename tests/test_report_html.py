@@ -129,6 +129,10 @@ def test_cli_select_ranks_and_writes_every_file(tmp_path, capsys):
     assert "select.csv" in text and "Model choice" in text
     assert main(["select", "gmm", "--components", "3"]) == 2
     assert "--components/--states: give one range" in capsys.readouterr().err
+    tiny = ["--samples", "20", "--warmup", "20", "--chains", "2", "--quiet", "--out", str(tmp_path / "hmm")]
+    assert main(["select", "hmm", "--states", "2..3", *tiny]) == 2       # the bundled returns: one sequence
+    assert "--states 2: PSIS-LOO needs at least 2 data points" in capsys.readouterr().err
+    assert not (tmp_path / "hmm").exists()
     with pytest.raises(SystemExit):
         main(["select", "gmm", "--components", "0..2"])
     assert "--components: expected a positive size" in capsys.readouterr().err

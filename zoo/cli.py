@@ -253,6 +253,7 @@ def cmd_select(args) -> int:
             post = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
                                      seed=args.seed, num_samples=args.samples, num_particles=args.particles,
                                      coords=coords, progress=not args.quiet)
+        inference.loo(post, name=f"--{flag} {k}")   # fails early where LOO cannot work (e.g. one sequence)
         candidates[label] = post
         print(f"{label}: {args.method.upper()} in {post.wall_time:.1f}s")
     table = select(candidates)
