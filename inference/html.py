@@ -153,8 +153,11 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
 
 
 def read_posteriors(folder) -> dict[str, az.InferenceData]:
-    """The ``posterior_<label>.nc`` files of a report folder, by label."""
-    files = sorted(Path(folder).glob("posterior_*.nc"))
+    """The ``posterior_<label>.nc`` files of a report folder, by label, in the order summary.md lists them
+    (the order they were given: the reference last)."""
+    summary = Path(folder, "summary.md").read_text() if Path(folder, "summary.md").exists() else ""
+    files = sorted(Path(folder).glob("posterior_*.nc"),
+                   key=lambda f: (summary.find(f.name) if f.name in summary else len(summary), f.name))
     return {f.stem[len("posterior_"):]: az.from_netcdf(str(f)) for f in files}
 
 
