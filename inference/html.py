@@ -109,7 +109,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     body = [f"<h1>{_e(title)}</h1>",
             "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
     builders = {
-        "data": lambda: _data(idatas, posteriors, dataset, summary),
+        "data": lambda: _data(idatas, dataset, summary),
         "comparison": lambda: _comparison(comparison, folder),
         "diagnostics": lambda: _diagnostics(diagnoses, folder, summary),
         "plots": lambda: _plots(posteriors, idatas, plots, found["plots"]),
@@ -164,7 +164,7 @@ def read_posteriors(folder) -> dict[str, az.InferenceData]:
 # --- sections ----------------------------------------------------------------------------------
 
 
-def _data(idatas, posteriors, dataset, summary):
+def _data(idatas, dataset, summary):
     items = []
     if dataset is not None:
         shape = tuple(dataset.data.shape) if hasattr(dataset.data, "shape") else ""
@@ -246,8 +246,8 @@ def _plots(posteriors, idatas, plots, found):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                made = {"trace": _trace, "rank": _rank, "energy": _energy, "pair": _pair}[name](posteriors, idatas,
-                                                                                                  sampled)
+                make = {"energy": _energy, "pair": _pair}.get(name, lambda *a: _trace_or_rank(name, *a))
+                made = make(posteriors, idatas, sampled)
         except Exception as e:   # a plot that cannot be drawn is named, the page goes on
             log.warning("report.html plot %s: %s", name, e)
             made = [f"The {name} plot could not be drawn: {e}"]
@@ -259,16 +259,11 @@ def _quantity_idata(post, idata):
     return post.quantities_idata() if hasattr(post, "quantities_idata") else idata
 
 
-def _trace(posteriors, idatas, sampled):
+def _trace_or_rank(name, posteriors, idatas, sampled):
     label = sampled[-1]
-    axes = az.plot_trace(_quantity_idata(posteriors[label], idatas[label]), compact=True, show=False)
-    return [(f"{label}: trace", _figure_of(axes))]
-
-
-def _rank(posteriors, idatas, sampled):
-    label = sampled[-1]
-    axes = az.plot_rank(_quantity_idata(posteriors[label], idatas[label]), show=False)
-    return [(f"{label}: rank plot", _figure_of(axes))]
+    data = _quantity_idata(posteriors[label], idatas[label])
+    axes = az.plot_trace(data, compact=True, show=False) if name == "trace" else az.plot_rank(data, show=False)
+    return [(f"{label}: {name} plot", _figure_of(axes))]
 
 
 def _energy(posteriors, idatas, sampled):

@@ -239,7 +239,7 @@ def cmd_select(args) -> int:
     if _amortized(args):
         raise ValueError(f"model: {args.model!r} has only local latents; PSIS-LOO model choice needs posterior "
                          "draws of global parameters")
-    model, out, dataset, data, coords = _setup(args)
+    _, out, dataset, _, coords = _setup(args)
     candidates = {}
     for k in sizes:
         setattr(args, flag, k)
