@@ -120,7 +120,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "files": lambda: _files(folder),
     }
     absent = {
-        "comparison": "Only one fit in this folder: `zoo compare MODEL` fits by SVI and by NUTS and compares them.",
+        "data": "No data or runs recorded.",
         "diagnostics": "No diagnostics were recorded for this folder.",
         "plots": "No sampled posterior with several chains: nothing to plot (a point estimate has no trace).",
         "ppc": "No predictive check here: no replicated data that match the observed variables.",
@@ -138,7 +138,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
             items = [f"This section could not be built: {e}"]
         items += list(pieces.get(sid, []))
         parts = [_render(item) for item in items]
-        parts = [p for p in parts if p] or [f'<p class="absent">{_e(absent.get(sid, "Nothing to show."))}</p>']
+        parts = parts or [_render(_Absent(absent[sid]))]
         body.append(f'<section id="{sid}"><h2>{_e(heading)}</h2><p class="look"><b>What to look at:</b> '
                      f'{_e(look)}</p>{"".join(parts)}</section>')
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -210,7 +210,7 @@ def _comparison(comparison, folder):
     if comparison is None and (folder / "comparison.csv").exists():
         comparison = pd.read_csv(folder / "comparison.csv", index_col=0)
     if comparison is None:
-        return []
+        return [_Absent("Only one fit in this folder: `zoo compare MODEL` fits by SVI and by NUTS and compares them.")]
     items = [summary_line(comparison)] if "labels" in comparison.attrs else []
     verdicts = comparison["verdict"].value_counts() if "verdict" in comparison else None
     if verdicts is not None:
@@ -315,7 +315,7 @@ def _ppc(idatas, found):
         idata = idatas[label]
         if {"posterior_predictive", "observed_data"} <= set(idata.groups()):
             # each replicated variable with the observed variable of its name, else of its shape
-            pairs = {}
+            pairs, n = {}, idata.posterior_predictive.sizes["chain"] * idata.posterior_predictive.sizes["draw"]
             for name, rep in idata.posterior_predictive.data_vars.items():
                 same = [v for v in idata.observed_data.data_vars.values() if v.shape == rep.shape[2:]]
                 obs = idata.observed_data.get(name, same[0] if len(same) == 1 else None)
@@ -327,8 +327,9 @@ def _ppc(idatas, found):
                                 observed_data={k: o for k, (_, o) in pairs.items()})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = az.plot_ppc(data, num_pp_samples=50, random_seed=0, show=False, figsize=(6.5, 3.6))
-            return [(f"{label}: density of the observed values against 50 replicated data sets", _figure_of(axes))]
+                axes = az.plot_ppc(data, num_pp_samples=min(50, n), random_seed=0, show=False, figsize=(6.5, 3.6))
+            return [(f"{label}: density of the observed values against {min(50, n)} replicated data sets",
+                     _figure_of(axes))]
     return []
 
 
@@ -402,10 +403,16 @@ class _Verdict(str):
     """A diagnosis printed as text, styled by its verdict."""
 
 
+class _Absent(str):
+    """A line saying what is missing and how to get it."""
+
+
 def _render(item) -> str:
     caption = None
     if isinstance(item, tuple):
         caption, item = item
+    if isinstance(item, _Absent):
+        return f'<p class="absent">{_e(item)}</p>'
     if isinstance(item, _Verdict):
         kind = "pass" if "-> pass" in item else "check"
         return f'<div class="verdict {kind}">{_e(item)}</div>'

@@ -122,6 +122,7 @@ def test_cli_select_ranks_and_writes_every_file(tmp_path, capsys):
                  "--quiet", "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
     assert {"select.csv", "select.png", "khat.png", "posterior_K=1.nc", "posterior_K=2.nc", "report.html"} <= names
+    assert "clusters.png" in names and "forest.png" not in names   # fits of different sizes are not overlaid
     table = pd.read_csv(out / "select.csv", index_col=0)
     assert table.index[0] == "K=2"   # the iris petals: setosa stands apart, one Gaussian cannot fit both groups
     assert table["elpd_diff"].iloc[1] > 4 * table["dse"].iloc[1]
