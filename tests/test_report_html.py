@@ -189,3 +189,13 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert page["resources"] == []                                    # nothing fetched
     assert [m for m in page["console"] if m["level"] in ("SEVERE", "WARNING")] == []
     assert shot.stat().st_size > 10_000
+
+
+def test_render_sees_console_errors_and_broken_images(tmp_path):
+    """The browser check can fail: a page with a console error and a broken image is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text("<!doctype html><html><body><section id='x'><h2>x</h2><img src='data:image/png;base64,AAAA'>"
+                    "</section><script>console.error('boom')</script></body></html>")
+    seen = render(page, tmp_path)
+    assert any("boom" in m["message"] and m["level"] == "SEVERE" for m in seen["console"])
+    assert seen["images"] and not all(complete and width > 0 for complete, width, _ in seen["images"])
