@@ -94,10 +94,15 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     """
     folder = Path(folder)
     plots = _check_plots(plots)
-    pieces = dict(pieces or {})
+    pieces = {sid: list(items) for sid, items in (pieces or {}).items()}
     unknown = sorted(set(pieces) - set(SECTIONS))
     if unknown:
         raise ValueError(f"pieces: unknown section {unknown[0]!r}; expected one of {', '.join(SECTIONS)}")
+    for item in list(pieces.get("more", [])):   # a known table (e.g. select.csv) goes to its own section
+        sid = CSV_SECTION.get(getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv"))
+        if sid is not None:
+            pieces["more"].remove(item)
+            pieces.setdefault(sid, []).append(item)
     if posteriors is None:
         posteriors = read_posteriors(folder)
     idatas = {label: _idata(p) for label, p in posteriors.items()}
@@ -136,7 +141,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         except Exception as e:   # one section that cannot be built must not lose the page
             log.warning("report.html section %s: %s", sid, e)
             items = [f"This section could not be built: {e}"]
-        items += list(pieces.get(sid, []))
+        items += pieces.get(sid, [])
         parts = [_render(item) for item in items]
         parts = parts or [_render(_Absent(absent[sid]))]
         body.append(f'<section id="{sid}"><h2>{_e(heading)}</h2><p class="look"><b>What to look at:</b> '
@@ -221,7 +226,7 @@ def _comparison(comparison, folder):
 
 def _diagnostics(diagnoses, folder, summary):
     if diagnoses:
-        verdicts = [str(d) for d in diagnoses.values()]
+        verdicts = [str(d) if label == d.method else f"[{label}] {d}" for label, d in diagnoses.items()]
         table = pd.concat({label: d.summary for label, d in diagnoses.items()}, names=["method", "quantity"])
     else:
         verdicts = _summary_block(summary, "Diagnostics")
