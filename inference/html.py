@@ -239,7 +239,7 @@ def _diagnostics(diagnoses, folder, summary):
 
 
 def _plots(posteriors, idatas, plots, found):
-    sampled = [label for label, idata in idatas.items() if idata.posterior.sizes.get("chain", 1) > 1]
+    sampled = _sampled(idatas)
     items = []
     for name in plots:
         have = [item for stem, item in found if stem == name or stem.startswith(name + "_")]
@@ -260,12 +260,18 @@ def _plots(posteriors, idatas, plots, found):
     return items
 
 
+def _sampled(idatas) -> list[str]:
+    """Labels of the fits with several chains, in order: the first is the one plotted (as in report.py:
+    NUTS in a compare folder, the best candidate in a select folder)."""
+    return [label for label, idata in idatas.items() if idata.posterior.sizes.get("chain", 1) > 1]
+
+
 def _quantity_idata(post, idata):
     return post.quantities_idata() if hasattr(post, "quantities_idata") else idata
 
 
 def _trace_or_rank(name, posteriors, idatas, sampled):
-    label = sampled[-1]
+    label = sampled[0]
     data = _quantity_idata(posteriors[label], idatas[label])
     axes = az.plot_trace(data, compact=True, show=False) if name == "trace" else az.plot_rank(data, show=False)
     return [(f"{label}: {name} plot", _figure_of(axes))]
@@ -288,7 +294,7 @@ def _energy(posteriors, idatas, sampled):
 def _pair(posteriors, idatas, sampled):
     if not sampled:
         return []
-    label = sampled[-1]
+    label = sampled[0]
     q = _quantity_idata(posteriors[label], idatas[label]).posterior
     draws, names, total = {}, [], 0
     for name, var in q.data_vars.items():
@@ -316,7 +322,7 @@ def _pair(posteriors, idatas, sampled):
 def _ppc(idatas, found):
     if found:
         return []
-    for label in reversed(list(idatas)):
+    for label in _sampled(idatas) + list(reversed(idatas)):
         idata = idatas[label]
         if {"posterior_predictive", "observed_data"} <= set(idata.groups()):
             # each replicated variable with the observed variable of its name, else of its shape
