@@ -55,7 +55,7 @@ SECTIONS = {
 }
 PLOTS = ("trace", "rank", "energy", "pair")
 #: PNG stems of a report folder -> section (stems not listed, e.g. a model's own figures, go to "data")
-STEM_SECTION = {"trace": "plots", "rank": "plots", "energy": "plots", "pair": "plots",
+STEM_SECTION = {"trace": "plots", "rank": "plots",
                 "forest": "comparison", "density": "comparison", "loss": "comparison", "elbo": "comparison",
                 "amortization": "comparison", "select": "loo", "khat": "loo"}
 PREFIX_SECTION = {"ppc": "ppc", "sbc": "sbc", "energy": "plots", "pair": "plots"}
