@@ -99,7 +99,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     if unknown:
         raise ValueError(f"pieces: unknown section {unknown[0]!r}; expected one of {', '.join(SECTIONS)}")
     for item in list(pieces.get("more", [])):   # a known table (e.g. select.csv) goes to its own section
-        sid = CSV_SECTION.get(getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv"))
+        sid = _csv_section(getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv") or "")
         if sid is not None:
             pieces["more"].remove(item)
             pieces.setdefault(sid, []).append(item)
@@ -389,11 +389,15 @@ def _folder_items(folder: Path, skip=()) -> dict[str, list]:
         else:
             found[sid].append(png)
     for csv in sorted(folder.glob("*.csv")):
-        sid = CSV_SECTION.get(csv.name) or next((s for p, s in PREFIX_SECTION.items() if csv.name.startswith(p)),
-                                                None)
+        sid = _csv_section(csv.name)
         if sid is not None and csv.name not in skip:
             found[sid].append((csv.name, pd.read_csv(csv, index_col=0)))
     return found
+
+
+def _csv_section(name: str) -> str | None:
+    """The section of a report folder's CSV file (select.csv, heldout.csv, ppc*.csv, sbc*.csv), or None."""
+    return CSV_SECTION.get(name) or next((s for p, s in PREFIX_SECTION.items() if name.startswith(p)), None)
 
 
 def _summary_block(summary: str, heading: str) -> list[str]:
