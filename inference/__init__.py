@@ -23,7 +23,8 @@ from inference.posterior import Posterior  # noqa: E402
 from inference.ppc import PPCResult, ppc  # noqa: E402
 from inference.report import write_report  # noqa: E402
 from inference.sbc import SBCResult, sbc  # noqa: E402
+from inference.select import loo, select  # noqa: E402
 from inference.svi import SVIDivergedError, fit_svi  # noqa: E402
 
-__all__ = ["Diagnosis", "Posterior", "SVIDivergedError", "compare", "diagnose", "discrete_draws",
-           "fit_svi", "ppc", "PPCResult", "run_nuts", "sbc", "SBCResult", "write_report"]
+__all__ = ["Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "compare", "diagnose",
+           "discrete_draws", "fit_svi", "loo", "ppc", "run_nuts", "sbc", "select", "write_report"]

@@ -26,6 +26,7 @@ import pandas as pd
 
 from inference.compare import plot_forest, plot_overlay, summary_line
 from inference.diagnostics import Diagnosis, plot_rank, plot_trace
+from inference.html import write_html
 from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
@@ -201,16 +202,19 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
     if sampled:
         figures["trace"] = lambda: plot_trace(sampled[0])
         figures["rank"] = lambda: plot_rank(sampled[0])
-    if len(posteriors) > 1:
-        figures["forest"] = lambda: plot_forest(dict(posteriors))
-        figures["density"] = lambda: plot_overlay(dict(posteriors))
+    first = next(iter(posteriors.values()))
+    zoo_model = first.target.zoo
+    # overlays and the model's own figures: the fits of the first one's model (zoo select: several sizes)
+    same = {k: p for k, p in posteriors.items() if p.target.name == first.target.name and
+            (zoo_model is None or p.target.zoo.config() == zoo_model.config())}
+    if len(same) > 1:
+        figures["forest"] = lambda: plot_forest(same)
+        figures["density"] = lambda: plot_overlay(same)
     trained = {k: p for k, p in posteriors.items() if p.losses}
     if trained:
         figures["loss"] = lambda: plot_losses(trained)
-    first = next(iter(posteriors.values()))
-    zoo_model = first.target.zoo
     if zoo_model is not None:
-        for stem, fig in zoo_model.figures(first.data, dict(posteriors), dataset=dataset).items():
+        for stem, fig in zoo_model.figures(first.data, same, dataset=dataset).items():
             figures[stem] = (lambda f=fig: f)
     for stem, fig in extra_figures.items():
         figures[stem] = (lambda f=fig: f)
@@ -229,6 +233,8 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
                             files=files, title=title, sections=sections)
     (folder / "summary.md").write_text(render_markdown(blocks))
     (folder / "summary.html").write_text(render_html(blocks))
+    write_html(folder, posteriors, title=blocks[0][1], dataset=dataset, diagnoses=diagnoses, comparison=comparison,
+               pieces={"more": list(sections.items())})
 
 
 def plot_losses(posteriors: Mapping[str, Posterior]):

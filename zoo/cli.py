@@ -5,6 +5,8 @@
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
     zoo sbc MODEL --simulations N --jobs J [--method nuts|svi] [--out DIR]   # simulation-based calibration
     zoo new NAME                                        # zoo/NAME.py and tests/test_NAME.py from an example
+    zoo select MODEL --components 1..6 ...              # rank model sizes by PSIS-LOO (also --states)
+    zoo report MODEL [--from DIR] ...                   # report.html of a run folder, or of a new compare
 
 User mistakes exit with status 2 and a one-line message naming the flag; no traceback. Ctrl-C exits
 with 130 at any moment, start-up included, and leaves no partial output. :func:`main` is the one place
@@ -20,6 +22,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 #: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
 CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission",
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models and datasets")
 
-    def common(p):
+    def common(p, sizes=int):
         p.add_argument("model", help="model name (see `zoo list`)")
         p.add_argument("--data", help="dataset name or path to a CSV of numeric columns (default: the model's bundled default)")
         p.add_argument("--data-dir", help="folder with real datasets (default: $ZOO_DATA_DIR)")
@@ -86,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--samples", type=_int(1), help="posterior draws (per chain for NUTS; default 1000)")
         p.add_argument("--warmup", type=_int(0), help="NUTS warmup steps per chain (default 500)")
         p.add_argument("--chains", type=_int(1), help="NUTS chains (default 4)")
-        p.add_argument("--components", type=int, help="number of mixture / latent components")
-        p.add_argument("--states", type=int, help="number of hidden states (hmm)")
+        p.add_argument("--components", type=sizes, help="number of mixture / latent components")
+        p.add_argument("--states", type=sizes, help="number of hidden states (hmm)")
         p.add_argument("--emission", help="emission family (hmm): gaussian, categorical, poisson, bernoulli")
         p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other model configuration, e.g. --option concentration=2.0")
@@ -128,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     new = sub.add_parser("new", help="write zoo/NAME.py and tests/test_NAME.py from a documented example model")
     new.add_argument("name", metavar="NAME", help="the new model's name, a lowercase Python identifier")
     new.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
+    select = sub.add_parser("select", help="fit a range of model sizes and rank them by PSIS-LOO")
+    common(select, sizes=_counts)
+    select.add_argument("--method", default="nuts", choices=["nuts", "svi"], help="how each candidate is fitted")
+    report = sub.add_parser("report", help="write report.html: from a fit/compare folder (--from), or run compare")
+    common(report)
+    report.add_argument("--from", dest="source", metavar="DIR", help="a folder written by zoo fit/compare/select")
+    report.add_argument("--plots", type=_plot_names, help="plots to show, some of trace,rank,energy,pair (default all)")
     return parser
 
 
@@ -399,6 +409,122 @@ def cmd_new(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    """Fit the model once per size of the --components (or --states) range, rank the fits by PSIS-LOO on the
+    marginal log-likelihood, and write select.csv, select.png, khat.png and every candidate's netCDF."""
+    import inference
+    import zoo
+    from inference.select import plot_khat, plot_select, select
+
+    ranged = [f for f in ("components", "states") if getattr(args, f) is not None and len(getattr(args, f)) > 1]
+    if len(ranged) != 1:
+        raise ValueError("--components/--states: give one range of sizes to choose between, e.g. --components 1..6")
+    flag = ranged[0]
+    sizes = getattr(args, flag)
+    for f in ("components", "states"):   # a single size given for the other flag is fixed
+        setattr(args, f, getattr(args, f)[0] if getattr(args, f) is not None else None)
+    if check_args(args):
+        raise ValueError(f"model: {args.model!r} has only local latents; PSIS-LOO model choice needs posterior "
+                         "draws of global parameters")
+    _, out, dataset, _, coords = _setup(args)
+    candidates = {}
+    for k in sizes:
+        setattr(args, flag, k)
+        model = zoo.get(args.model, **model_config(args))
+        data = model.validate(dataset.data)
+        label = f"{'K' if flag == 'components' else 'S'}={k}"
+        if args.method == "nuts":
+            post = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
+                                      num_chains=args.chains, seed=args.seed, coords=coords, progress=not args.quiet)
+        else:
+            post = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
+                                     seed=args.seed, num_samples=args.samples, num_particles=args.particles,
+                                     coords=coords, progress=not args.quiet)
+        inference.loo(post, name=f"--{flag} {k}")   # fails early where LOO cannot work (e.g. one sequence)
+        candidates[label] = post
+        print(f"{label}: {args.method.upper()} in {post.wall_time:.1f}s")
+    table = select(candidates)
+    loos = table.attrs.pop("loo")
+    table.attrs["csv"] = "select.csv"
+    print(f"\n{args.model} on {dataset.name}, ranked by PSIS-LOO (best first):\n")
+    print(table[["elpd_loo", "se", "elpd_diff", "dse", "p_loo", "pareto_k_max", "pareto_k>0.7"]].round(2).to_string())
+    ranked = {label: candidates[label] for label in table.index}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # ArviZ on a constant quantity (the weight of K=1)
+        diagnoses = {label: inference.diagnose(p) for label, p in ranked.items()}
+    path = inference.write_report(out, ranked, dataset=dataset, force=args.force, diagnoses=diagnoses,
+                                  title=f"zoo select {args.model} --{flag} ({dataset.name})",
+                                  sections={"Model choice (PSIS-LOO, best first)": table},
+                                  figures={"select": plot_select(table), "khat": plot_khat(loos)})
+    print(f"\nreport written to {path}/")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """report.html for a finished run folder (--from DIR), or `zoo compare` with the same flags (its
+    folder gets report.html like every report folder)."""
+    from pathlib import Path
+
+    from inference.html import read_posteriors, write_html
+
+    if args.source is None:
+        code = cmd_compare(args)
+        out = Path(args.out or os.path.join("runs", f"{args.model}-report"))
+        if args.plots:
+            write_html(out, plots=args.plots)
+        print(f"open {out / 'report.html'}")
+        return code
+    folder = Path(args.source)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--from: {str(folder)!r} is not a folder")
+    if not (folder / "summary.md").is_file() or not list(folder.glob("posterior_*.nc")):
+        raise ValueError(f"--from: {str(folder)!r} is not a zoo run folder (expected posterior_<method>.nc and "
+                         "summary.md, written by zoo fit, compare or select)")
+    try:
+        posteriors = read_posteriors(folder)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--from: cannot read the netCDF files of {str(folder)!r}: {e}") from None
+    models = {str(p.posterior.attrs.get("model")) for p in posteriors.values()}
+    if models != {args.model}:
+        raise ValueError(f"model: the run in {str(folder)!r} is of model {', '.join(sorted(models))}, not {args.model!r}")
+    out = Path(args.out) if args.out else folder
+    if not out.is_dir():
+        raise FileNotFoundError(f"--out: {str(out)!r} is not a folder")
+    if (out / "report.html").exists() and not args.force:
+        raise FileExistsError(f"--out: {str(out / 'report.html')!r} already exists; pass --force to rebuild it")
+    path = write_html(folder, posteriors, plots=args.plots or ("trace", "rank", "energy", "pair"),
+                      path=out / "report.html")
+    print(f"report written to {path}")
+    return 0
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """A size, a range A..B or a list A,B,C of positive integers."""
+    try:
+        if ".." in text:
+            low, high = (int(v) for v in text.split(".."))
+            values = tuple(range(low, high + 1))
+        else:
+            values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 3, a range such as 1..6 or a list such "
+                                         f"as 2,3,5, got {text!r}")
+    return values
+
+
+def _plot_names(text: str) -> tuple[str, ...]:
+    from inference.html import PLOTS
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in names if v not in PLOTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown plot {unknown[0] if unknown else text!r}; expected some of "
+                                         f"{','.join(PLOTS)}")
+    return names
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -503,7 +629,8 @@ def _run(argv, parsed: dict) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc, "new": cmd_new}
+    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc, "new": cmd_new,
+                "select": cmd_select, "report": cmd_report}
     return commands[args.command](args)
 
 

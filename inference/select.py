@@ -1,0 +1,113 @@
+"""Model choice: rank candidate fits by PSIS-LOO on the *marginal* pointwise log-likelihood.
+
+For a latent-variable model the pointwise log-likelihood must have the local latents summed or
+integrated out: log p(x_n | params). A log-likelihood conditional on sampled latents, log p(x_n | z_n,
+params) with z_n drawn (what ``az.from_pyro`` records for a mixture whose assignments are enumerated:
+the assignments are drawn afresh from their prior), measures something else and gives a wrong elpd
+(``tests/test_select.py`` shows it against a brute-force leave-one-out). ``Posterior.idata`` holds
+the marginal one, which is what :func:`loo` and :func:`select` use.
+
+    >>> table = inference.select({"K=1": post1, "K=2": post2, "K=3": post3})
+    >>> table[["rank", "elpd_loo", "se", "elpd_diff", "dse", "pareto_k_max"]]
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import arviz as az
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from inference.posterior import Posterior
+
+PARETO_K_MAX = 0.7   # above this a point's importance weights are unreliable (Vehtari et al. 2024)
+
+
+def loo(posterior, *, name: str = "posterior") -> az.ELPDData:
+    """PSIS-LOO (pointwise) of a :class:`Posterior` or an InferenceData with a ``log_likelihood`` group.
+
+    ``name`` is the argument named in error messages.
+    """
+    idata = _loo_idata(posterior, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # ArviZ warns about high Pareto k: reported in the table instead
+        return az.loo(idata, pointwise=True)
+
+
+def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.DataFrame:
+    """Rank ``{label: Posterior or InferenceData}`` by PSIS-LOO with ``az.compare`` (best first).
+
+    Columns: az.compare's (``rank``, ``elpd_loo``, ``p_loo``, ``elpd_diff``, ``weight`` (stacking),
+    ``se``, ``dse``, ``warning``, ``scale``) plus ``pareto_k_max`` and ``pareto_k>0.7`` (points whose
+    leave-one-out estimate is unreliable). ``df.attrs["loo"]`` holds each candidate's ELPDData.
+    """
+    if not isinstance(candidates, Mapping):
+        raise TypeError(f"candidates: expected a dict {{label: Posterior}}, got {type(candidates).__name__}")
+    if len(candidates) < 2:
+        raise ValueError(f"candidates: expected at least two fits to choose between, got {len(candidates)}")
+    loos = {str(label): loo(post, name=f"candidates[{label!r}]") for label, post in candidates.items()}
+    sizes = {label: r.n_data_points for label, r in loos.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"candidates: the fits have log-likelihoods of different data sizes {sizes}; "
+                         "LOO compares models of the same data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = az.compare(loos, ic="loo", scale=scale)
+    khat = {label: np.asarray(r.pareto_k) for label, r in loos.items()}
+    table["pareto_k_max"] = [float(khat[label].max()) for label in table.index]
+    table[f"pareto_k>{PARETO_K_MAX}"] = [int((khat[label] > PARETO_K_MAX).sum()) for label in table.index]
+    table.index.name = "model"
+    table.attrs["loo"] = loos
+    return table
+
+
+def plot_select(table: pd.DataFrame):
+    """``az.plot_compare`` of a :func:`select` table: elpd_loo +- se per candidate, differences to the best."""
+    ax = az.plot_compare(table.drop(columns=["pareto_k_max", f"pareto_k>{PARETO_K_MAX}"]), insample_dev=False,
+                         show=False, figsize=(7, 0.6 * len(table) + 1.6))
+    fig = ax.figure
+    ax.set_title("Model choice by PSIS-LOO (marginal log-likelihood): higher is better", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_khat(loos: Mapping[str, az.ELPDData]):
+    """Pareto k of every data point, one panel per candidate, with the 0.7 threshold."""
+    n = len(loos)
+    fig, axes = plt.subplots(1, n, figsize=(min(3.6 * n, 14), 3.2), squeeze=False, sharey=True)
+    for ax, (label, result) in zip(axes[0], loos.items()):
+        az.plot_khat(result, ax=ax, show_hlines=True, show=False)
+        ax.axhline(PARETO_K_MAX, color="C3", ls="--", lw=1)
+        ax.set_title(f"{label}: max k = {float(np.max(result.pareto_k)):.2f}", fontsize=9)
+    fig.suptitle(f"Pareto k per data point (above {PARETO_K_MAX}: that point's LOO estimate is unreliable)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _loo_idata(posterior, name: str):
+    """The InferenceData to run LOO on, or a one-line error naming ``name``."""
+    if isinstance(posterior, Posterior):
+        if posterior.num_chains * posterior.num_draws < 2:
+            raise ValueError(f"{name}: a point estimate ({posterior.method}, 1 draw) has no posterior draws for "
+                             "PSIS-LOO; fit by NUTS or SVI")
+        if not posterior.target.info(posterior.data, marginal=True).observed:
+            raise ValueError(f"{name}: the model has no observed site, so no log-likelihood for PSIS-LOO")
+        idata = posterior.idata
+    elif isinstance(posterior, az.InferenceData):
+        idata = posterior
+    else:
+        raise TypeError(f"{name}: expected a Posterior or an az.InferenceData, got {type(posterior).__name__}")
+    if "log_likelihood" not in idata.groups():
+        raise ValueError(f"{name}: no log_likelihood group; PSIS-LOO needs the pointwise log-likelihood "
+                         "(the idata of inference.fit_svi / run_nuts holds the marginal one)")
+    ll = next(iter(idata.log_likelihood.data_vars.values()))
+    if ll.sizes.get("chain", 1) * ll.sizes.get("draw", 1) < 2:
+        raise ValueError(f"{name}: a single draw has no posterior to leave points out of; fit by NUTS or SVI")
+    if int(np.prod([s for d, s in ll.sizes.items() if d not in ("chain", "draw")])) < 2:
+        raise ValueError(f"{name}: PSIS-LOO needs at least 2 data points in the log-likelihood, got 1 "
+                         "(one sequence? give data with several independent sequences)")
+    return idata
