@@ -48,8 +48,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     """Sample the posterior of ``model`` given ``data`` with NUTS.
 
     :param model: a zoo model or a plain Pyro callable ``model(data)``.
-    :param jit: compile the potential with ``torch.jit`` (default: what the zoo model declares as
-        safe; False for plain callables).
+    :param jit: compile the potential with ``torch.jit`` (default False).
     :param init: starting values (constrained), one dict for all chains or one per chain. Default:
         the zoo model's data-driven ``initial_values`` (seeded per chain), else uniform in (-2, 2)
         on the unconstrained scale.
@@ -74,7 +73,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     target = as_target(model)
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
-    jit = target.jit_compatible if jit is None else bool(jit)
+    jit = bool(jit)
     density = checked_log_density(target, data) if closed_form and not dense_mass else None
 
     def chain(c: int, position: int = 0):

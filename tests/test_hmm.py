@@ -565,7 +565,7 @@ def test_jsb_chorales_from_data_dir(shared_data_dir):
     assert len(ds.feature_names) == 51 and ds.feature_names[0] == "midi_43"
     m = zoo.get("hmm", n_states=2, emission="bernoulli")
     seqs = m.validate(ds.data)
-    assert m.num_observations(seqs) == 13807
+    assert m.validate(seqs).num_observations == 13807
     assert (seqs.values.sum(-1) <= 4).all()  # four voices
 
 

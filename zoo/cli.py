@@ -168,11 +168,13 @@ def _heldout(model, post, dataset):
     per observation (per time step for sequences); None when there is none."""
     import pandas as pd
 
+    from inference.target import num_observations
+
     rows = {}
     for split, values in dataset.splits.items():
         data = model.validate(values)
         lpd = post.predictive_log_density(data)
-        n_obs = model.num_observations(data)
+        n_obs = num_observations(data)
         rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
                        "nll_per_observation": -float(lpd.sum()) / n_obs}
     if not rows:

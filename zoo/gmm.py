@@ -65,7 +65,6 @@ class GaussianMixture(ZooModel):
         "obs": ["point", "feature"],
     }
     default_dataset = "iris-petals"
-    jit_compatible = True
 
     def __init__(self, n_components: int = 3, *, concentration: float = 1.0,
                  prior_center=None, prior_spread=None, dim: int = 2):
