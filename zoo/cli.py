@@ -3,6 +3,7 @@
     zoo list
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
+    zoo check MODEL [--data ...]                         # what is wrong with the model/guide pair
 
 User mistakes exit with status 2 and a one-line message; no traceback.
 """
@@ -72,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", default="svi", choices=["svi", "nuts", "map", "em"])
     compare = sub.add_parser("compare", help="fit by SVI and by NUTS, compare, diagnose, report")
     common(compare)
+    check = sub.add_parser("check", help="check a model/guide pair: shapes, guide, ELBO, log_likelihood, align")
+    check.add_argument("model", help="model name (see `zoo list`)")
+    check.add_argument("--data", help="dataset name or path to a CSV (default: data simulated by the model)")
+    check.add_argument("--data-dir", help="folder with real datasets (default: $ZOO_DATA_DIR)")
+    check.add_argument("--seed", type=int, default=0)
+    for flag in ("components", "states", "latent_dim"):
+        check.add_argument(f"--{flag.replace('_', '-')}", type=int)
+    for flag in ("emission", "likelihood"):
+        check.add_argument(f"--{flag}")
+    check.add_argument("--hidden", type=_sizes)
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -214,6 +226,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """`zoo check MODEL`: run inference.check and print its report; exit status 1 when a check fails."""
+    import inference
+    import zoo
+    from zoo import datasets
+
+    model = zoo.get(args.model, **model_config(args))
+    data = datasets.load(args.data, data_dir=args.data_dir).data if args.data else None
+    report = inference.check(model, data=data, seed=args.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -303,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare}
+    commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "check": cmd_check}
     from inference.svi import SVIDivergedError
 
     try:
