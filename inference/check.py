@@ -157,10 +157,16 @@ def _guide(target, data, state, seed):
 
     data, info, model_trace = state["data"], state["info"], state["trace"]
     guide_fn = make_guide(target, None, data)
-    with pyro.validation_enabled(True):
+    with pyro.validation_enabled(False):   # first without argument checks, to name a site that draws NaN
         guide_trace = poutine.trace(poutine.seed(guide_fn, rng_seed=seed)).get_trace(data)
     drawn = {k: s for k, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
              and not s["infer"].get("is_auxiliary") and not site_is_subsample(s)}
+    for name, site in drawn.items():
+        if not torch.isfinite(site["value"]).all():
+            raise _Failed(f"site {name!r}: the guide draws values that are not finite (NaN/inf); keep its scales "
+                          "positive (constraint=constraints.positive, softplus) and its parameters finite")
+    with pyro.validation_enabled(True):
+        poutine.trace(poutine.seed(guide_fn, rng_seed=seed)).get_trace(data)
     missing = [k for k in info.latent if k not in drawn]
     if missing:
         raise _Failed(f"the guide draws no value of latent site(s) {missing}; add pyro.sample({missing[0]!r}, ...) "
@@ -169,7 +175,6 @@ def _guide(target, data, state, seed):
     if extra:
         raise _Failed(f"guide site(s) {extra} are not latent sites of the model; rename them to model sites or mark "
                       "them infer={'is_auxiliary': True}")
-    replayed = poutine.trace(poutine.replay(target.model_fn, trace=guide_trace)).get_trace(data)
     for name in info.latent:
         value, expected = drawn[name]["value"], model_trace.nodes[name]["value"].shape
         if value.shape != expected:
@@ -177,7 +182,9 @@ def _guide(target, data, state, seed):
             where = f" inside plate(s) {', '.join(plates)}" if plates else ""
             raise _Failed(f"site {name!r}: the guide draws shape {tuple(value.shape)}, the model's site has shape "
                           f"{tuple(expected)}{where}; draw it inside the same plates with the same event shape")
-        support = replayed.nodes[name]["fn"].support
+    for name in info.latent:
+        value = drawn[name]["value"]
+        support = model_trace.nodes[name]["fn"].support
         if not bool(torch.all(support.check(value))):
             raise _Failed(f"site {name!r}: the guide draws values outside the model's support ({support}); use a "
                           "distribution on that support (e.g. LogNormal for positive values) or an autoguide")
