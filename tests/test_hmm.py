@@ -607,7 +607,7 @@ def test_cli_compare_writes_a_report_with_the_state_path(series_csv, tmp_path):
     assert idata.log_likelihood["obs"].shape == (2, 20, 1)          # one value per sequence
     replicated = idata.posterior_predictive["obs"].values           # (chain, draw, sequence, time, feature)
     assert replicated.shape[2:] == (1, 60, 1)
-    assert not np.allclose(replicated[0, 0, 0], idata.observed_data["values"].values[0])
+    assert not np.allclose(replicated[0, 0, 0], idata.observed_data["obs"].values[0])
 
 
 def test_cli_fit_em_and_user_mistakes(series_csv, tmp_path, capsys):
