@@ -141,7 +141,7 @@ class PlainModel:
     def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{observed site: (*batch, *points)}``; ``params`` may carry leading batch dims (draws)."""
         info = self.info(data)
-        given = {k: v for k, v in params.items() if k in info.shapes}
+        given = {k: v for k, v in params.items() if k in info.latent}
         batch = _batch_shape(given, info.shapes)
         flat = {k: v.reshape(-1, *info.shapes[k]) for k, v in given.items()}
         n = math.prod(batch)

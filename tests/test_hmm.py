@@ -345,8 +345,9 @@ def test_generic_marginal_log_likelihood_equals_forward():
     m, seqs = ragged("poisson", p, [9, 5])
     seqs = m.validate(seqs)
     plain = Target(m.model)  # seen as a plain callable: no zoo protocol used
-    generic = plain.log_likelihood(seqs, {k: v.unsqueeze(0) for k, v in p.items()}, batch_ndim=1)[0]
-    np.testing.assert_allclose(generic.numpy(), m.log_likelihood(seqs, p).numpy(), atol=1e-9)
+    generic = plain.log_likelihood(seqs, {k: v.unsqueeze(0) for k, v in p.items()})
+    assert list(generic) == ["obs_0+...+obs_8"]   # the steps, coupled by the states: one value per sequence
+    np.testing.assert_allclose(generic["obs_0+...+obs_8"][0].numpy(), m.log_likelihood(seqs, p).numpy(), atol=1e-9)
 
 
 # --- Baum-Welch ------------------------------------------------------------------------------
