@@ -289,15 +289,14 @@ def _recovery(target, data, state, seed):
         return "not run: the model has no simulate(n, seed)"
     simulated, truth = target.model.simulate(SIMULATED_N, seed=seed + 1)
     simulated = target.validate(simulated)
-    guide = target.guide
-    kwargs = dict(guide=guide, num_samples=20, seed=seed, progress=False)
+    sites = [k for k in target.global_sites(simulated) if k in truth]
+    if not sites:
+        return "not run: simulate's truth holds no global site"
+    kwargs = dict(guide=target.guide, num_samples=20, seed=seed, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = fit_svi(target.model, simulated, num_steps=1, **kwargs)
         end = fit_svi(target.model, simulated, num_steps=RECOVERY_STEPS, **kwargs)
-    sites = [k for k in target.global_sites(simulated) if k in truth]
-    if not sites:
-        return "not run: simulate's truth holds no global site"
     reference = target.align({k: torch.as_tensor(truth[k])[None, None] for k in sites}, with_frame=True)
     truth_q = target.align({k: torch.as_tensor(truth[k])[None, None] for k in sites})
     before, after = (_distance(target.align(p.global_samples, reference=reference), truth_q) for p in (start, end))
