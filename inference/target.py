@@ -272,7 +272,7 @@ class Target:
             warnings.simplefilter("ignore")
             trace = poutine.trace(poutine.seed(guide_fn, rng_seed=0)).get_trace(data)
         drawn = {s["name"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]
-                 and not s["infer"].get("is_auxiliary")}
+                 and not s["infer"].get("is_auxiliary") and not site_is_subsample(s)}
         return drawn == set(self.info(data, marginal=True).latent)
 
     def global_sites(self, data) -> tuple[str, ...]:
