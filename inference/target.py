@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pyro
 import pyro.poutine as poutine
+import pyro.util
 import torch
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
@@ -265,15 +266,20 @@ class Target:
     def fits_marginal(self, guide_fn: Callable, data) -> bool:
         """True when the model has a marginal form and ``guide_fn`` draws exactly its latent sites (the
         guide covers only the global sites): SVI then fits the marginal form, whose ELBO is the same
-        as the explicit form's with the local latents summed or integrated out, at a lower cost."""
-        if self.marginal_fn == self.model_fn:
-            return False
-        with self.scope(), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trace = poutine.trace(poutine.seed(guide_fn, rng_seed=0)).get_trace(data)
+        as the explicit form's with the local latents summed or integrated out, at a lower cost.
+
+        The guide is traced for every model, with the random state restored afterwards: a guide that
+        initializes itself on its first call does so from the same random state whichever form is fit."""
+        state = pyro.util.get_rng_state()
+        try:
+            with self.scope(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trace = poutine.trace(guide_fn).get_trace(data)
+        finally:
+            pyro.util.set_rng_state(state)
         drawn = {s["name"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]
                  and not s["infer"].get("is_auxiliary") and not site_is_subsample(s)}
-        return drawn == set(self.info(data, marginal=True).latent)
+        return self.marginal_fn != self.model_fn and drawn == set(self.info(data, marginal=True).latent)
 
     def global_sites(self, data) -> tuple[str, ...]:
         return self.info(data).global_sites
