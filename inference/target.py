@@ -303,9 +303,6 @@ class Target:
         method = getattr(self.model, "training_transform", None)
         return method(data) if method is not None else None
 
-    def default_guide(self):
-        return self.guide
-
     # --- quantities ------------------------------------------------------------------------
     @property
     def frame_keys(self) -> tuple[str, ...]:
