@@ -210,7 +210,8 @@ def _elbo(target, data, state, seed):
     value = float(loss.detach())
     if not math.isfinite(value):
         guide_trace = poutine.trace(poutine.seed(guide_fn, rng_seed=seed + 1)).get_trace(data)
-        bad = [k for k, s in guide_trace.nodes.items() if s["type"] == "sample" and not torch.isfinite(s["value"]).all()]
+        bad = [k for k, s in guide_trace.nodes.items()
+               if s["type"] == "sample" and not torch.isfinite(s["value"]).all()]
         where = f"the guide draws non-finite values at site(s) {bad}" if bad else "check every scale is positive"
         raise _Failed(f"the ELBO is {value}: {where}; keep scales positive (constraints.positive, softplus) "
                       "and parameters finite")

@@ -114,7 +114,7 @@ class Posterior:
     # --- derived groups ----------------------------------------------------------------------
     @cached_property
     def pointwise(self) -> dict[str, torch.Tensor]:
-        """Marginal pointwise log-likelihood of the fitted data per observed site: ``{site: (chain, draw, *points)}``."""
+        """Pointwise log-likelihood of the fitted data per observed site, ``{site: (chain, draw, *points)}``."""
         return self.pointwise_of(self.data)
 
     def pointwise_of(self, data) -> dict[str, torch.Tensor]:
@@ -125,7 +125,7 @@ class Posterior:
 
     @cached_property
     def log_likelihood(self) -> torch.Tensor:
-        """Marginal pointwise log-likelihood of the fitted data, shape (chain, draw, N): see :meth:`log_likelihood_of`."""
+        """Pointwise log-likelihood of the fitted data, (chain, draw, N): see :meth:`log_likelihood_of`."""
         return _joint(self.pointwise)
 
     def log_likelihood_of(self, data) -> torch.Tensor:
@@ -136,7 +136,7 @@ class Posterior:
 
     @cached_property
     def deterministic(self) -> dict[str, torch.Tensor]:
-        """``pyro.deterministic`` sites of the sampled form, recomputed at every draw: ``{site: (chain, draw, ...)}``."""
+        """``pyro.deterministic`` sites of the sampled form at every draw: ``{site: (chain, draw, ...)}``."""
         explicit = set(self.target.info(self.data).latent) <= set(self.samples)
         info = self.target.info(self.data, marginal=not explicit)
         if not info.deterministic:
