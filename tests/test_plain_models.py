@@ -194,9 +194,11 @@ def test_local_latents_and_deterministic_sites(rats_data, tmp_path):
         assert list(post.idata.observed_data.data_vars) == ["y"]           # tuple data, deterministic not observed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        elpd = {k: float(az.loo(p.idata).elpd_loo) for k, p in (("svi", svi), ("nuts", nuts))}
-    # LOO from the SVI draws is close to LOO from NUTS (prior draws of eta gave -137 against -46 on rats)
-    assert abs(elpd["svi"] - elpd["nuts"]) < 0.1 * abs(elpd["nuts"]), elpd
+        loo = {k: az.loo(p.idata) for k, p in (("svi", svi), ("nuts", nuts))}
+    # LOO from the SVI draws agrees with LOO from NUTS within two standard errors of NUTS's elpd estimate
+    # (mean-field SVI is not exact; prior draws of eta instead gave -137 against -46 on rats, ~20 se apart)
+    elpd = {k: float(v.elpd_loo) for k, v in loo.items()}
+    assert abs(elpd["svi"] - elpd["nuts"]) < 2 * float(loo["nuts"].se), (elpd, float(loo["nuts"].se))
 
 
 # --- masked enumerated sites: ragged sequences padded and masked ---------------------------------
