@@ -7,24 +7,21 @@
     >>> inference.compare(svi, nuts)              # one row per identifiable scalar
     >>> print(inference.diagnose(nuts))
 
-Every function takes a zoo model or any plain Pyro callable ``model(data)``.
+Every function takes a zoo model or any plain Pyro callable ``model(data)``; ``check`` says what is
+wrong with a model/guide pair before a long fit. Importing changes no global setting of Pyro.
 """
 
-import pyro
+from inference.check import CheckReport, check
+from inference.compare import compare
+from inference.diagnostics import Diagnosis, diagnose
+from inference.mcmc import discrete_draws, run_nuts
+from inference.posterior import Posterior
+from inference.ppc import PPCResult, ppc
+from inference.report import write_report
+from inference.sbc import SBCResult, sbc
+from inference.select import loo, select
+from inference.svi import SVIDivergedError, fit_svi
 
-# PyroModule parameters live in their modules, not in Pyro's global param store: fits of two copies
-# of one model never share state (the style of Pyro's examples/svi_torch.py).
-pyro.settings.set(module_local_params=True)
-
-from inference.compare import compare  # noqa: E402
-from inference.diagnostics import Diagnosis, diagnose  # noqa: E402
-from inference.mcmc import discrete_draws, run_nuts  # noqa: E402
-from inference.posterior import Posterior  # noqa: E402
-from inference.ppc import PPCResult, ppc  # noqa: E402
-from inference.report import write_report  # noqa: E402
-from inference.sbc import SBCResult, sbc  # noqa: E402
-from inference.select import loo, select  # noqa: E402
-from inference.svi import SVIDivergedError, fit_svi  # noqa: E402
-
-__all__ = ["Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "compare", "diagnose",
-           "discrete_draws", "fit_svi", "loo", "ppc", "run_nuts", "sbc", "select", "write_report"]
+__all__ = ["CheckReport", "Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "check",
+           "compare", "diagnose", "discrete_draws", "fit_svi", "loo", "ppc", "run_nuts", "sbc", "select",
+           "write_report"]

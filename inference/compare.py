@@ -83,8 +83,7 @@ def _check_pair(a, b, labels, sites) -> None:
     if a.target.name != b.target.name:
         raise ValueError(f"b: a posterior of model {b.target.name!r}, but a is of {a.target.name!r}; compare needs "
                          "two posteriors of the same model")
-    config_a, config_b = ({k: repr(v) for k, v in p.target.zoo.config().items()} if p.target.zoo is not None else {}
-                          for p in (a, b))
+    config_a, config_b = ({k: repr(v) for k, v in p.target.model.config().items()} for p in (a, b))
     diff = {k: (config_a.get(k), config_b.get(k)) for k in config_a.keys() | config_b.keys()
             if config_a.get(k) != config_b.get(k)}
     if diff:

@@ -3,12 +3,15 @@
 ``samples`` holds tensors of shape ``(chain, draw, *site_shape)``. ``idata`` is an ArviZ
 InferenceData built with ``az.from_dict`` (works on ArviZ 0.23 and 1.x) with groups
 
-- ``posterior``: the global sites in the model's canonical form (``align``: relabeled mixtures,
-  identifiable derived quantities), with named dims and coords;
-- ``log_likelihood``: the *marginal* pointwise log-likelihood (discrete latents summed out, local
-  continuous latents integrated out where the model can), one value per element of the data plate;
+- ``posterior``: every sampled latent site (local ones too), the ``pyro.deterministic`` sites, and
+  the model's identifiable quantities (``align``: relabeled mixtures, derived quantities), with
+  named dims and coords;
+- ``log_likelihood``: one variable per observed site (the model's own ``log_likelihood``: discrete
+  latents summed out, local continuous latents integrated out where the model can), one value per
+  element of the site's data plate (per batch element for a site outside any plate);
 - ``posterior_predictive`` (replicated data from up to ``max_predictive_draws`` draws),
-  ``observed_data``, and ``sample_stats`` (``diverging`` and friends for NUTS).
+  ``observed_data`` (the observed sites' values), and ``sample_stats`` (``diverging`` and friends
+  for NUTS).
 """
 
 from __future__ import annotations
@@ -110,31 +113,61 @@ class Posterior:
 
     # --- derived groups ----------------------------------------------------------------------
     @cached_property
+    def pointwise(self) -> dict[str, torch.Tensor]:
+        """Pointwise log-likelihood of the fitted data per observed site, ``{site: (chain, draw, *points)}``."""
+        return self.pointwise_of(self.data)
+
+    def pointwise_of(self, data) -> dict[str, torch.Tensor]:
+        """Pointwise log-likelihood of ``data`` (validated) per observed site under every draw."""
+        ll = self.target.log_likelihood(data, self.samples)
+        lead = 2 if self.samples else 0   # a point estimate without draws (amortized model): no batch dims
+        return {k: v.reshape(self.num_chains, self.num_draws, *v.shape[lead:]) for k, v in ll.items()}
+
+    @cached_property
     def log_likelihood(self) -> torch.Tensor:
-        """Marginal pointwise log-likelihood of the fitted data, shape (chain, draw, N)."""
-        return self.log_likelihood_of(self.data)
+        """Pointwise log-likelihood of the fitted data, (chain, draw, N): see :meth:`log_likelihood_of`."""
+        return _joint(self.pointwise)
 
     def log_likelihood_of(self, data) -> torch.Tensor:
-        """Marginal pointwise log-likelihood of ``data`` (validated) under every draw: (chain, draw, N)."""
-        params = self.global_samples if self.target.zoo is not None else dict(self.samples)
-        ll = self.target.log_likelihood(data, params, batch_ndim=2)
-        return ll.reshape(self.num_chains, self.num_draws, ll.shape[-1])
+        """Pointwise log-likelihood of ``data`` (validated) under every draw, (chain, draw, N): one observed
+        site's points; with several, their sum when they share the points (one data plate), else all
+        their points one after the other."""
+        return _joint(self.pointwise_of(data))
+
+    @cached_property
+    def deterministic(self) -> dict[str, torch.Tensor]:
+        """``pyro.deterministic`` sites of the sampled form at every draw: ``{site: (chain, draw, ...)}``."""
+        explicit = set(self.target.info(self.data).latent) <= set(self.samples)
+        info = self.target.info(self.data, marginal=not explicit)
+        if not info.deterministic:
+            return {}
+        form = self.target.form(not explicit)
+        C, S = self.num_chains, self.num_draws
+        flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in self.samples.items()}
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in info.deterministic}
+        with self.target.scope(), torch.no_grad(), pyro.poutine.seed(rng_seed=0):
+            for i in range(C * S):
+                trace = pyro.poutine.trace(pyro.poutine.condition(form, data={k: v[i] for k, v in flat.items()}))
+                nodes = trace.get_trace(self.data).nodes
+                for k in out:
+                    out[k].append(nodes[k]["value"])
+        return {k: torch.stack(v).reshape(C, S, *v[0].shape) for k, v in out.items()}
 
     def posterior_predictive(self, max_draws: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
         """Replicated observations for evenly thinned draws: ``{site: (chain, draw', *data_shape)}``."""
         max_draws = max_draws or self.max_predictive_draws
-        obs = self.target.info(self.data, marginal=True).observed
-        per_draw = max(1, sum(v.size for v in _observed(self.data, obs).values()))
+        info = self.target.info(self.data, marginal=True)
+        per_draw = max(1, sum(v.numel() for v in self.target.observed_values(self.data).values()))
         keep = min(max_draws, self.max_predictive_values // per_draw) // max(1, self.num_chains)
         keep = max(1, min(self.num_draws, keep))
         idx = torch.linspace(0, self.num_draws - 1, keep).round().long()
-        draws = {k: v[:, idx].reshape(-1, *v.shape[2:]) for k, v in self.global_samples.items()}
-        with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
+        draws = {k: v[:, idx].reshape(-1, *v.shape[2:]) for k, v in self.samples.items() if k in info.latent}
+        with self.target.scope(), pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             # uncondition: the observed sites are drawn afresh, not copied from the data; InitMessenger:
             # improper priors get no prior draws
             model = InitMessenger(sample_or_uniform)(pyro.poutine.uncondition(self.target.marginal_fn))
             pred = Predictive(model, posterior_samples=draws, num_samples=None if draws else 1,
-                              return_sites=list(obs))(self.data)
+                              return_sites=list(info.observed))(self.data)
         return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
 
     def predictive_log_density(self, data) -> torch.Tensor:
@@ -147,20 +180,20 @@ class Posterior:
     def idata(self):
         """ArviZ InferenceData (see the module docstring)."""
         info = self.target.info(self.data, marginal=True)
-        obs_name = self.target.observed_name(self.data)
         dims = self.target.dims
-        dims.setdefault(obs_name, [info.data_plate or "point"])  # dims are cut to each variable's rank
+        for site, plate in (info.plates or {}).items():   # dims are cut to each variable's rank
+            if plate is not None:
+                dims.setdefault(site, [plate[0]])
+        posterior = {**self.samples, **self.deterministic, **self.aligned}
         groups: dict[str, Any] = {
-            "posterior": {k: _np(v) for k, v in {**self.global_samples, **self.aligned}.items()},
-            "log_likelihood": {obs_name: _np(self.log_likelihood)},
+            "posterior": {k: _np(v) for k, v in posterior.items()},
+            "log_likelihood": {k: _np(v) for k, v in self.pointwise.items()},
         }
         try:
             groups["posterior_predictive"] = {k: _np(v) for k, v in self.posterior_predictive().items()}
         except Exception as e:  # a model that cannot replicate its data still gets the other groups
             log.warning("posterior predictive skipped: %s", e)
-        observed = _observed(self.data, info.observed)
-        if observed:
-            groups["observed_data"] = observed
+        groups["observed_data"] = {k: _np(v) for k, v in self.target.observed_values(self.data).items()}
         if self.sample_stats:
             groups["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
         attrs = {"inference_method": self.method, "model": self.target.name, "wall_time_s": self.wall_time,
@@ -216,14 +249,12 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
-def _observed(data, observed_sites) -> dict[str, np.ndarray]:
-    if torch.is_tensor(data):
-        return {observed_sites[0] if len(observed_sites) == 1 else "data": _np(data)}
-    if isinstance(data, Mapping):
-        return {k: _np(v) for k, v in data.items() if torch.is_tensor(v) or isinstance(v, np.ndarray)}
-    if hasattr(data, "_asdict"):
-        return {k: _np(v) for k, v in data._asdict().items() if torch.is_tensor(v) or isinstance(v, np.ndarray)}
-    return {}
+def _joint(pointwise: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One (chain, draw, N) array from per-site pointwise values (see ``Posterior.log_likelihood_of``)."""
+    values = list(pointwise.values())
+    if len({tuple(v.shape) for v in values}) == 1:
+        return sum(values[1:], values[0]).flatten(2)
+    return torch.cat([v.flatten(2) for v in values], -1)
 
 
 def _from_dict(groups, *, coords, dims, attrs):

@@ -135,7 +135,7 @@ def ppc(posterior: Posterior, *, statistics=None, num_replicates: int = 200, see
     if isinstance(num_replicates, bool) or not isinstance(num_replicates, (int, np.integer)) or num_replicates < 2:
         raise ValueError(f"num_replicates: expected an integer >= 2, got {num_replicates!r}")
     target, data = posterior.target, posterior.data
-    compute = statistics_function(target)
+    compute = statistics_function(target, data)
     with poutine.seed(rng_seed=seed), torch.no_grad():
         draws, replicates = _replicate(posterior, num_replicates)
         observed_values = _observed_values(target, data, draws)
@@ -151,12 +151,12 @@ def ppc(posterior: Posterior, *, statistics=None, num_replicates: int = 200, see
                      replicates={k: _np(v) for k, v in replicates.items()})
 
 
-def statistics_function(target):
-    """``f(values, data, params) -> {name: value}``: the zoo model's ``ppc_statistics`` on its observed
-    site, else :func:`generic_statistics` of every observed site."""
-    method = getattr(target.zoo, "ppc_statistics", None)
+def statistics_function(target, data):
+    """``f(values, data, params) -> {name: value}``: the model's ``ppc_statistics`` on its (first)
+    observed site, else :func:`generic_statistics` of every observed site."""
+    method = getattr(target.model, "ppc_statistics", None)
     if method is not None:
-        site = target.zoo.observed_site
+        site = target.info(data, marginal=True).observed[0]
         return lambda values, data, params: method(values[site], data, params)
     return lambda values, data, params: generic_statistics(values)
 

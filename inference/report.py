@@ -203,19 +203,17 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
         figures["trace"] = lambda: plot_trace(sampled[0])
         figures["rank"] = lambda: plot_rank(sampled[0])
     first = next(iter(posteriors.values()))
-    zoo_model = first.target.zoo
     # overlays and the model's own figures: the fits of the first one's model (zoo select: several sizes)
     same = {k: p for k, p in posteriors.items() if p.target.name == first.target.name and
-            (zoo_model is None or p.target.zoo.config() == zoo_model.config())}
+            p.target.model.config() == first.target.model.config()}
     if len(same) > 1:
         figures["forest"] = lambda: plot_forest(same)
         figures["density"] = lambda: plot_overlay(same)
     trained = {k: p for k, p in posteriors.items() if p.losses}
     if trained:
         figures["loss"] = lambda: plot_losses(trained)
-    if zoo_model is not None:
-        for stem, fig in zoo_model.figures(first.data, same, dataset=dataset).items():
-            figures[stem] = (lambda f=fig: f)
+    for stem, fig in first.target.model.figures(first.data, same, dataset=dataset).items():
+        figures[stem] = (lambda f=fig: f)
     for stem, fig in extra_figures.items():
         figures[stem] = (lambda f=fig: f)
     for stem, make in figures.items():
@@ -261,16 +259,18 @@ def plot_losses(posteriors: Mapping[str, Posterior]):
 
 
 def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
-    """PSIS-LOO from each posterior's marginal pointwise log-likelihood."""
+    """PSIS-LOO from each posterior's marginal pointwise log-likelihood, one row per observed site."""
     rows = {}
     for label, post in posteriors.items():
-        if post.num_chains * post.num_draws < 10 or post.log_likelihood.shape[-1] < 2:   # one sequence: nothing left
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loo = az.loo(post.idata, pointwise=True)
-        rows[label] = {"elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
-                       "pareto_k > 0.7": int((np.asarray(loo.pareto_k) > 0.7).sum())}
+        for site, ll in post.pointwise.items():
+            if post.num_chains * post.num_draws < 10 or ll[0, 0].numel() < 2:   # one sequence: nothing left
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loo = az.loo(post.idata, pointwise=True, var_name=site)
+            rows[label if len(post.pointwise) == 1 else f"{label}: {site}"] = {
+                "elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
+                "pareto_k > 0.7": int((np.asarray(loo.pareto_k) > 0.7).sum())}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 
@@ -278,13 +278,12 @@ def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None,
                    sections=None):
     """The summary as a list of ``(kind, content)`` blocks: h1, h2, p, table, pre, file."""
     first = next(iter(posteriors.values()))
-    zoo_model = first.target.zoo
+    model = first.target.model
     blocks = [("h1", title or first.target.name)]
     if dataset is not None:
         shape = tuple(dataset.data.shape) if hasattr(dataset.data, "shape") else ""
         blocks += [("p", f"Data: {dataset.name} {shape}: {dataset.description}. Source: {dataset.source}")]
-    if zoo_model is not None:
-        blocks += [("p", f"Model: {zoo_model.name} ({', '.join(f'{k}={v}' for k, v in zoo_model.config().items())})")]
+    blocks += [("p", f"Model: {first.target.name} ({', '.join(f'{k}={v}' for k, v in model.config().items())})")]
     runs = pd.DataFrame.from_dict(
         {label: {"chains": p.num_chains, "draws": p.num_draws, "wall time (s)": p.wall_time,
                  "settings": ", ".join(f"{k}={v}" for k, v in p.settings.items())}

@@ -231,8 +231,8 @@ def sbc(model, *, num_simulations: int = 100, num_observations: int = 50, method
         processes, or ``dask`` inside ``joblib.parallel_backend("dask")``). Same ``seed``, same result.
     """
     target = as_target(model)
-    simulate = getattr(target.zoo, "simulate", None)
-    if target.zoo is None or simulate is None:
+    simulate = getattr(target.model, "simulate", None)
+    if simulate is None:
         raise ValueError(f"model: SBC needs a zoo model with simulate(n, seed) -> (data, truth); "
                          f"{target.name!r} has none")
     if method not in METHODS:
@@ -249,7 +249,7 @@ def sbc(model, *, num_simulations: int = 100, num_observations: int = 50, method
     check_fixed_prior(target, num_observations, seed)
 
     start = time.perf_counter()
-    jobs = (delayed(replicate)(target.zoo, i, seed=seed, method=method, num_observations=num_observations,
+    jobs = (delayed(replicate)(target.model, i, seed=seed, method=method, num_observations=num_observations,
                                fit_kwargs=fit_kwargs) for i in range(num_simulations))
     results = []
     runs = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
@@ -331,10 +331,10 @@ def check_fixed_prior(target: Target, num_observations: int, seed: int) -> None:
     """Refuse a model whose prior depends on the data: the log prior of the same parameters (the first
     replicate's truth) under two simulated data sets must agree. SBC checks the posterior of the joint
     that ``simulate`` draws from; a prior re-centred on each data set (empirical Bayes) is another joint."""
-    sites = tuple(target.zoo.global_sites)
+    sites = tuple(target.model.global_sites)
     if not sites:
         raise ValueError(f"model: {target.name!r} has no global latent sites; SBC has nothing to calibrate")
-    runs = [target.zoo.simulate(num_observations, seed=chain_seed(seed, i)) for i in range(2)]
+    runs = [target.model.simulate(num_observations, seed=chain_seed(seed, i)) for i in range(2)]
     truth = {k: torch.as_tensor(runs[0][1][k]) for k in sites}
     values = []
     for data, _ in runs:

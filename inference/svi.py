@@ -61,13 +61,14 @@ class SVIDivergedError(RuntimeError):
 
 
 def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False):
-    """Resolve ``guide``: None (the zoo model's own, else AutoNormal), a name in GUIDES, or a callable.
+    """Resolve ``guide``: None or a callable (the target's guide: the model's own or the one the target was
+    built with; AutoNormal when there is none), or a name in GUIDES.
 
-    Autoguides start at ``init`` (constrained values), else the zoo model's ``initial_values``, else
+    Autoguides start at ``init`` (constrained values), else the model's ``initial_values``, else
     the prior median. They are built on ``target.model_fn``, or on ``target.marginal_fn`` when
-    ``marginal`` (MAP, or a model with ``svi_marginal``)."""
-    if guide is None:
-        guide = target.default_guide() or "normal"
+    ``marginal`` (MAP)."""
+    if guide is None or callable(guide):
+        guide = target.guide or "normal"
     if callable(guide):
         return guide
     if guide not in GUIDES:
@@ -124,7 +125,9 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         "normal", "mvn", "iaf", or a Pyro guide callable. Autoguides built here hide enumerated sites.
         MAP maximizes the model's marginal form (``ZooModel.marginal_model``: local continuous latents
         integrated out where the model can), so it estimates the globals' marginal posterior mode;
-        every other guide fits ``model`` (or ``marginal_model`` for a zoo model with ``svi_marginal``).
+        every other guide fits ``model``, or ``marginal_model`` when the guide draws exactly the marginal
+        form's latent sites (``Target.fits_marginal``). The posterior holds a draw of every latent site
+        the guide covers, local ones included.
     :param elbo: "auto" (TraceEnum_ELBO when the model has enumerated sites, else Trace_ELBO),
         "trace", "traceenum", or a Pyro ELBO instance.
     :param lr: Adam learning rate; it decays exponentially to ``lr * lr_decay`` at the last step.
@@ -142,66 +145,49 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     _check_positive("num_particles", num_particles)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
-    target = as_target(model, copy_model=True)
+    target = as_target(model, guide=guide if callable(guide) else None, copy_model=True)
     data = target.validate(data)
     set_seed(seed)
     method = "map" if guide == "delta" else "svi"
-    marginal = method == "map" or target.svi_marginal
-    info = target.info(data, marginal=marginal)
-    model_fn = target.form(marginal)
-    guide_fn = make_guide(target, guide, data, init, marginal=marginal)
-    loss_obj = make_elbo(elbo, info, num_particles, vectorize_particles)
+    with target.scope():   # parameters live in the target's own store
+        guide_fn = make_guide(target, guide, data, init, marginal=method == "map")
+        marginal = method == "map" or target.fits_marginal(guide_fn, data)
+        info = target.info(data, marginal=marginal)
+        model_fn = target.form(marginal)
+        loss_obj = make_elbo(elbo, info, num_particles, vectorize_particles)
 
-    def loss_fn():
-        return loss_obj.differentiable_loss(model_fn, guide_fn, data)
+        def loss_fn():
+            return loss_obj.differentiable_loss(model_fn, guide_fn, data)
 
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
-        try:
-            params = collect_parameters(loss_fn, [target.zoo, guide_fn])
-        except Exception:
-            if not _nonfinite_unchecked(loss_fn):
-                raise
-            with pyro.validation_enabled(False):   # a non-finite loss at the start: step 0 reports it below
-                params = collect_parameters(loss_fn, [target.zoo, guide_fn])
-    if not params:
-        raise ValueError("guide: has no trainable parameters")
-    loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
-                                      route=loss_route)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    gamma = lr_decay ** (1.0 / max(1, num_steps)) if lr_decay else 1.0
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    losses: list[float] = []
-    last_good = [p.detach().clone() for p in params]
-    bar = tqdm(range(num_steps), desc=f"SVI {target.name}", disable=None if progress else True, leave=False)
-    for step in bar:
-        optimizer.zero_grad()
-        try:
-            loss = loss_fn()
-        except Exception as e:
-            if not _nonfinite_unchecked(loss_fn):
-                raise   # the model's or guide's own error: unchanged, with its traceback
-            losses.append(float("nan"))   # a distribution refused a NaN/inf argument: the loss is non-finite
-            raise _diverged(step, losses, target, guide_fn, params, last_good, bar,
-                            str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from e
-        value = float(loss.detach())
-        losses.append(value)
-        if not math.isfinite(value):
-            raise _diverged(step, losses, target, guide_fn, params, last_good, bar)
-        with torch.no_grad():
-            for p, good in zip(params, last_good):
-                good.copy_(p)
-        loss.backward()
-        if clip_norm:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        optimizer.step()
-        schedule.step()
-        if step % 25 == 0 or step == num_steps - 1:
-            bar.set_postfix(loss=f"{value:.4g}")
-    bar.close()
-    log.info("SVI %s: %d steps, final loss %.4g", target.name, num_steps, losses[-1])
-    samples = sample_guide(guide_fn, data, target.global_sites(data), 1 if method == "map" else num_samples)
+        start = time.perf_counter()
+        modules = [target.model, target.model_fn, guide_fn]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
+            try:
+                params = collect_parameters(loss_fn, modules)
+            except Exception:
+                if not _nonfinite_unchecked(loss_fn):
+                    raise
+                with pyro.validation_enabled(False):   # a non-finite loss at the start: step 0 reports it below
+                    params = collect_parameters(loss_fn, modules)
+        if not params:
+            raise ValueError("guide: has no trainable parameters")
+        loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
+                                          route=loss_route)
+
+        def diverged(step, losses, last_good, cause=""):
+            """Restore the last finite parameters and build the error that carries them."""
+            with torch.no_grad():
+                for p, good in zip(params, last_good):
+                    p.copy_(good)
+            names = _parameter_names(modules)
+            restored = {names.get(id(p), f"param_{i}"): p for i, p in enumerate(params)}
+            return SVIDivergedError(step, losses, target.source, cause, guide=guide_fn, params=restored)
+
+        losses = _optimize(loss_fn, params, num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm,
+                           desc=f"SVI {target.name}", progress=progress, diverged=diverged)
+        log.info("SVI %s: %d steps, final loss %.4g", target.name, num_steps, losses[-1])
+        samples = sample_guide(guide_fn, data, info.latent, 1 if method == "map" else num_samples)
     return Posterior(
         target, data, samples, method=method, wall_time=time.perf_counter() - start, losses=losses,
         guide=guide_fn, coords=coords,
@@ -209,6 +195,47 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
                       seed=seed, loss_route=loss_route),
     )
+
+
+def _optimize(loss_fn, params, *, num_steps, lr, lr_decay, clip_norm, desc, progress, diverged) -> list[float]:
+    """Adam on ``loss_fn`` with an exponentially decaying learning rate. A non-finite loss (or a
+    distribution refusing a non-finite argument) raises ``diverged(step, losses, last_good, cause)``,
+    which restores the last finite parameters; any other exception of the model or guide propagates
+    unchanged, with its traceback."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    gamma = lr_decay ** (1.0 / max(1, num_steps)) if lr_decay else 1.0
+    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    losses: list[float] = []
+    last_good = [p.detach().clone() for p in params]
+    bar = tqdm(range(num_steps), desc=desc, disable=None if progress else True, leave=False)
+    try:
+        for step in bar:
+            optimizer.zero_grad()
+            try:
+                loss = loss_fn()
+            except Exception as e:
+                if not _nonfinite_unchecked(loss_fn):
+                    raise   # the model's or guide's own error: unchanged, with its traceback
+                losses.append(float("nan"))   # a distribution refused a NaN/inf argument: the loss is non-finite
+                raise diverged(step, losses, last_good,
+                               str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from e
+            value = float(loss.detach())
+            losses.append(value)
+            if not math.isfinite(value):
+                raise diverged(step, losses, last_good)
+            with torch.no_grad():
+                for p, good in zip(params, last_good):
+                    good.copy_(p)
+            loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            optimizer.step()
+            schedule.step()
+            if step % 25 == 0 or step == num_steps - 1:
+                bar.set_postfix(loss=f"{value:.4g}")
+    finally:
+        bar.close()
+    return losses
 
 
 def _nonfinite_unchecked(loss_fn) -> bool:
@@ -219,17 +246,6 @@ def _nonfinite_unchecked(loss_fn) -> bool:
             return not math.isfinite(float(loss_fn()))
     except Exception:
         return False
-
-
-def _diverged(step, losses, target, guide_fn, params, last_good, bar, cause="") -> SVIDivergedError:
-    """Restore the last finite parameters and build the error that carries them."""
-    with torch.no_grad():
-        for p, good in zip(params, last_good):
-            p.copy_(good)
-    bar.close()
-    names = _parameter_names([target.zoo, guide_fn])
-    restored = {names.get(id(p), f"param_{i}"): p for i, p in enumerate(params)}
-    return SVIDivergedError(step, losses, target.source, cause, guide=guide_fn, params=restored)
 
 
 def _parameter_names(modules) -> dict[int, str]:
@@ -243,7 +259,7 @@ def _parameter_names(modules) -> dict[int, str]:
 
 
 def sample_guide(guide_fn, data, sites, num_samples: int) -> dict[str, torch.Tensor]:
-    """``num_samples`` draws of ``sites`` from the guide, as ``(1, num_samples, ...)`` tensors."""
+    """``num_samples`` draws of every one of ``sites`` the guide draws, as ``(1, num_samples, ...)`` tensors."""
     draws: dict[str, list[torch.Tensor]] = {k: [] for k in sites}
     with torch.no_grad():
         for _ in range(num_samples):
@@ -251,6 +267,9 @@ def sample_guide(guide_fn, data, sites, num_samples: int) -> dict[str, torch.Ten
             for k in sites:
                 if k in trace.nodes:
                     draws[k].append(trace.nodes[k]["value"].detach())
+    missing = [k for k, v in draws.items() if not v]
+    if missing:
+        log.warning("guide: draws no value of latent site(s) %s; the model draws them from their prior", missing)
     return {k: torch.stack(v).unsqueeze(0) for k, v in draws.items() if v}
 
 

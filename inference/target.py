@@ -1,26 +1,33 @@
-"""How inference sees a model: a zoo model (the protocol of ``zoo.base.ZooModel``) or any plain
-Pyro callable ``model(data)``.
+"""How inference sees a model: one object with the protocol of ``zoo.base.ZooModel``.
 
-Nothing here knows which model it got. What a zoo model states (global sites, marginal
-log-likelihood, alignment) is used as stated; for a plain callable the same facts are discovered
-by tracing it once: observed sites, sites marked for enumeration, ``max_plate_nesting``, the data
-plate (the outermost plate of the first observed site) and the global sites (latent,
-not enumerated, outside the data plate).
+A zoo model already has it. Any other Pyro callable ``model(data)`` (optionally with its own
+``guide(data)``) is wrapped once in :class:`PlainModel`, which implements the same protocol by
+tracing, so nothing below ever asks which kind of model it got. Facts a model does not declare are
+found by tracing it once (:func:`inspect_model`): observed sites (``pyro.deterministic`` sites are
+not observations), sites marked for enumeration, ``max_plate_nesting``, the data plate (the
+outermost plate of the first observed site) and the global sites (latent, not enumerated, outside
+the outermost plate of every observed site).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
+import pyro.util
 import torch
+from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
+from pyro.infer.inspect import site_is_deterministic
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 from pyro.poutine.util import site_is_subsample
@@ -34,96 +41,210 @@ class ModelInfo:
     """Structure of a model on given data, found by tracing it once."""
 
     max_plate_nesting: int
-    observed: tuple[str, ...]
+    observed: tuple[str, ...]           # observed sites (``pyro.deterministic`` sites excluded)
     enumerated: tuple[str, ...]
-    latent: tuple[str, ...]            # sampled latent sites, enumerated ones excluded
-    global_sites: tuple[str, ...]
-    data_plate: str | None
+    latent: tuple[str, ...]             # sampled latent sites, enumerated ones excluded
+    global_sites: tuple[str, ...]       # as the model declares them, else latent sites outside every data plate
+    data_plate: str | None              # outermost plate of the first observed site
     data_size: int | None
-    shapes: dict[str, tuple[int, ...]]
+    shapes: dict[str, tuple[int, ...]]  # every sample and deterministic site
+    deterministic: tuple[str, ...] = ()
+    plates: dict[str, tuple[str, int, int] | None] | None = None   # observed site -> (plate, dim, size) or None
 
 
-def inspect_model(model_fn: Callable, data) -> ModelInfo:
-    """Trace ``model_fn(data)`` once (seeded, leaving the global RNG untouched) and describe it.
-
-    Latent values come from :func:`init_to_uniform_any`, which also works for improper priors.
-    """
+def _trace(model_fn: Callable, data):
+    """One trace of ``model_fn(data)``: seeded (global RNG untouched), no gradients, latent values from
+    :func:`init_to_uniform_any` (which also works for improper priors)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seeded = poutine.seed(InitMessenger(init_to_uniform_any)(model_fn), rng_seed=0)
-        trace = poutine.trace(seeded).get_trace(data)
+        return poutine.trace(seeded).get_trace(data)
+
+
+def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
+    """Trace ``model_fn(data)`` once and describe it; ``global_sites`` overrides the discovered ones."""
+    trace = _trace(model_fn, data)
     sites = [s for s in trace.nodes.values()
              if s["type"] == "sample" and not site_is_subsample(s) and not s["infer"].get("is_auxiliary")]
-    observed = tuple(s["name"] for s in sites if s["is_observed"])
+    deterministic = tuple(s["name"] for s in sites if site_is_deterministic(s))
+    observed = tuple(s["name"] for s in sites if s["is_observed"] and s["name"] not in deterministic)
     enumerated = tuple(
         s["name"] for s in sites if not s["is_observed"] and s["infer"].get("enumerate") == "parallel"
     )
     latent = tuple(s["name"] for s in sites if not s["is_observed"] and s["name"] not in enumerated)
     nesting = [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
-    data_plate = data_size = None
-    if observed:
-        frames = [f for f in trace.nodes[observed[0]]["cond_indep_stack"] if f.vectorized]
-        if frames:
-            outer = min(frames, key=lambda f: f.dim)
-            data_plate, data_size = outer.name, outer.size
-    global_sites = tuple(
-        name for name in latent
-        if not any(f.name == data_plate for f in trace.nodes[name]["cond_indep_stack"])
-    )
+    plates = {name: _outer_plate(trace.nodes[name]) for name in observed}
+    first = plates[observed[0]] if observed else None
+    data_plates = {p[0] for p in plates.values() if p is not None}
+    if global_sites is None:
+        global_sites = tuple(name for name in latent
+                             if not any(f.name in data_plates for f in trace.nodes[name]["cond_indep_stack"]))
     return ModelInfo(
         max_plate_nesting=max(nesting, default=0),
         observed=observed,
         enumerated=enumerated,
         latent=latent,
-        global_sites=global_sites,
-        data_plate=data_plate,
-        data_size=data_size,
+        global_sites=tuple(global_sites),
+        data_plate=first[0] if first else None,
+        data_size=first[2] if first else None,
         shapes={s["name"]: tuple(s["value"].shape) for s in sites},
+        deterministic=deterministic,
+        plates=plates,
     )
+
+
+def _outer_plate(site) -> tuple[str, int, int] | None:
+    frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+    if not frames:
+        return None
+    outer = min(frames, key=lambda f: f.dim)
+    return outer.name, outer.dim, outer.size
 
 
 def is_zoo_model(obj) -> bool:
     return callable(getattr(obj, "model", None)) and hasattr(obj, "global_sites") and hasattr(obj, "align")
 
 
+class PlainModel:
+    """A plain Pyro callable ``model(data)`` (and optionally its ``guide(data)``) with the protocol of
+    ``zoo.base.ZooModel``, every fact found by tracing:
+
+    - ``global_sites = None``: discovered (latent sites outside every data plate);
+    - ``log_likelihood``: per observed site, the site's log density at each point given every
+      non-enumerated latent, enumerated sites summed out (:func:`pointwise_log_likelihood`);
+    - ``align`` and ``validate``: the identity; no ``simulate`` (nothing to simulate from without
+      knowing the size of the data).
+    """
+
+    global_sites = None
+    dims: dict[str, list[str]] = {}
+
+    def __init__(self, model: Callable, guide: Callable | None = None):
+        self.model = model
+        self.guide = guide
+        self.name = getattr(model, "__name__", type(model).__name__)
+        self._info: tuple[int, ModelInfo] | None = None
+
+    def __repr__(self) -> str:
+        return f"PlainModel({self.name})"
+
+    def info(self, data) -> ModelInfo:
+        if self._info is None or self._info[0] != id(data):
+            self._info = (id(data), inspect_model(self.model, data))
+        return self._info[1]
+
+    def validate(self, data):
+        return data
+
+    def align(self, draws, reference=None):
+        return dict(draws)
+
+    def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{observed site: (*batch, *points)}``; ``params`` may carry leading batch dims (draws)."""
+        info = self.info(data)
+        given = {k: v for k, v in params.items() if k in info.latent}
+        batch = _batch_shape(given, info.shapes)
+        flat = {k: v.reshape(-1, *info.shapes[k]) for k, v in given.items()}
+        n = math.prod(batch)
+        missing = [k for k in info.latent if k not in given]
+        if missing:
+            log.warning("log-likelihood is conditional on prior draws of latent site(s) %s", missing)
+        rows = [pointwise_log_likelihood(self.model, data, {k: v[i] for k, v in flat.items()}, info)
+                for i in range(n)]
+        return {k: torch.stack([r[k] for r in rows]).reshape(*batch, *rows[0][k].shape) for k in rows[0]}
+
+    def initial_values(self, data, seed: int = 0):
+        return None
+
+    def coords(self, data) -> dict[str, list]:
+        return {}
+
+    def figures(self, data, posteriors, dataset=None) -> dict:
+        return {}
+
+    def config(self) -> dict:
+        return {}
+
+
+def _batch_shape(params: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple]) -> tuple[int, ...]:
+    for k, v in params.items():
+        return tuple(v.shape[:v.dim() - len(shapes[k])])
+    return ()
+
+
 class Target:
-    """A model as inference uses it. ``copy=True`` deep-copies a zoo model (fits never mutate it).
+    """A model as inference uses it: the protocol object ``model`` (a zoo model, or a plain callable
+    wrapped in :class:`PlainModel`) and its guide. ``copy_model=True`` deep-copies both together (fits
+    never mutate what they were given).
 
     Two forms of one model (the same global sites, priors and marginal likelihood):
 
-    - ``model_fn``, the generative story with every latent explicit (the zoo model's ``model``): what
-      SVI fits with the model's own guide or an autoguide, and what ``infer_discrete`` draws
-      enumerated sites from;
-    - ``marginal_fn``, local latents summed or integrated out in closed form (the zoo model's
-      ``marginal_model`` when it has one, else ``model``): what NUTS samples, MAP maximizes and the
-      posterior predictive replicates data from. A zoo model whose own guide covers only its global
-      sites may set ``svi_marginal = True`` so that SVI fits this form too.
+    - ``model_fn``, the generative story with every latent explicit: what SVI fits (unless the guide
+      covers exactly the latent sites of the marginal form, :meth:`fits_marginal`) and what
+      ``infer_discrete`` draws enumerated sites from;
+    - ``marginal_fn``, local latents summed or integrated out in closed form (``marginal_model`` when
+      the model has one, else ``model``): what NUTS samples, MAP maximizes and the posterior
+      predictive replicates data from.
+
+    Parameters the model and guide create live in this target's own parameter store
+    (:meth:`scope`): two fits never share state, and nothing changes Pyro's global settings.
     """
 
-    def __init__(self, model, *, copy_model: bool = False):
+    def __init__(self, model, *, guide: Callable | None = None, copy_model: bool = False):
         if isinstance(model, Target):
-            model = model.source
+            guide = guide or model.guide
+            model = model.model
         if is_zoo_model(model):
-            self.zoo = copy.deepcopy(model) if copy_model else model
-            self.model_fn = self.zoo.model
-            self.marginal_fn = getattr(self.zoo, "marginal_model", None) or self.zoo.model
-            self.svi_marginal = bool(getattr(self.zoo, "svi_marginal", False))
-            self.name = getattr(self.zoo, "name", type(model).__name__)
+            spec = model
         elif callable(model):
-            self.zoo = None
-            self.model_fn = self.marginal_fn = model
-            self.svi_marginal = False
-            self.name = getattr(model, "__name__", type(model).__name__)
+            spec = PlainModel(model)
         else:
             raise TypeError(
                 f"model: expected a zoo model or a Pyro callable model(data), got {type(model).__name__}"
             )
-        self.source = self.zoo if self.zoo is not None else model
+        guide = guide if callable(guide) else spec.guide
+        self.model, self.guide = copy.deepcopy((spec, guide)) if copy_model else (spec, guide)
+        self.model_fn = self.model.model
+        self.marginal_fn = getattr(self.model, "marginal_model", None) or self.model_fn
+        self.name = getattr(self.model, "name", "") or type(self.model).__name__
+        self.param_state = {"params": {}, "constraints": {}}
+        self._in_scope = False
         self._info_cache: tuple[int, dict[bool, ModelInfo]] | None = None
+
+    @property
+    def source(self):
+        """The model object (for a fit: the fitted copy)."""
+        return self.model
+
+    @contextmanager
+    def scope(self):
+        """Pyro's parameter store holding this target's parameters only (``ParamStoreDict.scope``): two
+        fits of copies of one model (or two autoguides of one name) never share state. On exit, the
+        parameters of plain ``pyro.param`` statements (not of a module) are also put into the store
+        outside, where Pyro users look for them (``pyro.param(name)`` after a fit)."""
+        if self._in_scope:   # already inside: nothing to switch
+            yield
+            return
+        self._in_scope = True
+        store = pyro.get_param_store()
+        outside = store.get_state()
+        store.clear()
+        store.set_state(self.param_state)
+        try:
+            yield
+        finally:   # also after an error: the parameters reached are kept
+            self._in_scope = False
+            self.param_state = store.get_state()
+            store.clear()
+            store.set_state(outside)
+            # a module's parameters are torch.nn.Parameter objects; those of pyro.param statements are not
+            plain = [k for k, p in self.param_state["params"].items() if not isinstance(p, torch.nn.Parameter)]
+            store.set_state({"params": {k: self.param_state["params"][k] for k in plain},
+                             "constraints": {k: self.param_state["constraints"][k] for k in plain}})
 
     # --- facts about the model ---------------------------------------------------------------
     def validate(self, data):
-        return self.zoo.validate(data) if self.zoo is not None else data
+        return self.model.validate(data)
 
     def info(self, data, *, marginal: bool = False) -> ModelInfo:
         """Structure of ``model_fn`` (or, with ``marginal=True``, of ``marginal_fn``) on ``data``."""
@@ -131,112 +252,166 @@ class Target:
             self._info_cache = (id(data), {})
         cache = self._info_cache[1]
         if marginal not in cache:
-            same = self.marginal_fn == self.model_fn
-            cache[marginal] = self.info(data) if marginal and same else inspect_model(self.form(marginal), data)
+            if marginal and self.marginal_fn == self.model_fn:
+                cache[marginal] = self.info(data)
+            else:
+                with self.scope():
+                    cache[marginal] = inspect_model(self.form(marginal), data, self.model.global_sites)
         return cache[marginal]
 
     def form(self, marginal: bool) -> Callable:
         """``marginal_fn`` when ``marginal``, else ``model_fn``."""
         return self.marginal_fn if marginal else self.model_fn
 
-    def global_sites(self, data) -> tuple[str, ...]:
-        if self.zoo is not None:
-            return tuple(self.zoo.global_sites)
-        return self.info(data).global_sites
+    def fits_marginal(self, guide_fn: Callable, data) -> bool:
+        """True when the model has a marginal form and ``guide_fn`` draws exactly its latent sites (the
+        guide covers only the global sites): SVI then fits the marginal form, whose ELBO is the same
+        as the explicit form's with the local latents summed or integrated out, at a lower cost.
 
-    def observed_name(self, data) -> str:
-        if self.zoo is not None:
-            return self.zoo.observed_site
-        observed = self.info(data).observed
-        return observed[0] if len(observed) == 1 else "joint"
+        The guide is traced for every model, with the random state restored afterwards: a guide that
+        initializes itself on its first call does so from the same random state whichever form is fit."""
+        state = pyro.util.get_rng_state()
+        try:
+            with self.scope(), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trace = poutine.trace(guide_fn).get_trace(data)
+        finally:
+            pyro.util.set_rng_state(state)
+        drawn = {s["name"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]
+                 and not s["infer"].get("is_auxiliary") and not site_is_subsample(s)}
+        return self.marginal_fn != self.model_fn and drawn == set(self.info(data, marginal=True).latent)
+
+    def global_sites(self, data) -> tuple[str, ...]:
+        return self.info(data).global_sites
 
     @property
     def dims(self) -> dict[str, list[str]]:
-        return dict(getattr(self.zoo, "dims", {}) or {})
+        return dict(getattr(self.model, "dims", {}) or {})
 
     def coords(self, data) -> dict[str, list]:
-        return dict(self.zoo.coords(data)) if self.zoo is not None else {}
-
-    @property
-    def jit_compatible(self) -> bool:
-        return bool(getattr(self.zoo, "jit_compatible", False))
+        return dict(self.model.coords(data))
 
     def initial_values(self, data, seed: int):
-        return self.zoo.initial_values(data, seed=seed) if self.zoo is not None else None
+        return self.model.initial_values(data, seed=seed)
 
     def log_density(self, data):
-        """The zoo model's closed-form NUTS target ``(transforms, fn)`` (``ZooModel.log_density``), or None."""
-        method = getattr(self.zoo, "log_density", None)
+        """The model's closed-form NUTS target ``(transforms, fn)`` (``ZooModel.log_density``), or None."""
+        method = getattr(self.model, "log_density", None)
         return method(data) if method is not None else None
 
     def training_transform(self, data):
-        return self.zoo.training_transform(data) if self.zoo is not None else None
-
-    def default_guide(self):
-        return self.zoo.guide if self.zoo is not None else None
+        method = getattr(self.model, "training_transform", None)
+        return method(data) if method is not None else None
 
     # --- quantities ------------------------------------------------------------------------
     @property
     def frame_keys(self) -> tuple[str, ...]:
         """Entries of ``align``'s output that are a frame of reference, not quantities."""
-        return tuple(getattr(self.zoo, "alignment_frame", ()) or ())
+        return tuple(getattr(self.model, "alignment_frame", ()) or ())
 
     def align(self, draws: Mapping[str, torch.Tensor], reference=None, *,
               with_frame: bool = False) -> dict[str, torch.Tensor]:
         """Identifiable quantities of ``draws`` (in ``reference``'s frame when given); the frame entries
         (``frame_keys``) are dropped unless ``with_frame``."""
-        if self.zoo is None:
-            return dict(draws)
-        out = dict(self.zoo.align(draws, reference=reference))
+        out = dict(self.model.align(draws, reference=reference))
         if not with_frame:
             for key in self.frame_keys:
                 out.pop(key, None)
         return out
 
-    def log_likelihood(self, data, params: Mapping[str, torch.Tensor], batch_ndim: int) -> torch.Tensor:
-        """Pointwise marginal log-likelihood for draws with ``batch_ndim`` leading dims: (*batch, N)."""
-        with torch.no_grad():
-            if self.zoo is not None:
-                return self.zoo.log_likelihood(data, params)
-            batch = next(iter(params.values())).shape[:batch_ndim] if params else ()
-            flat = {k: v.reshape(-1, *v.shape[batch_ndim:]) for k, v in params.items()}
-            n = next(iter(flat.values())).shape[0] if flat else 1
-            rows = [pointwise_log_likelihood(self.model_fn, data, {k: v[i] for k, v in flat.items()},
-                                             self.info(data)) for i in range(n)]
-            out = torch.stack(rows)
-            return out.reshape(*batch, *out.shape[1:])
+    def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pointwise log-likelihood per observed site, ``{site: (*batch, *points)}``, for draws with leading
+        batch dims. Only non-enumerated latent sites are passed on to the model."""
+        latent = set(self.info(data).latent) | set(self.info(data, marginal=True).latent)
+        given = {k: v for k, v in params.items() if k in latent}
+        with torch.no_grad(), self.scope():
+            ll = self.model.log_likelihood(data, given)
+        if torch.is_tensor(ll):
+            observed = self.info(data, marginal=True).observed
+            ll = {observed[0] if len(observed) == 1 else "joint": ll}
+        return ll
+
+    def observed_values(self, data) -> dict[str, torch.Tensor]:
+        """The value of every observed site of the marginal form on ``data`` (what ``observed_data`` holds)."""
+        with self.scope():
+            trace = _trace(self.marginal_fn, data)
+        return {k: trace.nodes[k]["value"] for k in self.info(data, marginal=True).observed}
 
 
 def pointwise_log_likelihood(model_fn: Callable, data, params: Mapping[str, torch.Tensor],
-                             info: ModelInfo) -> torch.Tensor:
-    """log p(data_n | params) per element n of the data plate, enumerated sites summed out exactly.
+                             info: ModelInfo) -> dict[str, torch.Tensor]:
+    """log p(y_n | params) per point n of every observed site y, enumerated sites summed out exactly.
 
-    The model is conditioned on ``params``; its observed sites and enumerated sites form a tensor
-    tree that is contracted (sum over enumeration dims, product over every plate except the data
-    plate) with Pyro's message-passing ``contract_to_tensor``. Latent sites that are neither given
-    nor enumerated are drawn from their prior, which makes the result conditional on them.
+    The points of a site inside plates are the elements of its outermost plate (inner plates and event
+    dims summed); outside any plate, every batch element is a point (as ArviZ's ``from_pyro``). Observed
+    sites that share an enumerated site (directly or through a chain of them) are contracted together
+    with Pyro's ``contract_to_tensor`` (sum over enumeration dims, product over every plate except the
+    data plate) and reported as one variable named after its sites (``y1+y2``). A masked enumerated site
+    keeps its prior, which sums to one over its values: padding adds nothing.
     """
     model = poutine.condition(model_fn, data=dict(params))
     if info.enumerated:
         model = poutine.enum(model, first_available_dim=-1 - info.max_plate_nesting)
     trace = poutine.trace(model).get_trace(data)
-    trace.compute_log_prob()
-    trace.pack_tensors()
-    missing = [n for n in info.latent if n not in params]
-    if missing:
-        log.warning("log-likelihood is conditional on prior draws of latent site(s) %s", missing)
-    tree: OrderedDict = OrderedDict()
-    sum_dims: set[str] = set()
-    symbol = trace.plate_to_symbol
-    for name in (*info.observed, *info.enumerated):
+    trace.compute_log_prob(lambda name, site: name in info.observed or name in info.enumerated)
+    if not info.enumerated:
+        return {name: _points(trace.nodes[name]["log_prob"], info.plates[name]) for name in info.observed}
+    for name in info.enumerated:   # unmasked prior of an enumerated site
         site = trace.nodes[name]
-        ordinal = frozenset(symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
-        tree.setdefault(ordinal, []).append(site["packed"]["log_prob"])
-        if name in info.enumerated:
-            sum_dims.update(set(site["packed"]["log_prob"]._pyro_dims) - set(symbol.values()))
-    target = frozenset([symbol[info.data_plate]]) if info.data_plate in symbol else frozenset()
-    result = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing())
-    return result.reshape(-1)
+        fn = site["fn"]
+        while isinstance(fn, MaskedDistribution):
+            fn = fn.base_dist
+        site["log_prob"] = site["unscaled_log_prob"] = fn.log_prob(site["value"]) * site["scale"]
+    try:
+        trace.pack_tensors()
+    except ValueError as e:
+        raise ValueError(f"model: enumerated sites need every batch dim declared by a pyro.plate ({e})") from None
+    symbol = trace.plate_to_symbol
+    plate_symbols = set(symbol.values())
+    dims = {name: set(trace.nodes[name]["packed"]["log_prob"]._pyro_dims) - plate_symbols
+            for name in (*info.observed, *info.enumerated)}
+    out = {}
+    for group in _coupled(info.observed, info.enumerated, dims):
+        tree: OrderedDict = OrderedDict()
+        for name in group:
+            site = trace.nodes[name]
+            ordinal = frozenset(symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+            tree.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+        observed = [n for n in group if n in info.observed]
+        plate = info.plates[observed[0]]
+        target = frozenset([symbol[plate[0]]]) if plate and plate[0] in symbol else frozenset()
+        sum_dims = set().union(*(dims[n] for n in group))
+        result = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing())
+        size = plate[2] if plate else 1
+        out["+".join(observed) if len(observed) <= 3 else f"{observed[0]}+...+{observed[-1]}"] = (
+            result.reshape(-1).expand(size) if result.numel() == 1 else result.reshape(-1))
+    return out
+
+
+def _points(log_prob: torch.Tensor, plate: tuple[str, int, int] | None) -> torch.Tensor:
+    """A site's log density per point: its outermost plate's elements, else its batch elements."""
+    if plate is None:
+        return log_prob.reshape(1) if log_prob.dim() == 0 else log_prob
+    _, dim, size = plate
+    lp = log_prob.reshape((1,) * max(0, -dim - log_prob.dim()) + tuple(log_prob.shape))
+    points = lp.movedim(dim, 0)
+    points = points.reshape(points.shape[0], -1).sum(-1)
+    return points.expand(size) if points.shape[0] == 1 else points
+
+
+def _coupled(observed, enumerated, dims) -> list[list[str]]:
+    """Observed sites grouped with the enumerated sites they depend on (connected through shared
+    enumeration dims); an observed site without enumeration dims is a group of its own."""
+    groups: list[tuple[set[str], list[str]]] = []
+    for name in (*enumerated, *observed):
+        merged_dims, merged = set(dims[name]), [name]
+        for g in [g for g in groups if g[0] & dims[name]]:
+            groups.remove(g)
+            merged_dims |= g[0]
+            merged = g[1] + merged
+        groups.append((merged_dims, merged))
+    order = (*observed, *enumerated)
+    return [sorted(g, key=order.index) for _, g in groups if any(n in observed for n in g)]
 
 
 def init_to_uniform_any(site=None, radius: float = 2.0):
@@ -278,14 +453,21 @@ def init_to_median_any(site=None):
         return init_to_uniform_any(site)
 
 
-def as_target(model, *, copy_model: bool = False) -> Target:
-    return model if isinstance(model, Target) and not copy_model else Target(model, copy_model=copy_model)
+def as_target(model, *, guide: Callable | None = None, copy_model: bool = False) -> Target:
+    if isinstance(model, Target) and not copy_model and guide is None:
+        return model
+    return Target(model, guide=guide, copy_model=copy_model)
+
+
+def num_observations(data) -> int:
+    """How many observations ``data`` holds, the unit held-out scores are reported per: what the data
+    type says (``data.num_observations``, e.g. time steps of ``zoo.hmm.Sequences``), else its rows."""
+    count = getattr(data, "num_observations", None)
+    return int(count) if count is not None else len(data)
 
 
 def chain_seed(seed: int, index: int) -> int:
     """Independent, reproducible seeds per chain (or per stream) from one user seed."""
-    import numpy as np
-
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 

@@ -424,7 +424,7 @@ def _load_state(module, state, payload) -> None:
 
 
 def _config(target) -> dict:
-    return target.zoo.config() if target.zoo is not None and hasattr(target.zoo, "config") else {}
+    return target.model.config() if hasattr(target.model, "config") else {}
 
 
 def plot_history(history: dict[str, list[float]], label: str = "objective"):

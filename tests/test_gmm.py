@@ -69,7 +69,7 @@ def test_generic_marginal_log_likelihood_equals_closed_form():
     params = random_params(3, 2, seed=3)
     x = torch.tensor(np.random.default_rng(4).normal(0, 2, (50, 2)))
     plain = Target(m.model)  # seen as a plain callable: no zoo protocol used
-    generic = plain.log_likelihood(x, {k: v.unsqueeze(0) for k, v in params.items()}, batch_ndim=1)[0]
+    generic = plain.log_likelihood(x, {k: v.unsqueeze(0) for k, v in params.items()})["obs"][0]
     np.testing.assert_allclose(generic.numpy(), numpy_loglik(x, params), atol=1e-9)
 
 

@@ -345,8 +345,9 @@ def test_generic_marginal_log_likelihood_equals_forward():
     m, seqs = ragged("poisson", p, [9, 5])
     seqs = m.validate(seqs)
     plain = Target(m.model)  # seen as a plain callable: no zoo protocol used
-    generic = plain.log_likelihood(seqs, {k: v.unsqueeze(0) for k, v in p.items()}, batch_ndim=1)[0]
-    np.testing.assert_allclose(generic.numpy(), m.log_likelihood(seqs, p).numpy(), atol=1e-9)
+    generic = plain.log_likelihood(seqs, {k: v.unsqueeze(0) for k, v in p.items()})
+    assert list(generic) == ["obs_0+...+obs_8"]   # the steps, coupled by the states: one value per sequence
+    np.testing.assert_allclose(generic["obs_0+...+obs_8"][0].numpy(), m.log_likelihood(seqs, p).numpy(), atol=1e-9)
 
 
 # --- Baum-Welch ------------------------------------------------------------------------------
@@ -565,7 +566,7 @@ def test_jsb_chorales_from_data_dir(shared_data_dir):
     assert len(ds.feature_names) == 51 and ds.feature_names[0] == "midi_43"
     m = zoo.get("hmm", n_states=2, emission="bernoulli")
     seqs = m.validate(ds.data)
-    assert m.num_observations(seqs) == 13807
+    assert m.validate(seqs).num_observations == 13807
     assert (seqs.values.sum(-1) <= 4).all()  # four voices
 
 
@@ -607,7 +608,7 @@ def test_cli_compare_writes_a_report_with_the_state_path(series_csv, tmp_path):
     assert idata.log_likelihood["obs"].shape == (2, 20, 1)          # one value per sequence
     replicated = idata.posterior_predictive["obs"].values           # (chain, draw, sequence, time, feature)
     assert replicated.shape[2:] == (1, 60, 1)
-    assert not np.allclose(replicated[0, 0, 0], idata.observed_data["values"].values[0])
+    assert not np.allclose(replicated[0, 0, 0], idata.observed_data["obs"].values[0])
 
 
 def test_cli_fit_em_and_user_mistakes(series_csv, tmp_path, capsys):

@@ -174,7 +174,7 @@ def test_cli_writes_the_three_files_and_refuses_mistakes(tmp_path, capsys):
     assert "SBC hmm NUTS: 3 simulations" in capsys.readouterr().out
     before = (out / "sbc.nc").read_bytes()
     assert main(args) == 2                                       # an existing folder is never replaced silently
-    assert capsys.readouterr().err.strip().startswith("zoo: error: out:")
+    assert capsys.readouterr().err.strip().startswith("zoo: error: --out:")
     assert (out / "sbc.nc").read_bytes() == before
 
     assert main(["sbc", "gmm", "--simulations", "3", "--quiet", "--out", str(tmp_path / "gmm")]) == 2

@@ -1,9 +1,37 @@
 """The zoo model protocol and the input checks every model shares.
 
-A zoo model is a small :class:`~pyro.nn.PyroModule` that knows itself: besides the Pyro
-``model``/``guide`` pair it names its global sites, computes its marginal log-likelihood,
-simulates data, removes its own non-identifiability (``align``) and validates user data.
-``inference/`` relies on nothing else (see ``../shared/DESIGN.md``).
+A zoo model is a small :class:`~pyro.nn.PyroModule` that knows itself. ``inference/`` relies on
+this protocol and nothing else (``../shared/DESIGN.md``); a plain Pyro callable gets the same
+protocol from ``inference.target.PlainModel``, which finds every fact by tracing.
+
+Required::
+
+    model(data)                  the generative story; data=None simulates
+    guide(data)                  the variational family (the model's own)
+    global_sites                 names of the global latent sites: what compare and diagnose summarize
+    log_likelihood(data, params) pointwise log-likelihood, local latents summed or integrated out:
+                                 (*batch, N) for the one observed site, or {observed site: (*batch, N)}
+    simulate(n, seed)            (data, truth) from the generative process
+    align(draws, reference=None) identifiable quantities of the draws (default: the global sites as drawn)
+    validate(data)               data as the model expects it, or a ValueError/TypeError naming it
+
+Optional, each with when to use it (the defaults below do nothing)::
+
+    name, default_dataset        the registry name; the dataset the CLI uses without --data
+    dims, coords(data)           named dims and labels of the sites in InferenceData
+    marginal_model(data)         local latents summed or integrated out in closed form: NUTS samples it,
+                                 MAP maximizes it, predictive draws come from it, and SVI fits it when
+                                 the guide draws exactly its latent sites (found by tracing)
+    log_density(data)            the closed form of marginal_model's log joint for the NUTS engine (a speed-up)
+    initial_values(data, seed)   data-driven starting values for chains and autoguides
+    alignment_frame              align() entries that are a frame of reference, not quantities (PPCA's axes)
+    training_transform(data)     a fresh random transform of training data per epoch (VAE binarization)
+    figures(data, posteriors)    model-specific report figures
+
+Facts found by tracing rather than declared: the observed sites (``pyro.deterministic`` sites are
+posterior quantities), the enumerated sites, ``max_plate_nesting``, the data plate. The unit that
+held-out scores are reported per comes from the data type (``data.num_observations``, e.g.
+``zoo.hmm.Sequences``: time steps), else one per row.
 """
 
 from __future__ import annotations
@@ -18,30 +46,25 @@ from pyro.nn import PyroModule
 
 
 class ZooModel(PyroModule):
-    """Base class of the zoo models. Subclasses fill in the class attributes and methods."""
+    """Base class of the zoo models (the protocol: see the module docstring)."""
 
     #: registry name, e.g. ``"gmm"``
     name: ClassVar[str] = ""
     #: names of the global latent sites: what ``compare`` and ``diagnose`` summarize
     global_sites: ClassVar[tuple[str, ...]] = ()
-    #: the observed site; its pointwise marginal log-likelihood goes to ``idata.log_likelihood``
-    observed_site: ClassVar[str] = "obs"
     #: named dims (after ``chain, draw``) of every site and derived quantity in ``align``
     dims: ClassVar[dict[str, list[str]]] = {}
     #: dataset used by the CLI when no ``--data`` is given (must need no download)
     default_dataset: ClassVar[str] = ""
-    #: whether the model's potential can be traced by ``torch.jit`` (no value-dependent Python control flow)
-    jit_compatible: ClassVar[bool] = False
     #: entries of ``align``'s output that are a frame of reference rather than quantities (PPCA: the
     #: principal axes that subspace angles are measured from). ``Posterior.alignment`` keeps them and
     #: hands them to another posterior's ``align(..., reference=...)``; ``Posterior.aligned`` and
-    #: everything built on it (compare, diagnose, plots, idata) leave them out.
+    #: everything built on it (compare, diagnose, plots) leave them out.
     alignment_frame: ClassVar[tuple[str, ...]] = ()
     #: optional method ``marginal_model(data)``: the same model with its local latents summed or
-    #: integrated out in closed form (same global sites and priors, one observed site
-    #: ``observed_site``, same marginal likelihood). NUTS samples it, MAP maximizes it and the
-    #: posterior predictive replicates data from it: far fewer dimensions for NUTS, and MAP estimates
-    #: the mode of the globals' marginal posterior. ``None``: ``model`` serves for everything.
+    #: integrated out in closed form (same global sites and priors, same marginal likelihood). NUTS
+    #: samples it, MAP maximizes it and the posterior predictive replicates data from it; SVI fits it
+    #: when the guide draws exactly its latent sites. ``None``: ``model`` serves for everything.
     marginal_model = None
     #: optional method ``log_density(data) -> (transforms, fn)``: the log joint of ``marginal_model``
     #: on unconstrained coordinates with its exact gradient, in numpy, for NUTS (``inference.run_nuts``
@@ -49,9 +72,6 @@ class ZooModel(PyroModule):
     #: ``transforms[site]`` maps unconstrained values onto the site's support; ``fn(u)`` takes a dict
     #: of float64 arrays and returns ``(log p(params, x) + log |det J|, gradient dict)``.
     log_density = None
-    #: True when SVI should fit ``marginal_model`` too (the own guide covers only the global sites, and
-    #: the closed form is cheaper than enumerating or sampling the locals); else SVI fits ``model``.
-    svi_marginal: ClassVar[bool] = False
 
     # --- the Pyro pair -------------------------------------------------------------------
     def model(self, data=None):  # pragma: no cover - abstract
@@ -64,8 +84,9 @@ class ZooModel(PyroModule):
     def log_likelihood(self, data, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Pointwise log-likelihood, local latents summed or integrated out.
 
-        ``params`` maps global site names to constrained values that may carry leading batch
-        dims (posterior draws); the result has shape ``(*batch, N)``.
+        ``params`` maps latent site names to constrained values that may carry leading batch dims
+        (posterior draws); the result has shape ``(*batch, N)``, or is a dict of such arrays, one per
+        observed site of the marginal form (``idata.log_likelihood`` gets one variable per entry).
         """
         raise NotImplementedError
 
@@ -84,11 +105,6 @@ class ZooModel(PyroModule):
     def validate(self, data):
         """Return ``data`` as the model expects it, or raise a clear ``ValueError``/``TypeError``."""
         raise NotImplementedError
-
-    def num_observations(self, data) -> int:
-        """How many observations ``data`` holds; held-out scores are also reported per observation.
-        The default counts data points (rows); a sequence model counts time steps."""
-        return len(data)
 
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor] | None:
         """Optional data-driven starting values (constrained) for MCMC chains and autoguides."""

@@ -7,6 +7,7 @@
     zoo new NAME                                        # zoo/NAME.py and tests/test_NAME.py from an example
     zoo select MODEL --components 1..6 ...              # rank model sizes by PSIS-LOO (also --states)
     zoo report MODEL [--from DIR] ...                   # report.html of a run folder, or of a new compare
+    zoo check MODEL [--data ...]                         # what is wrong with the model/guide pair
 
 User mistakes exit with status 2 and a one-line message naming the flag; no traceback. Ctrl-C exits
 with 130 at any moment, start-up included, and leaves no partial output. :func:`main` is the one place
@@ -138,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(report)
     report.add_argument("--from", dest="source", metavar="DIR", help="a folder written by zoo fit/compare/select")
     report.add_argument("--plots", type=_plot_names, help="plots to show, some of trace,rank,energy,pair (default all)")
+    check = sub.add_parser("check", help="check a model/guide pair: shapes, guide, ELBO, log_likelihood, align")
+    check.add_argument("model", help="model name (see `zoo list`)")
+    check.add_argument("--data", help="dataset name or path to a CSV (default: data simulated by the model)")
+    check.add_argument("--data-dir", help="folder with real datasets (default: $ZOO_DATA_DIR)")
+    check.add_argument("--seed", type=int, default=0)
+    for flag in ("components", "states", "latent_dim"):
+        check.add_argument(f"--{flag.replace('_', '-')}", type=int)
+    for flag in ("emission", "likelihood"):
+        check.add_argument(f"--{flag}")
+    check.add_argument("--hidden", type=_sizes)
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -324,11 +336,13 @@ def _heldout(model, post, dataset):
     per observation (per time step for sequences); None when there is none."""
     import pandas as pd
 
+    from inference.target import num_observations
+
     rows = {}
     for split, values in dataset.splits.items():
         data = model.validate(values)
         lpd = post.predictive_log_density(data)
-        n_obs = model.num_observations(data)
+        n_obs = num_observations(data)
         rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
                        "nll_per_observation": -float(lpd.sum()) / n_obs}
     if not rows:
@@ -525,6 +539,19 @@ def _plot_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def cmd_check(args) -> int:
+    """`zoo check MODEL`: run inference.check and print its report; exit status 1 when a check fails."""
+    import inference
+    import zoo
+    from zoo import datasets
+
+    model = zoo.get(args.model, **model_config(args))
+    data = datasets.load(args.data, data_dir=args.data_dir).data if args.data else None
+    report = inference.check(model, data=data, seed=args.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -630,7 +657,7 @@ def _run(argv, parsed: dict) -> int:
 
     matplotlib.use("Agg")
     commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc, "new": cmd_new,
-                "select": cmd_select, "report": cmd_report}
+                "select": cmd_select, "report": cmd_report, "check": cmd_check}
     return commands[args.command](args)
 
 

@@ -68,10 +68,6 @@ class GaussianMixture(ZooModel):
         "obs": ["point", "feature"],
     }
     default_dataset = "iris-petals"
-    jit_compatible = True
-    #: SVI fits ``marginal_model`` (Trace_ELBO, the same objective as TraceEnum_ELBO on ``model``): the
-    #: own guide covers only the global sites
-    svi_marginal = True
 
     def __init__(self, n_components: int = 3, *, concentration: float = 1.0,
                  prior_center=None, prior_spread=None, dim: int = 2):

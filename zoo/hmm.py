@@ -44,8 +44,8 @@ sums the states out of when ``m.model`` is passed to ``inference.fit_svi`` as a 
 sequences and posterior draws: on the CPU the compiled forward recursion with the backward recursion as
 its gradient (:mod:`zoo.forward_backward`), on a GPU a balanced tree of batched ``matmul`` (O(log T)
 sequential steps); no Python loop over time either way. MAP maximizes it, the posterior predictive
-replicates data from it, and, as ``svi_marginal = True``, SVI fits it too (``Trace_ELBO``): the guide
-covers only the global sites, so this loss equals the ``TraceEnum_ELBO`` of ``model`` draw by draw
+replicates data from it, and SVI fits it too (``Trace_ELBO``): the guide covers only the global
+sites (``inference.target.Target.fits_marginal``), so this loss equals the ``TraceEnum_ELBO`` of ``model`` draw by draw
 (tested, step by step), at a fraction of the cost. NUTS samples the same density through
 :meth:`HiddenMarkovModel.log_density`, its closed form on unconstrained coordinates with the exact
 gradient, which skips Pyro's trace and autograd at every leapfrog step.
@@ -105,6 +105,11 @@ class Sequences(NamedTuple):
     lengths: torch.Tensor | None = None
 
     @property
+    def num_observations(self) -> int:
+        """Observed time steps in all sequences: the unit held-out scores are reported per."""
+        return int(self.lengths.sum())
+
+    @property
     def mask(self) -> torch.Tensor:
         """(B, T) True on observed steps, False on padding."""
         T = self.values.shape[1]
@@ -121,12 +126,7 @@ class HiddenMarkovModel(ZooModel):
     """
 
     name = "hmm"
-    observed_site = "obs"
     default_dataset = "goog-returns"
-    jit_compatible = True
-    #: SVI fits ``marginal_model`` too: the own guide covers only the global sites, and the forward
-    #: algorithm gives exactly the TraceEnum_ELBO of ``model`` (tested) without a Python loop over time
-    svi_marginal = True
 
     def __init__(self, n_states: int = 2, *, emission: str = "gaussian", dim: int | None = None,
                  n_symbols: int | None = None):
@@ -565,10 +565,6 @@ class HiddenMarkovModel(ZooModel):
                                  f"{MAX_SYMBOLS}; recode the symbols to 0..V-1 with V the number of distinct ones")
             if V > len(observed):
                 _warn_vocabulary(V, len(observed))
-
-    def num_observations(self, data) -> int:
-        """Observed time steps in all sequences (held-out scores are reported per time step)."""
-        return int(self.validate(data).lengths.sum())
 
     def simulate(self, n: int, seed: int = 0, params: Mapping[str, torch.Tensor] | None = None,
                  n_sequences: int | None = None):

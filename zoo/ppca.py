@@ -102,7 +102,6 @@ class PPCA(ZooModel):
     """
 
     name = "ppca"
-    observed_site = "obs"
     dims = {
         "loadings": ["feature", "component"],
         "noise_scale": [],
@@ -115,7 +114,6 @@ class PPCA(ZooModel):
         "subspace_angle": ["component"],
     }
     default_dataset = "wine"
-    jit_compatible = True
     alignment_frame = ("principal_axes",)
 
     def __init__(self, n_components: int = 2, *, ard: bool = False, missing: str | None = None,

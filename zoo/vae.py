@@ -100,10 +100,8 @@ class VAE(ZooModel):
 
     name = "vae"
     global_sites = ()
-    observed_site = "obs"
     dims = {"z": ["image", "latent"], "obs": ["image", "pixel"]}
     default_dataset = "digits"
-    jit_compatible = True
 
     def __init__(self, latent_dim: int = 50, hidden: Sequence[int] = (200, 200), likelihood: str = "bernoulli",
                  *, input_dim: int | None = None, eval_particles: int = 5000, init_seed: int = 0):
