@@ -65,7 +65,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
                     welford = _Welford(theta.size)
                     step = _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step)
                     adapt = _StepSizeAdaptation(step, target_accept)
-                if windows and i == (windows[-1][1] + warmup_steps) // 2:   # half the end buffer left
+                if windows and i == windows[-1][1] - 1:   # the end buffer: the metric is final
                     step = adapt.polish()
                 if i == warmup_steps - 1:
                     step = adapt.final()
@@ -122,6 +122,7 @@ def _transition(log_density, theta, logp, grad, step, inv_metric, rng, max_depth
             tree.diverging = new.diverging
             break
         depth += 1   # as Stan: the depth counts the doublings that were kept
+        turning = _merged_turning(*((tree, new) if direction > 0 else (new, tree)), inv_metric)
         # biased progressive sampling: move to the new subtree with probability min(1, w_new / w_old)
         if _coin(rng, new.log_weight - tree.log_weight):
             tree.sample = new.sample
@@ -131,7 +132,7 @@ def _transition(log_density, theta, logp, grad, step, inv_metric, rng, max_depth
             tree.plus = new.plus
         else:
             tree.minus = new.minus
-        if _turning(tree.minus, tree.plus, tree.rho, inv_metric):
+        if turning:
             break
     theta, p, grad, logp = tree.sample
     info = {"acceptance_rate": tree.accept_sum / max(tree.n, 1), "n_steps": tree.n, "tree_depth": depth,
@@ -160,9 +161,10 @@ def _build(log_density, start, step, depth, inv_metric, energy0, rng) -> _Tree:
     second = _build(log_density, outer, step, depth - 1, inv_metric, energy0, rng)
     log_weight = np.logaddexp(first.log_weight, second.log_weight)
     sample = second.sample if _coin(rng, second.log_weight - log_weight) else first.sample
-    minus, plus = (first.minus, second.plus) if step > 0 else (second.minus, first.plus)
+    left, right = (first, second) if step > 0 else (second, first)
+    minus, plus = left.minus, right.plus
     rho = first.rho + second.rho
-    turning = second.turning or second.diverging or _turning(minus, plus, rho, inv_metric)
+    turning = second.turning or second.diverging or _merged_turning(left, right, inv_metric)
     return _Tree(minus, plus, sample, log_weight, rho, turning, second.diverging,
                  first.accept_sum + second.accept_sum, first.n + second.n)
 
@@ -175,6 +177,16 @@ def _coin(rng, log_p: float) -> bool:
 def _turning(minus, plus, rho, inv_metric) -> bool:
     """The generalized no-U-turn criterion on the momenta at both ends and their sum."""
     return bool((inv_metric * minus[1]) @ rho <= 0 or (inv_metric * plus[1]) @ rho <= 0)
+
+
+def _merged_turning(left: _Tree, right: _Tree, inv_metric) -> bool:
+    """Whether two adjacent subtrees (``left`` before ``right`` in integration time) make a U-turn when
+    merged: over the whole, and, as Stan checks since 2.23 (base_nuts.hpp), across the seam, from each
+    subtree to the first point of the other. Without the seam checks a tree can grow past a U-turn
+    that falls between its halves: twice the leapfrog steps on a mixture posterior."""
+    return (_turning(left.minus, right.plus, left.rho + right.rho, inv_metric)
+            or _turning(left.minus, right.minus, left.rho + right.minus[1], inv_metric)
+            or _turning(left.plus, right.plus, right.rho + left.plus[1], inv_metric))
 
 
 def curvature(log_density: LogDensity, theta: np.ndarray, eps: float = np.finfo(np.float64).eps) -> np.ndarray:
@@ -215,27 +227,29 @@ def _reasonable_step(log_density, theta, logp, grad, inv_metric, rng, step: floa
 
 
 class _StepSizeAdaptation:
-    """Nesterov dual averaging of log step size towards a mean acceptance of ``target``, then a
-    polishing phase.
+    """Nesterov dual averaging of log step size towards a mean acceptance of ``target``, then
+    polishing in the end buffer.
 
     Dual averaging makes the *iterates* average ``target``, but its iterates keep fluctuating by
     O(1) in log step; their average, which Stan keeps as the final step, sits where the acceptance
     averaged over that spread equals ``target``, and acceptance is concave in log step where it
     falls off, so the averaged step accepts more: Stan ends warmup near 0.9 for a target of 0.8
-    (stan-dev/stan#3105). After :meth:`polish`, updates are Robbins-Monro steps from the averaged
-    step with gain ``c / k``, whose iterates converge to the step that accepts ``target``.
+    (stan-dev/stan#3105). After :meth:`polish` (the end buffer, once the metric is final), updates
+    are Robbins-Monro steps with gain ``c / k``, whose iterates converge to the step that accepts
+    ``target``; the final step averages the second half of them (Polyak averaging).
     """
 
     def __init__(self, step: float, target: float, gamma=0.05, t0=10.0, kappa=0.75, c=2.0):
         self.mu, self.target, self.gamma, self.t0, self.kappa = math.log(10 * step), target, gamma, t0, kappa
         self.t, self.h_bar, self.log_step_bar = 0, 0.0, 0.0
-        self.c, self.polishing = c, 0
+        self.c, self.polishing, self.polished = c, 0, []
         self.log_step = math.log(step)
 
     def update(self, accept: float) -> float:
         if self.polishing:
             self.log_step += self.c / self.polishing * (accept - self.target)
             self.polishing += 1
+            self.polished.append(self.log_step)
             return math.exp(self.log_step)
         self.t += 1
         eta = 1 / (self.t + self.t0)
@@ -247,11 +261,15 @@ class _StepSizeAdaptation:
 
     def polish(self) -> float:
         """Switch to Robbins-Monro from the averaged step; returns the step to use next."""
-        if not self.polishing and self.t:
-            self.log_step, self.polishing = self.log_step_bar, 1
+        if not self.polishing:
+            self.log_step, self.polishing = self.log_step_bar if self.t else self.log_step, 1
         return math.exp(self.log_step)
 
     def final(self) -> float:
+        """The averaged Robbins-Monro iterates of the second half of polishing (Polyak averaging), else
+        the averaged dual-averaging step."""
+        if self.polished:
+            return math.exp(float(np.mean(self.polished[len(self.polished) // 2:])))
         return math.exp(self.log_step if self.polishing else self.log_step_bar)
 
 
