@@ -367,7 +367,7 @@ def _nutpie(case: str, warmup: int, draws: int, seed: int) -> dict:
 
 # --- one run --------------------------------------------------------------------------------------
 def benchmark(cases, engines, *, repeats: int, warmup: int, draws: int, pyro: tuple[int, int, int],
-              log=print) -> dict:
+              log=print, on_repeat=None) -> dict:
     """Every engine on every case, ``repeats`` times (seed = repeat); Pyro's kernel with its own
     ``(repeats, warmup, draws)``. Returns per-repeat metrics and their medians per case and engine;
     an engine that fails on a case is recorded with its error and the run goes on."""
@@ -404,6 +404,12 @@ def benchmark(cases, engines, *, repeats: int, warmup: int, draws: int, pyro: tu
                 runs.setdefault(case, {}).setdefault(label, []).append(res)
                 log(f"repeat {seed} {case:8s} {label:12s} " + ", ".join(
                     f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
+        if on_repeat is not None:
+            on_repeat(_summary(runs))
+    return _summary(runs)
+
+
+def _summary(runs: dict) -> dict:
     return {case: {label: {"median": _median(rs), "repeats": rs} for label, rs in by.items()}
             for case, by in runs.items()}
 
@@ -468,7 +474,7 @@ def table(results: dict) -> str:
         for label in LABELS:
             if label not in by:
                 continue
-            m, n = by[label]["median"], len(by[label]["repeats"])
+            m, n = by[label]["median"], sum("error" not in row for row in by[label]["repeats"])
             if "error" in m:
                 lines.append(f"| {case} | {LABELS[label]} | failed: {m['error']} |" + " |" * (len(COLUMNS) - 1))
                 continue
@@ -515,18 +521,23 @@ def main(argv=None) -> int:
     # float64 everywhere, as NumPyro with x64; the default dtype too: run_nuts draws the uniform start of
     # a plain model in the default dtype (issue 10, requirement 5), which breaks a float64 enumerated model
     torch.set_default_dtype(torch.float64)
-    print(machine())
+    print(machine(), flush=True)
     print(f"{CHAINS} chains, {args.warmup} warmup + {args.draws} draws, medians of {args.repeats} repeats; "
           f"Pyro's kernel: {args.pyro[0]} repeat(s) of {args.pyro[1]} + {args.pyro[2]}")
-    start = time.perf_counter()
+    start, host = time.perf_counter(), machine()
+
+    def write(results):   # after every repeat, so that a long run interrupted still leaves its medians
+        report = {"command": "python benchmarks/nuts_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "machine": host, "chains": CHAINS, "warmup": args.warmup, "draws": args.draws,
+                  "repeats": args.repeats, "pyro_repeats_warmup_draws": list(args.pyro),
+                  "total_s": time.perf_counter() - start, "results": results, "ratios": ratios(results)}
+        args.out.write_text(json.dumps(report, indent=1, default=float))
+        return report
+
     results = benchmark(args.cases, args.engines, repeats=args.repeats, warmup=args.warmup, draws=args.draws,
-                        pyro=tuple(args.pyro))
-    report = {"command": "python benchmarks/nuts_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(), "chains": CHAINS, "warmup": args.warmup, "draws": args.draws,
-              "repeats": args.repeats, "pyro_repeats_warmup_draws": list(args.pyro),
-              "total_s": time.perf_counter() - start, "results": results, "ratios": ratios(results)}
+                        pyro=tuple(args.pyro), on_repeat=write)
+    report = write(results)
     print(table(results))
-    args.out.write_text(json.dumps(report, indent=1, default=float))
     print(f"wrote {args.out} ({report['total_s']:.0f} s)")
     return 0
 
