@@ -47,7 +47,7 @@ def test_numpyro_twin_has_the_zoo_log_joint(case):
     import jax.numpy as jnp
     import numpyro
     import pyro.poutine as poutine
-    from numpyro.contrib.funsor import log_density as enum_log_density
+    from numpyro.contrib.funsor import enum, log_density as enum_log_density
     from pyro.infer import config_enumerate
     from pyro.infer.mcmc.util import TraceEinsumEvaluator
 
@@ -71,25 +71,26 @@ def test_numpyro_twin_has_the_zoo_log_joint(case):
             expected = float(TraceEinsumEvaluator(trace, True, 1).log_prob(trace))
             params = {k: jnp.asarray(v.reshape(()) if case == "schools" and k in ("mu", "tau") else v)
                       for k, v in latent.items()}
-            got = float(enum_log_density(twin, args, {}, params)[0])
+            got = float(enum_log_density(enum(twin, first_available_dim=-2), args, {}, params)[0])
             assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
     finally:
         torch.set_default_dtype(previous)
 
 
+@pytest.mark.slow
 def test_smoke_mode(tmp_path):
+    """The smoke mode on the HMM (T = 100, every engine) and the 20-D Gaussian (zoo and nutpie):
+    about half a minute on 2 quiet cores, most of it NumPyro's compile."""
     for package in ("numpyro", "jax", "funsor", "nutpie"):
         pytest.importorskip(package)
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--cases", "schools", "hmm100", "--out", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--cases", "hmm100", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    results = report["results"]
-    assert set(results) == {"schools", "hmm100", "gauss20"}
-    for case, engines in {"schools": ("zoo", "pyro", "numpyro", "numpyro warm"),
-                          "hmm100": ("zoo", "pyro", "numpyro", "numpyro warm", "nutpie"),
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"hmm100", "gauss20"}
+    for case, engines in {"hmm100": ("zoo", "pyro", "numpyro", "numpyro warm", "nutpie"),
                           "gauss20": ("zoo", "nutpie")}.items():
         for engine in engines:
             m = results[case][engine]["median"]
