@@ -1,7 +1,7 @@
 """NUTS benchmarks: the zoo's engine against NumPyro, Pyro's NUTS kernel and nutpie, side by side.
 
     python benchmarks/nuts_bench.py              # the table in benchmarks/README.md ("NUTS engine")
-    python benchmarks/nuts_bench.py --smoke      # seconds: every engine on a few tiny runs (CI)
+    python benchmarks/nuts_bench.py --smoke      # every engine on tiny runs (CI; mostly NumPyro's compile)
 
 One command, one run: every case is run by every engine in turn, repeat after repeat (seeds 0, 1, ...),
 so a busy machine slows all engines alike; the table reports medians over the repeats and ratios
@@ -21,8 +21,8 @@ and compiled Pyro log joint; chains in forked processes), ``pyro`` (``run_nuts(e
 jit=True)``: Pyro's own kernel), ``numpyro`` (``chain_method="vectorized"``, float64, XLA on the
 same 2 cores; each repeat in a fresh process, so every run compiles; its time without compile is the
 wall time less the compile time that JAX reports (``jax.monitoring``: lowering to MLIR and XLA's
-compile; a second ``mcmc.run`` is no warm run: NumPyro 0.22 compiles its sampling loop again)) and ``nutpie`` (``from_pyfunc`` on the same
-numpy density that ``inference.nuts.sample`` gets; 2 threads).
+compile; a second ``mcmc.run`` is no warm run: NumPyro 0.22 compiles its sampling loop again)) and
+``nutpie`` (``from_pyfunc`` on the same numpy density that ``inference.nuts.sample`` gets; 2 threads).
 
 Per case and engine: wall time (warmup, compile and chain start-up included), the smallest bulk ESS
 over the identifiable quantities (ArviZ; mixtures and HMM states aligned with the zoo model's
@@ -135,12 +135,8 @@ def peer_inputs(case: str, seed: int) -> dict:
     if case == "schools":
         return {"y": np.array(SCHOOLS_Y), "sigma": np.array(SCHOOLS_SIGMA), "init": None}
     init = {k: v.double().numpy() for k, v in target.initial_values(data, seed=chain_seed(seed, 0)).items()}
-    if case == "gmm":
-        x = data
-        center, spread = model.hyperparameters(data)
-    else:
-        x = data.values[0]
-        center, spread = model.hyperparameters(data)
+    center, spread = model.hyperparameters(data)
+    x = data if case == "gmm" else data.values[0]   # the HMM: its one sequence (T, 1)
     return {"x": x.double().numpy(), "center": center.double().numpy(), "spread": spread.double().numpy(),
             "init": init}
 
