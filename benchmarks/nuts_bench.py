@@ -101,8 +101,7 @@ def eight_schools(data):
     import pyro
     import pyro.distributions as dist
 
-    # mu and tau have shape (1,), not (): inference.potential cannot yet unflatten a scalar site
-    # (Potential.unflatten calls reshape() with no sizes); the density is the same
+    # mu and tau have shape (1,), as in the NumPyro twin (a scalar site gives the same density)
     one = torch.ones(1, dtype=torch.float64)
     mu = pyro.sample("mu", dist.Normal(0 * one, 5.0).to_event(1))
     tau = pyro.sample("tau", dist.HalfCauchy(5 * one).to_event(1))
