@@ -7,6 +7,8 @@ different labels still compares component by component.
 
 from __future__ import annotations
 
+import logging
+
 import arviz as az
 import numpy as np
 import pandas as pd
@@ -16,6 +18,8 @@ from inference.posterior import Posterior, quiet_arviz
 
 AGREE_SMD = 0.25     # |mean_a - mean_b| / sd_b below this: the means agree
 SD_RATIO = (0.5, 2.0)
+
+log = logging.getLogger(__name__)
 
 
 def _labels(a: Posterior, b: Posterior, labels) -> tuple[str, str]:
@@ -88,7 +92,11 @@ def _check_pair(a, b, labels, sites) -> None:
             if config_a.get(k) != config_b.get(k)}
     if diff:
         settings = ", ".join(f"{k}: {va} vs {vb}" for k, (va, vb) in sorted(diff.items()))
-        raise ValueError(f"b: the model is configured differently from a's ({settings})")
+        shapes = [{k: tuple(v.shape[2:]) for k, v in p.global_samples.items()} for p in (a, b)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"b: the model is configured differently from a's ({settings})")
+        # the same parameters (e.g. two forms of one model, or another prior): a comparison that means something
+        log.warning("compare: the models are configured differently (%s); comparing their shared quantities", settings)
     if labels is not None and (isinstance(labels, str) or len(labels) != 2 or len(set(labels)) != 2):
         raise ValueError(f"labels: expected two different labels such as ('svi', 'nuts'), got {labels!r}")
     if sites is not None:

@@ -100,7 +100,7 @@ def test_cli_report_from_folder_and_its_mistakes(run_dir, tmp_path, capsys):
     assert (folder / "report.html").exists()
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "report.html"} == before
     text, _ = _page(folder / "report.html")
-    assert "E-BFMI per chain" in text and re.search(r"NUTS: 2 chain\(s\) x 100 draws, \d+ divergences -&gt; ", text)
+    assert "E-BFMI per chain" in text and re.search(r"NUTS: 2 chain\(s\) x 100 draws, \d+ divergences, E-BFMI \d+\.\d\d \d+\.\d\d -&gt; ", text)
     cases = [
         (["report", "hmm", "--from", str(folder)], "already exists; pass --force"),
         (["report", "gmm", "--from", str(folder), "--force"], "model: the run in"),

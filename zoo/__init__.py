@@ -117,6 +117,8 @@ def model_class(name: str) -> type[ZooModel]:
     entry = entries[name]
     if isinstance(entry, type):
         return entry
+    from zoo.base import ZooModel
+
     if isinstance(entry, metadata.EntryPoint):
         cls = entry.load()
         if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
