@@ -120,8 +120,10 @@ class Posterior:
     def pointwise_of(self, data) -> dict[str, torch.Tensor]:
         """Pointwise log-likelihood of ``data`` (validated) per observed site under every draw."""
         ll = self.target.log_likelihood(data, self.samples)
-        lead = 2 if self.samples else 0   # a point estimate without draws (amortized model): no batch dims
-        return {k: v.reshape(self.num_chains, self.num_draws, *v.shape[lead:]) for k, v in ll.items()}
+        # one value per point, the same under every draw (an amortized model's estimate, which depends
+        # on no draw of a global site, or a point estimate): repeated over (chain, draw)
+        return {k: v.expand(self.num_chains, self.num_draws, *v.shape) if v.dim() == 1 or not self.samples
+                else v.reshape(self.num_chains, self.num_draws, *v.shape[2:]) for k, v in ll.items()}
 
     @cached_property
     def log_likelihood(self) -> torch.Tensor:

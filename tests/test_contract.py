@@ -37,11 +37,7 @@ N = 20   # simulated data points (rows, time steps, images)
 SVI = dict(num_steps=50, num_samples=20, seed=0, progress=False)
 NUTS = dict(num_chains=1, num_samples=50, warmup_steps=50, max_tree_depth=6, seed=0, progress=False)
 #: (model, what) -> why it fails today; strict: the test says so when the cause is fixed (then delete it)
-KNOWN_FAILURES = {
-    ("vae", "nuts"): "run_nuts on a model with trainable nn.Parameters and only local latents: jit refuses the "
-                     "parameters as constants, and without jit Posterior.log_likelihood reshapes (N,) to "
-                     "(chain, draw, N) (issue 11, local latents)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}   # (model, method) -> why, for a strict xfail
 
 
 @pytest.fixture(scope="module", params=MODELS)

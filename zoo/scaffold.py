@@ -118,8 +118,7 @@ class $Class(ZooModel):
     """
 
     name = "$name"
-    global_sites = ("loc", "scale")            # TODO: your global latent sites
-    observed_site = "obs"
+    global_sites = ("loc", "scale")            # TODO: your global latent sites (observed sites are found by tracing)
     dims = {                                   # TODO: named dims of every site (after chain, draw)
         "loc": ["feature"],
         "scale": ["feature"],
