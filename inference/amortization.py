@@ -119,34 +119,39 @@ def amortization_gap(model, data, *, guide=None, num_samples: int = 1000, warmup
     for p in frozen.parameters():
         p.requires_grad_(False)
     target = Target(frozen)
-    data = target.validate(data)
-    info = inspect_model(target.model_fn, data)
-    if info.global_sites:
-        raise ValueError(f"model: the amortization gap needs every latent inside the data plate; "
-                         f"{list(info.global_sites)} are global")
-    sites = tuple(info.latent)
-    guide_fn = guide if guide is not None else frozen.guide
-    set_seed(seed)
+    # Every Pyro parameter here (the frozen networks, the per-point AutoNormal) lives in this target's own
+    # store (Target.scope): the global store may hold same-named parameters of an earlier call (e.g.
+    # AutoNormal.locs.z for another number of points), which a PyroModule would otherwise take over.
+    with target.scope():
+        data = target.validate(data)
+        info = inspect_model(target.model_fn, data)
+        if info.global_sites:
+            raise ValueError(f"model: the amortization gap needs every latent inside the data plate; "
+                             f"{list(info.global_sites)} are global")
+        sites = tuple(info.latent)
+        guide_fn = guide if guide is not None else frozen.guide
+        set_seed(seed)
 
-    start = time.perf_counter()
-    amortized = Posterior(target, data, sample_guide(guide_fn, data, sites, num_samples), method="amortized",
-                          wall_time=time.perf_counter() - start)
-    start = time.perf_counter()
-    fit = fit_svi(frozen, data, guide=_optimized_guide(target.model_fn, data, amortized, sites), num_steps=svi_steps,
-                  lr=svi_lr, num_particles=4, vectorize_particles=True, num_samples=1, seed=seed, progress=progress)
-    optimized = Posterior(target, data, sample_guide(fit.guide, data, sites, num_samples), method="optimized",
-                          wall_time=time.perf_counter() - start, losses=fit.losses)
-    nuts = run_nuts(frozen, data, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
-                    seed=seed, jit=jit, progress=progress)
-    posteriors = {"amortized": amortized, "optimized": optimized, "nuts": nuts}
+        start = time.perf_counter()
+        amortized = Posterior(target, data, sample_guide(guide_fn, data, sites, num_samples), method="amortized",
+                              wall_time=time.perf_counter() - start)
+        start = time.perf_counter()
+        fit = fit_svi(frozen, data, guide=_optimized_guide(target.model_fn, data, amortized, sites),
+                      num_steps=svi_steps, lr=svi_lr, num_particles=4, vectorize_particles=True, num_samples=1,
+                      seed=seed, progress=progress)
+        optimized = Posterior(target, data, sample_guide(fit.guide, data, sites, num_samples), method="optimized",
+                              wall_time=time.perf_counter() - start, losses=fit.losses)
+        nuts = run_nuts(frozen, data, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
+                        seed=seed, jit=jit, progress=progress)
+        posteriors = {"amortized": amortized, "optimized": optimized, "nuts": nuts}
 
-    kw = dict(max_plate_nesting=info.max_plate_nesting, data_plate=info.data_plate)
-    with torch.no_grad():
-        elbo = {label: _elbo(target.model_fn, g, data, elbo_particles, **kw)
-                for label, g in (("amortized", guide_fn), ("optimized", fit.guide))}
-        proposal = _gaussian_proposal(target.model_fn, data, nuts, sites, info.data_plate)
-        log_px, ess = _log_mean_weight(target.model_fn, proposal, data, is_particles, **kw)
-        iwae, _ = _log_mean_weight(target.model_fn, guide_fn, data, is_particles, **kw)
+        kw = dict(max_plate_nesting=info.max_plate_nesting, data_plate=info.data_plate)
+        with torch.no_grad():
+            elbo = {label: _elbo(target.model_fn, g, data, elbo_particles, **kw)
+                    for label, g in (("amortized", guide_fn), ("optimized", fit.guide))}
+            proposal = _gaussian_proposal(target.model_fn, data, nuts, sites, info.data_plate)
+            log_px, ess = _log_mean_weight(target.model_fn, proposal, data, is_particles, **kw)
+            iwae, _ = _log_mean_weight(target.model_fn, guide_fn, data, is_particles, **kw)
 
     comparisons = {}
     rows = []
