@@ -119,7 +119,7 @@ def model_class(name: str) -> type[ZooModel]:
         return entry
     from zoo.base import ZooModel
 
-    if isinstance(entry, metadata.EntryPoint):
+    if not isinstance(entry, str):   # an entry point (importlib.metadata's, or its backport's)
         cls = entry.load()
         if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
             raise TypeError(f"model: the plugin entry point {name} = {entry.value!r} is not a ZooModel subclass")
