@@ -305,6 +305,10 @@ def _worker(chain, c, position, sender):
 
 
 def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, position=0):
+    """One chain of Pyro's NUTS kernel (``engine="pyro"``, the reference). It touches three private
+    members of the kernel: ``potential_fn`` (replaced to count leapfrog steps), ``_mean_accept_prob``
+    and ``_adapter`` (in :func:`_curvature_metric`); tests/test_inference.py's
+    ``test_pyro_kernel_private_members_still_exist`` fails loudly when Pyro changes them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         kernel.setup(warmup_steps, data)
@@ -337,7 +341,7 @@ def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, posit
                     t = kernel.transforms.get(k)
                     draws[k].append((t.inv(v) if t is not None else v).detach().clone())
                 divs = len(kernel.diagnostics()["divergences"])
-                mean_accept = float(getattr(kernel, "_mean_accept_prob", float("nan")))  # running mean
+                mean_accept = float(kernel._mean_accept_prob)   # private (running mean): see the test below
                 stats["diverging"][j] = divs > n_div
                 stats["step_size"][j] = kernel.step_size
                 stats["acceptance_rate"][j] = (j + 1) * mean_accept - j * prev_mean

@@ -236,3 +236,19 @@ def test_posterior_predictive_draws_new_data(y):
     assert replicated.shape == (1, 1, 100) and not torch.equal(replicated[0, 0], y)
     # a draw of 100 points from the fitted mixture (sd about 3.2): its mean is within 4 * 3.2 / 10 of y's
     assert abs(float(replicated.mean() - y.mean())) < 1.3
+
+
+def test_pyro_kernel_private_members_still_exist():
+    """engine="pyro" reads three private members of Pyro's NUTS kernel (inference.mcmc._run_chain)."""
+    from pyro.infer import NUTS
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=data)
+
+    kernel = NUTS(model)
+    kernel.setup(5, torch.zeros(3))
+    assert callable(kernel.potential_fn)
+    assert hasattr(kernel, "_mean_accept_prob")
+    assert callable(kernel._adapter.reset_step_size_adaptation)
+    kernel.cleanup()
