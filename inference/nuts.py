@@ -148,7 +148,8 @@ def _build(log_density, start, step, depth, inv_metric, energy0, rng) -> _Tree:
         theta = theta + step * inv_metric * p
         logp, grad = _evaluate(log_density, theta)
         p = p + 0.5 * step * grad
-        energy = -logp + 0.5 * p @ (inv_metric * p)
+        with np.errstate(over="ignore", invalid="ignore"):   # a diverging trajectory: energy inf or nan
+            energy = -logp + 0.5 * p @ (inv_metric * p)
         if math.isnan(energy):
             energy = math.inf
         edge = (theta, p, grad, logp)
