@@ -213,7 +213,8 @@ def has_compiler() -> bool:
 
 # --- the places where this module touches PyTorch internals ---------------------------------------
 # ``make_fx`` lives in torch.fx.experimental, ``torch._inductor.compile`` is Inductor's entry for an
-# ATen graph, and ``_unvalidated`` sets a distribution's private ``_validate_args``;
+# ATen graph (run inside ``torch._guards.tracing`` so that its FX graph cache serves a new process),
+# and ``_unvalidated`` sets a distribution's private ``_validate_args``;
 # tests/test_potential.py fails loudly when any of them changes.
 
 def trace_graph(fn: Callable, *example):
@@ -230,7 +231,14 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False):
     import torch._inductor
     import torch._inductor.config as config
 
-    with config.patch({"cpp.threads": 1, "cpp.simdlen": 0, "fallback_random": fallback_random}):
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    # A tracing context with a (static) ShapeEnv, as torch.compile provides: without one Inductor
+    # bypasses its FX graph cache ("No shape env") and every new process generates the code again.
+    context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
+    with config.patch({"cpp.threads": 1, "cpp.simdlen": 0, "fallback_random": fallback_random}), tracing(context):
         return torch._inductor.compile(graph, example)
 
 

@@ -163,9 +163,16 @@ def test_upstream_tracer_and_compiler_entry_points():
     torch.testing.assert_close(graph(a, b), f(a, b))
     if not has_compiler():
         pytest.skip("no C++ compiler: Inductor cannot compile here")
+    from torch._dynamo.utils import counters   # Inductor's cache counters: internal too
+
     compiled = compile_graph(graph, [a, b])
     new = torch.tensor([1.0, 2.0], dtype=torch.float64)   # new data: an input of the graph, not a constant
     torch.testing.assert_close(compiled(a, new), f(a, new))
+    # the compiled code is cached (a new process loads it instead of generating and compiling it again)
+    counters.clear()
+    torch.testing.assert_close(compile_graph(graph, [a, b])(a, new), f(a, new))
+    assert counters["inductor"]["fxgraph_cache_bypass"] == 0, dict(counters["inductor"])
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
 
 
 @pytest.mark.skipif(not has_compiler(), reason="no C++ compiler: Inductor cannot compile here")
