@@ -100,3 +100,42 @@ def test_smoke_mode(tmp_path):
     # differs by sqrt(1/40 + 1/40) = 0.22 sd or so by chance, the largest of 10 quantities rarely past 3x
     assert results["hmm100"]["zoo"]["median"]["max_abs_smd"] < 0.7
     assert "| hmm100 | zoo" in proc.stdout and "zoo/numpyro ess_per_s" in proc.stdout
+
+
+def test_svi_bench_numpyro_twin_has_the_zoo_model_and_guide_densities():
+    """benchmarks/svi_bench.py: at guide draws, NumPyro's log densities of its twin model and guide equal
+    Pyro's of the zoo GMM's marginal model and own guide (same priors, data, guide family and start)."""
+    pytest.importorskip("numpyro")
+    import jax.numpy as jnp
+    import pyro
+    import pyro.poutine as poutine
+    from numpyro.infer.util import log_density
+
+    import numpyro
+
+    import zoo
+
+    numpyro.enable_x64()
+    spec = importlib.util.spec_from_file_location("svi_bench", REPO / "benchmarks" / "svi_bench.py")
+    sb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sb)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        inputs = sb.zoo_inputs(seed=0)
+        twin_model, twin_guide = sb.numpyro_pair(inputs)
+        model = zoo.get("gmm", n_components=3)
+        data = torch.from_numpy(inputs["x"])
+        with pyro.get_param_store().scope():
+            for seed in range(3):
+                guide = poutine.trace(poutine.seed(model.guide, rng_seed=seed)).get_trace(data)
+                draw = {k: guide.nodes[k]["value"] for k in model.global_sites}
+                joint = poutine.trace(poutine.condition(model.marginal_model, data=draw)).get_trace(data)
+                values = {k: jnp.asarray(v.detach().numpy()) for k, v in draw.items()}
+                x = jnp.asarray(inputs["x"])
+                assert float(log_density(twin_model, (x,), {}, values)[0]) == pytest.approx(
+                    float(joint.log_prob_sum()), rel=1e-9)
+                assert float(log_density(twin_guide, (x,), {}, values)[0]) == pytest.approx(
+                    float(guide.log_prob_sum()), rel=1e-9)
+    finally:
+        torch.set_default_dtype(previous)
