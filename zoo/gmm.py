@@ -42,10 +42,11 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
-from scipy.optimize import linear_sum_assignment
 from torch.distributions import constraints
 
 from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.baselines import kmeans_gaussians
+from zoo.relabel import match, permute
 
 
 class GaussianMixture(ZooModel):
@@ -202,13 +203,8 @@ class GaussianMixture(ZooModel):
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor]:
         """k-means++ then Lloyd iterations: weights, centers and per-cluster spreads."""
         K = self.n_components
-        centers, labels = kmeans(data, K, seed=seed)
-        _, spread = self.hyperparameters(data)
+        centers, scales, labels = kmeans_gaussians(data, K, self.hyperparameters(data)[1], seed=seed)
         counts = torch.bincount(labels, minlength=K).to(data.dtype)
-        scales = torch.stack([
-            data[labels == k].std(0) if counts[k] > 1 else spread for k in range(K)
-        ])
-        scales = torch.maximum(torch.nan_to_num(scales, nan=1.0), 0.05 * spread)
         weights = (counts + 1) / (counts.sum() + K)
         return {"weights": weights, "locs": centers, "scales": scales}
 
@@ -228,8 +224,8 @@ class GaussianMixture(ZooModel):
             iterations = 10
         perm = None
         for _ in range(iterations):
-            new_perm = _match(flat["locs"], ref_locs, ref_scales)
-            relabeled = {k: _permute(v, new_perm) for k, v in flat.items()}
+            new_perm = match(flat["locs"], ref_locs, ref_scales)
+            relabeled = {k: permute(v, new_perm) for k, v in flat.items()}
             ref_locs, ref_scales = relabeled["locs"].mean(0), relabeled["scales"].mean(0)
             if perm is not None and torch.equal(new_perm, perm):
                 break
@@ -256,43 +252,3 @@ class GaussianMixture(ZooModel):
         from zoo import plots
 
         return {"clusters": plots.mixture_clusters(self, data, posteriors, dataset)}
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iterations: int = 50):
-    """k-means++ seeding and Lloyd iterations on standardized features. Returns (centers, labels)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    scale = x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[-1], dtype=x.dtype)
-    z = x / torch.where(scale > 0, scale, torch.ones_like(scale))
-    centers = z[torch.randint(0, z.shape[0], (1,), generator=gen)]
-    for _ in range(1, k):
-        d2 = torch.cdist(z, centers).min(-1).values ** 2
-        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / len(d2))
-        centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
-    for _ in range(iterations):
-        labels = torch.cdist(z, centers).argmin(-1)
-        new = torch.stack([z[labels == j].mean(0) if (labels == j).any() else centers[j] for j in range(k)])
-        if torch.allclose(new, centers):
-            break
-        centers = new
-    labels = torch.cdist(z, centers).argmin(-1)
-    return centers * torch.where(scale > 0, scale, torch.ones_like(scale)), labels
-
-
-def _match(locs, ref_locs, ref_scales):
-    """Per draw, the permutation p minimizing sum_k ||(locs[p[k]] - ref[k]) / ref_scale[k]||^2. (S, K)."""
-    cost = (((locs.unsqueeze(-2) - ref_locs) / ref_scales) ** 2).sum(-1)   # (S, K_draw, K_ref)
-    cost = cost.detach().cpu().numpy()
-    perm = np.empty(cost.shape[:2], dtype=np.int64)
-    for s, c in enumerate(cost):
-        rows, cols = linear_sum_assignment(c)
-        perm[s, cols] = rows
-    return torch.as_tensor(perm)
-
-
-def _permute(x, perm):
-    """x[s, perm[s, k], ...] for every draw s."""
-    index = perm.reshape(*perm.shape, *([1] * (x.dim() - 2))).expand(*perm.shape, *x.shape[2:])
-    return torch.gather(x, 1, index.to(x.device))
