@@ -55,6 +55,24 @@ def baum_welch(hmm, seqs, params, *, max_iter: int, tol: float | None, progress:
     return params
 
 
+def kmeans_start(hmm, seqs, seed: int):
+    """An HMM read off k-means++ clusters of the observed steps (seeded): the emission parameters per
+    cluster (``hmm.family.cluster``) and, from the cluster labels of consecutive steps, first-state
+    counts + 1 (S,), transition counts + 1 (S, S) and visits + 1 per state (S, 1) (add-one smoothing)."""
+    S, mask = hmm.n_states, seqs.mask
+    x = seqs.values[mask]                                                   # (N, *E)
+    emission, flat = hmm.family.cluster(x, S, hmm.family.size(x), seed)
+    labels = torch.full(mask.shape, -1, dtype=torch.long)                   # (B, T), -1 on padding
+    labels[mask] = flat
+    dtype = next(iter(emission.values())).dtype
+    first = torch.bincount(labels[:, 0], minlength=S).to(dtype) + 1
+    pairs = (labels[:, :-1] >= 0) & (labels[:, 1:] >= 0)
+    counts = torch.ones(S, S, dtype=dtype).index_put_((labels[:, :-1][pairs], labels[:, 1:][pairs]),
+                                                       torch.ones((), dtype=dtype), accumulate=True)
+    visits = torch.bincount(flat, minlength=S).to(dtype).unsqueeze(-1) + 1
+    return emission, first, counts, visits
+
+
 def _normalize_rows(counts: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     total = counts.sum(-1, keepdim=True)
     return torch.where(total > 0, counts / total.clamp_min(1e-300), previous)

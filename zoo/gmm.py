@@ -46,7 +46,7 @@ from torch.distributions import constraints
 
 from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
 from zoo.baselines import kmeans_gaussians
-from zoo.relabel import match, permute
+from zoo.relabel import align_draws, permute_all
 
 
 class GaussianMixture(ZooModel):
@@ -209,31 +209,12 @@ class GaussianMixture(ZooModel):
         return {"weights": weights, "locs": centers, "scales": scales}
 
     def align(self, draws, reference=None):
-        """Relabel every draw to a common labeling (see the module docstring)."""
-        w, locs, scales = (draws[k] for k in self.global_sites)
-        batch = locs.shape[:-2]
-        K, D = locs.shape[-2:]
-        flat = {k: v.reshape(-1, *v.shape[len(batch):]) for k, v in (("weights", w), ("locs", locs), ("scales", scales))}
-        if reference is not None:
-            ref_locs = reference["locs"].reshape(-1, K, D).mean(0)
-            ref_scales = reference["scales"].reshape(-1, K, D).mean(0)
-            iterations = 2
-        else:  # start from the draw nearest the middle of the run and refine (Stephens-style)
-            mid = flat["locs"].shape[0] // 2
-            ref_locs, ref_scales = flat["locs"][mid], flat["scales"][mid]
-            iterations = 10
-        perm = None
-        for _ in range(iterations):
-            new_perm = match(flat["locs"], ref_locs, ref_scales)
-            relabeled = {k: permute(v, new_perm) for k, v in flat.items()}
-            ref_locs, ref_scales = relabeled["locs"].mean(0), relabeled["scales"].mean(0)
-            if perm is not None and torch.equal(new_perm, perm):
-                break
-            perm = new_perm
-        if reference is None:  # canonical order: by the first feature of the reference locations
-            order = torch.argsort(ref_locs[:, 0])
-            relabeled = {k: v[:, order] for k, v in relabeled.items()}
-        return {k: relabeled[k].reshape(*batch, *relabeled[k].shape[1:]) for k in self.global_sites}
+        """Relabel every draw to a common labeling (see the module docstring; :func:`zoo.relabel.align_draws`)."""
+        batch = draws["locs"].shape[:-2]
+        flat = {k: draws[k].reshape(-1, *draws[k].shape[len(batch):]) for k in self.global_sites}
+        ref = None if reference is None else {k: reference[k].reshape(-1, *flat[k].shape[1:]) for k in ("locs", "scales")}
+        out = align_draws(flat, lambda p: (p["locs"], p["scales"]), permute_all, ref)
+        return {k: out[k].reshape(*batch, *out[k].shape[1:]) for k in self.global_sites}
 
     def coords(self, data) -> dict[str, list]:
         return {"component": list(range(self.n_components))}

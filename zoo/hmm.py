@@ -63,11 +63,11 @@ from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 
 from zoo import kernels
-from zoo.base import ZooModel, as_float_tensor, check_setting
-from zoo.baselines import baum_welch
-from zoo.data import Sequences, check_lengths, reject
+from zoo.base import ZooModel, check_setting
+from zoo.baselines import baum_welch, kmeans_start
+from zoo.data import Sequences, as_sequences
 from zoo.hmm_emissions import EMISSIONS, LogRatioToSimplex, dirichlet_log_ratio, log_simplex
-from zoo.relabel import align_to_reference, permute
+from zoo.relabel import align_draws, permute, permute_all
 
 __all__ = ["HiddenMarkovModel", "Sequences"]
 
@@ -163,8 +163,7 @@ class HiddenMarkovModel(ZooModel):
         """Start q at the posterior given the k-means labels of :meth:`initial_values` (counts + 1)."""
         if data is None:
             raise ValueError("data: the HMM guide is initialized from data; got None")
-        emission, labels = self._cluster(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-        first, pairs, visits = _label_counts(labels, self.n_states, emission)   # (S,), (S, S), (S, 1)
+        emission, first, pairs, visits = kmeans_start(self, data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
         self.q_initial = PyroParam(first, constraints.positive)
         self.q_transition = PyroParam(pairs, constraints.positive)
         for name, param in self.family.guide_params(emission, visits).items():
@@ -212,32 +211,19 @@ class HiddenMarkovModel(ZooModel):
         gives (*batch, 1)). Leading batch dims of ``params`` (posterior draws) are processed in chunks
         to bound memory.
         """
-        if not isinstance(data, Sequences):
-            data = self.validate(data)
-        batch = params["initial"].shape[:-1]
+        data = data if isinstance(data, Sequences) else self.validate(data)
+        batch, (B, T) = params["initial"].shape[:-1], data.values.shape[:2]
         flat = {k: params[k].reshape(-1, *params[k].shape[len(batch):]) for k in self.global_sites}
-        B, T = data.values.shape[:2]
-        n = flat["initial"].shape[0]
         step = max(1, _CHUNK // (B * T * self.n_states**2))
-        if not batch or n <= step:
-            return kernels.forward_log_prob(*self.log_potentials(data, flat if batch else params),
-                                            data.mask).reshape(*batch, B)
         chunks = [kernels.forward_log_prob(*self.log_potentials(data, {k: v[i:i + step] for k, v in flat.items()}),
-                                           data.mask) for i in range(0, n, step)]
+                                           data.mask) for i in range(0, len(flat["initial"]), step)]
         return torch.cat(chunks).reshape(*batch, B)
 
     def smooth(self, data, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Posterior state marginals p(z_bt = s | x_b, params), (*batch, B, T, S); 0 on padding.
-
-        Forward-backward by automatic differentiation: d log p(x) / d log e_t(s) = p(z_t = s | x),
-        where e_t(s) is the emission density of step t under state s. A bare sequence gives (T, S).
-        """
+        """Posterior state marginals p(z_bt = s | x_b, params), (*batch, B, T, S); 0 on padding
+        (:func:`zoo.kernels.state_marginals`). A bare sequence gives (T, S)."""
         seqs = self.validate(data)
-        with torch.enable_grad():
-            log_init, log_trans, log_emit = self.log_potentials(seqs, _detached(params))
-            log_emit = log_emit.requires_grad_()
-            total = kernels.forward_log_prob(log_init, log_trans, log_emit, seqs.mask).sum()
-            (marginals,) = torch.autograd.grad(total, log_emit)
+        marginals = kernels.state_marginals(*self.log_potentials(seqs, _detached(params)), seqs.mask)
         return marginals if isinstance(data, Sequences) else marginals[..., 0, :, :]
 
     def decode(self, data, params: Mapping[str, torch.Tensor]):
@@ -265,35 +251,12 @@ class HiddenMarkovModel(ZooModel):
 
     # --- the protocol ---------------------------------------------------------------------------
     def validate(self, data) -> Sequences:
-        """A :class:`Sequences` with padding set to 0 (see the module docstring), or a clear error."""
-        if isinstance(data, Sequences):
-            values, lengths, batched = data.values, data.lengths, True
-        elif isinstance(data, Mapping) and "values" in data:
-            values, lengths, batched = data["values"], data.get("lengths"), True
-        else:
-            values, lengths, batched = data, None, False
-        ev, letter = self.family.event_dim, self.family.letter
-        x = as_float_tensor(values, name="data", allow_nan=True,
-                            dtype=None if torch.is_tensor(values) and values.is_floating_point() else torch.float64)
-        x = x if batched else x.unsqueeze(0)
-        if ev == 1 and x.dim() == 2:        # one Gaussian feature or one Bernoulli key
-            x = x.unsqueeze(-1)
-        if ev == 0 and x.dim() == 3 and x.shape[-1] == 1:   # a (T, 1) column of symbols or counts
-            x = x.squeeze(-1)
-        if x.dim() != 2 + ev:
-            raise ValueError(f"data: expected one sequence of shape {f'(T, {letter}) or (T,)' if ev else '(T,)'} or "
-                             f"Sequences with values (B, T{', ' + letter if ev else ''}); got shape "
-                             f"{tuple(values.shape) if hasattr(values, 'shape') else tuple(x.shape)}")
-        if ev == 1 and self.dim is not None and x.shape[-1] != self.dim:
-            raise ValueError(f"data: expected {self.dim} {self.family.unit} "
-                             f"(dim={self.dim}), got {x.shape[-1]}")
-        B, T = x.shape[:2]
-        seqs = Sequences(x, check_lengths(lengths, B, T))
-        observed = x[seqs.mask]                                               # (N, *E)
-        reject(torch.isnan(observed), observed, seqs.mask, "NaN within a sequence (remove or impute it)")
-        self.family.check(observed, seqs.mask)
-        x = torch.where(seqs.mask.reshape(B, T, *[1] * ev), x, torch.zeros((), dtype=x.dtype))
-        return Sequences(x.long() if self.family.symbols else x, seqs.lengths)
+        """A :class:`Sequences` with padding set to 0 (:func:`zoo.data.as_sequences`), the observed steps
+        checked against the emission family's support; or a clear error."""
+        f = self.family
+        seqs = as_sequences(data, f.event_dim, size=self.dim, axis=f.letter, unit=f.unit)
+        f.check(seqs.values[seqs.mask], seqs.mask)
+        return Sequences(seqs.values.long(), seqs.lengths) if f.symbols else seqs
 
     def simulate(self, n: int, seed: int = 0, params: Mapping[str, torch.Tensor] | None = None,
                  n_sequences: int | None = None):
@@ -315,52 +278,29 @@ class HiddenMarkovModel(ZooModel):
 
     def sample_sequences(self, params: Mapping[str, torch.Tensor], n_sequences: int, n: int):
         """Forward simulation: states (B, T) long and observations (B, T, *E) (torch's global RNG)."""
-        uniform = torch.rand(n, n_sequences, 1, dtype=params["initial"].dtype)
-        cum_init, cum_trans = params["initial"].cumsum(-1), params["transition"].cumsum(-1)
-        last = cum_init.shape[-1] - 1
-        states = torch.empty(n_sequences, n, dtype=torch.long)
-        states[:, 0] = torch.searchsorted(cum_init, uniform[0]).squeeze(-1).clamp_max(last)
-        for t in range(1, n):  # inverse-CDF step of the Markov chain, vectorized over sequences
-            rows = cum_trans[states[:, t - 1]]
-            states[:, t] = torch.searchsorted(rows, uniform[t]).squeeze(-1).clamp_max(last)
+        states = kernels.sample_states(params["initial"], params["transition"], n_sequences, n)
         return states, self.family.dist(self.family.at_state(params, states)).sample()
 
     def align(self, draws, reference=None):
-        """Relabel the states of every draw to a common labeling (:func:`zoo.relabel.align_to_reference`).
+        """Relabel the states of every draw to a common labeling (:func:`zoo.relabel.align_draws`).
 
         States are matched by their emission parameters in units of the reference's emission spread
-        (``Emission.signature``); the reference is the draw nearest the middle of the run, refined by
-        averaging, or the mean of ``reference``. Without a reference the states are then ordered by the
-        first coordinate of their emission mean (gaussian locs[:, 0], poisson rates, probs[:, 0]).
-        ``transition`` is permuted along both axes.
+        (``Emission.signature``); without a reference they are then ordered by the first coordinate of
+        their emission mean (gaussian locs[:, 0], poisson rates, probs[:, 0]). ``transition`` is
+        permuted along both axes.
         """
         batch = draws["initial"].shape[:-1]
         flat = {k: draws[k].reshape(-1, *draws[k].shape[len(batch):]) for k in self.global_sites}
-        if reference is not None:
-            ref = {k: reference[k].reshape(-1, *v.shape[1:]).mean(0) for k, v in flat.items()}
-        else:
-            ref = {k: v[v.shape[0] // 2] for k, v in flat.items()}
-        out = align_to_reference(flat, ref, self.family.signature, _relabel, iterations=10 if reference is None else 2)
-        if reference is None:
-            order = torch.argsort(self.family.signature({k: v.mean(0) for k, v in out.items()})[0][:, 0])
-            out = _relabel(out, order.expand(out["initial"].shape[0], -1))
+        ref = None if reference is None else {k: reference[k].reshape(-1, *v.shape[1:]) for k, v in flat.items()}
+        out = align_draws(flat, self.family.signature, _relabel, ref)
         return {k: out[k].reshape(*batch, *out[k].shape[1:]) for k in self.global_sites}
 
     def initial_values(self, data: Sequences, seed: int = 0) -> dict[str, torch.Tensor]:
         """Cluster the observed steps (k-means++ on the emission features, seeded), then read the
         emission parameters, first-state and transition frequencies off the cluster labels (add-one
-        smoothing). Different seeds give different starts."""
-        emission, labels = self._cluster(data, seed)
-        first, pairs, _ = _label_counts(labels, self.n_states, emission)
+        smoothing; :func:`zoo.baselines.kmeans_start`). Different seeds give different starts."""
+        emission, first, pairs, _ = kmeans_start(self, data, seed)
         return {"initial": first / first.sum(), "transition": pairs / pairs.sum(-1, keepdim=True), **emission}
-
-    def _cluster(self, data: Sequences, seed: int):
-        """k-means++ of the observed steps: emission parameters per cluster and labels (B, T) (-1 on padding)."""
-        x = _observed(data)                                                       # (N, *E)
-        emission, labels = self.family.cluster(x, self.n_states, self.family.size(x), seed)
-        z = torch.full(data.mask.shape, -1, dtype=torch.long)
-        z[data.mask] = labels
-        return emission, z
 
     def ppc_statistics(self, values, data, params):
         """Persistence. With the states decoded (Viterbi) under ``params``: ``mean_run_length`` and
@@ -441,21 +381,8 @@ def _detached(params) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v).detach() for k, v in params.items()}
 
 
-def _label_counts(labels: torch.Tensor, S: int, like):
-    """From cluster labels (B, T) (-1 on padding): first-state counts + 1 (S,), transition counts + 1
-    (S, S) and visits + 1 per state (S, 1)."""
-    dtype = next(iter(like.values())).dtype
-    one = torch.ones((), dtype=dtype)
-    first = torch.bincount(labels[:, 0], minlength=S).to(dtype) + 1
-    pairs = (labels[:, :-1] >= 0) & (labels[:, 1:] >= 0)
-    counts = torch.ones(S, S, dtype=dtype).index_put_((labels[:, :-1][pairs], labels[:, 1:][pairs]), one,
-                                                       accumulate=True)
-    visits = torch.bincount(labels[labels >= 0], minlength=S).to(dtype).unsqueeze(-1) + 1
-    return first, counts, visits
-
-
 def _relabel(flat: Mapping[str, torch.Tensor], perm: torch.Tensor) -> dict[str, torch.Tensor]:
     """Permute the state axis of every draw (n, S, ...); transition along both axes."""
-    out = {k: permute(v, perm) for k, v in flat.items()}
+    out = permute_all(flat, perm)
     out["transition"] = permute(out["transition"].transpose(1, 2), perm).transpose(1, 2)
     return out

@@ -13,7 +13,8 @@ Every function takes log potentials: ``log_initial`` (*b, S) (the law of the fir
   long ones are not slowed by temporaries. On a GPU (or under ``torch.jit`` tracing):
   :func:`tree_log_prob`, a balanced tree of batched ``matmul`` (O(log T) sequential steps).
 * :func:`forward` / :func:`gradient`: the same recursions on numpy arrays, for closed-form densities.
-* :func:`viterbi`: the most likely state path.
+* :func:`state_marginals`: p(z_bt = s | x_b), the gradient of log p(x) in the log emissions.
+* :func:`viterbi`: the most likely state path; :func:`sample_states`: paths of the chain.
 """
 
 from __future__ import annotations
@@ -237,7 +238,17 @@ def _rescale(x):
     return x / scale, scale.log()[..., 0, 0]
 
 
-# --- Viterbi ------------------------------------------------------------------------------------
+def state_marginals(log_initial, log_transition, log_emission, mask):
+    """Smoothing: p(z_bt = s | x_b), (*b, B, T, S), 0 on padding. Forward-backward by automatic
+    differentiation: d log p(x) / d log e_t(s) = p(z_t = s | x)."""
+    with torch.enable_grad():
+        log_emission = log_emission.detach().requires_grad_()
+        total = forward_log_prob(log_initial.detach(), log_transition.detach(), log_emission, mask).sum()
+        (marginals,) = torch.autograd.grad(total, log_emission)
+    return marginals
+
+
+# --- Viterbi and simulation ------------------------------------------------------------------------------------
 
 
 def viterbi(log_initial, log_transition, log_emission, mask):
@@ -263,3 +274,16 @@ def viterbi(log_initial, log_transition, log_emission, mask):
         path[:, t] = state
         state = back[:, t].gather(-1, state.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, path, -1), log_prob
+
+
+def sample_states(initial, transition, n_sequences: int, n: int):
+    """State paths (B, T) long of the chain with first-state law ``initial`` (S,) and ``transition``
+    (S, S): inverse-CDF steps from torch's global RNG (one uniform per step), vectorized over sequences."""
+    uniform = torch.rand(n, n_sequences, 1, dtype=initial.dtype)
+    cum_init, cum_trans = initial.cumsum(-1), transition.cumsum(-1)
+    last = cum_init.shape[-1] - 1
+    states = torch.empty(n_sequences, n, dtype=torch.long)
+    states[:, 0] = torch.searchsorted(cum_init, uniform[0]).squeeze(-1).clamp_max(last)
+    for t in range(1, n):
+        states[:, t] = torch.searchsorted(cum_trans[states[:, t - 1]], uniform[t]).squeeze(-1).clamp_max(last)
+    return states

@@ -2,8 +2,8 @@
 
 A mixture's or an HMM's likelihood is invariant to permuting its components, so every posterior
 mode has K! copies. Each draw is matched to a reference by minimum-cost assignment (Hungarian
-algorithm, :func:`match`) and permuted (:func:`permute`); :func:`align_to_reference` repeats this
-with the reference refined as the mean of the relabelled draws (Stephens 2000).
+algorithm, :func:`match`) and permuted (:func:`permute`); :func:`align_draws` repeats this with
+the reference refined as the mean of the relabelled draws (Stephens 2000).
 """
 
 from __future__ import annotations
@@ -34,13 +34,25 @@ def permute(x, perm):
     return torch.gather(x, 1, index.to(x.device))
 
 
-def align_to_reference(flat: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor],
-                       signature: Callable, relabel: Callable, iterations: int) -> dict[str, torch.Tensor]:
-    """Relabel draws ``flat`` (n, K, ...) to the reference ``ref`` (K, ...), Stephens-style.
+def permute_all(flat: Mapping[str, torch.Tensor], perm) -> dict[str, torch.Tensor]:
+    """:func:`permute` every entry of ``flat`` (n, K, ...) by ``perm`` (n, K)."""
+    return {k: permute(v, perm) for k, v in flat.items()}
+
+
+def align_draws(flat: Mapping[str, torch.Tensor], signature: Callable, relabel: Callable,
+                reference: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Relabel draws ``flat[site]`` (n, K, ...) to a common labeling, Stephens-style.
 
     ``signature(params)`` gives per component a location and a spread (..., K, F) to match on;
-    ``relabel(flat, perm)`` permutes every draw. After each round the reference becomes the mean of
-    the relabelled draws; stops when the permutations no longer change (at most ``iterations``)."""
+    ``relabel(flat, perm)`` permutes every draw by ``perm`` (n, K). The reference is the mean of
+    ``reference`` (draws (m, K, ...) of the same sites; 2 rounds), or the draw nearest the middle of
+    the run (10 rounds); after each round it becomes the mean of the relabelled draws, until the
+    permutations stop changing. Without ``reference`` the components are then ordered by the first
+    coordinate of the reference's location."""
+    if reference is not None:
+        ref, iterations = {k: v.mean(0) for k, v in reference.items()}, 2
+    else:
+        ref, iterations = {k: v[v.shape[0] // 2] for k, v in flat.items()}, 10
     perm = None
     for _ in range(iterations):
         ref_center, ref_spread = signature(ref)
@@ -50,4 +62,7 @@ def align_to_reference(flat: Mapping[str, torch.Tensor], ref: Mapping[str, torch
         if perm is not None and torch.equal(new_perm, perm):
             break
         perm = new_perm
+    if reference is None:
+        order = torch.argsort(signature(ref)[0][:, 0])
+        relabeled = relabel(relabeled, order.expand(perm.shape[0], -1))
     return relabeled
