@@ -36,16 +36,12 @@ first state has law ``initial @ transition`` (the tests show both against hmmlea
 to T (padding is ignored and may hold NaN); a bare array is one sequence ``(T, *E)`` (``(T,)`` for one
 Gaussian feature or one Bernoulli key, ``(T, 1)`` for symbols/counts).
 
-**Two forms of one model.** :meth:`~HiddenMarkovModel.model` keeps the states explicit: the story,
-what ``infer_discrete`` draws ``states_t`` from and what ``TraceEnum_ELBO`` sums them out of.
-:meth:`~HiddenMarkovModel.marginal_model` has the same global sites and priors and one observed site
-``obs`` (B, T, *E) whose density is the forward algorithm (:func:`zoo.kernels.forward_log_prob`),
-vectorized over sequences and posterior draws: MAP maximizes it, the posterior predictive replicates
-data from it, SVI fits it (``Trace_ELBO``, equal to the ``TraceEnum_ELBO`` of ``model`` draw by draw)
-and NUTS samples it through :meth:`~HiddenMarkovModel.log_density`, its closed form with the exact
-gradient. Also: Viterbi :meth:`~HiddenMarkovModel.decode`, forward-backward
-:meth:`~HiddenMarkovModel.smooth`, Baum-Welch :meth:`~HiddenMarkovModel.em`
-(:func:`zoo.baselines.baum_welch`) and :meth:`~HiddenMarkovModel.align` (label switching).
+**Two forms of one model.** :meth:`~HiddenMarkovModel.model` keeps the states explicit (what
+``TraceEnum_ELBO`` sums out and ``infer_discrete`` draws); :meth:`~HiddenMarkovModel.marginal_model`
+has one observed site ``obs`` (B, T, *E) whose density is the forward algorithm
+(:func:`zoo.kernels.forward_log_prob`): MAP maximizes it, SVI fits it (``Trace_ELBO``, equal to the
+``TraceEnum_ELBO`` of ``model`` draw by draw), predictive draws come from it, and NUTS samples its
+closed form :meth:`~HiddenMarkovModel.log_density`.
 """
 
 from __future__ import annotations
@@ -170,15 +166,13 @@ class HiddenMarkovModel(ZooModel):
             setattr(self, name, param)
 
     def log_density(self, data: Sequences):
-        """The log joint of :meth:`marginal_model` on unconstrained coordinates, with its exact gradient.
+        """The log joint of :meth:`marginal_model` on unconstrained coordinates, with its exact gradient
+        (what ``inference.run_nuts`` samples instead of tracing the model at every leapfrog step).
 
-        What ``inference.run_nuts`` samples instead of tracing the Pyro model at every leapfrog step.
         Returns ``(transforms, fn)``: ``transforms[site]`` maps unconstrained values onto the site's
-        support (simplex rows by additive log-ratios, :class:`~zoo.hmm_emissions.LogRatioToSimplex`, in
-        which a Dirichlet(alpha) row has log p(y) + log |J| = sum_k alpha_k log y_k + const; the
-        emission sites as their family says); ``fn(u)`` takes a dict of unconstrained float64 numpy
-        arrays and returns ``(log p(params, x) + log |det J|, gradient dict)``. The forward algorithm's
-        gradient is forward-backward (:func:`zoo.kernels.gradient`).
+        support (simplex rows by :class:`~zoo.hmm_emissions.LogRatioToSimplex`); ``fn(u)`` takes float64
+        numpy arrays and returns ``(log p(params, x) + log |det J|, gradient dict)``, the likelihood's
+        gradient by forward-backward (:func:`zoo.kernels.gradient`), the emission prior's by its family.
         """
         seqs = data if isinstance(data, Sequences) else self.validate(data)
         lengths = seqs.lengths.numpy().astype(np.int64)
@@ -308,13 +302,9 @@ class HiddenMarkovModel(ZooModel):
         sequences); and ``autocorrelation``, the lag-1 autocorrelation of the observations within
         sequences (features centred on their overall mean, pooled over features; symbols one-hot)."""
         seqs = Sequences(values, data.lengths)
-        path, _ = self.decode(seqs, params)                                       # (B, T), -1 on padding
-        runs = []
-        for z, n in zip(path, data.lengths.tolist()):
-            starts = torch.nonzero(torch.cat([torch.ones(1, dtype=torch.bool), z[1:n] != z[:n - 1]])).squeeze(-1)
-            runs.append(torch.diff(starts, append=torch.tensor([n])))
-        runs = torch.cat(runs)
-        mask = seqs.mask
+        path, mask = self.decode(seqs, params)[0], seqs.mask                     # (B, T), -1 on padding
+        starts = torch.cat([mask[:, :1], path[:, 1:] != path[:, :-1]], 1)[mask]   # (N,) True where a run starts
+        runs = torch.bincount(starts.cumsum(0) - 1)                              # the length of every run
         x = self.family.features(self.validate(seqs).values, self.family.size(_observed(data)))
         x = x.reshape(*mask.shape, -1).double()
         centred = (x - x[mask].mean(0)) * mask[..., None]                         # (B, T, F), 0 on padding
