@@ -164,19 +164,19 @@ def test_initial_is_the_state_of_the_first_observation():
     assert float(m.log_likelihood(seqs, p)) == pytest.approx(hmmlearn_model("gaussian", p).score(x.numpy()), abs=1e-8)
 
 
-def log_prior(emission, p, seqs):
-    """The model's prior density, written with scipy."""
+def log_prior(emission, p, seqs, fixed=False):
+    """The model's prior density, written with scipy (``fixed``: prior="fixed", centre 0, spread 1, mean 1)."""
     lp = stats.dirichlet(np.ones(len(p["initial"]))).logpdf(p["initial"].numpy())
     lp += sum(stats.dirichlet(np.ones(len(row))).logpdf(row) for row in p["transition"].numpy())
     x = seqs.values[seqs.mask].numpy()
     if emission == "gaussian":
-        center, spread = x.mean(0), x.std(0, ddof=1)
+        center, spread = (0.0, 1.0) if fixed else (x.mean(0), x.std(0, ddof=1))
         lp += stats.norm(center, 2 * spread).logpdf(p["locs"].numpy()).sum()
         lp += stats.lognorm(s=1.0, scale=spread / 2).logpdf(p["scales"].numpy()).sum()
     elif emission == "categorical":
         lp += sum(stats.dirichlet(np.ones(len(row))).logpdf(row) for row in p["emission_probs"].numpy())
     elif emission == "poisson":
-        lp += stats.lognorm(s=1.5, scale=x.mean()).logpdf(p["rates"].numpy()).sum()
+        lp += stats.lognorm(s=1.5, scale=1.0 if fixed else x.mean()).logpdf(p["rates"].numpy()).sum()
     else:
         lp += stats.beta(1, 1).logpdf(p["emission_probs"].numpy()).sum()
     return lp
@@ -210,6 +210,27 @@ def test_traceenum_loss_with_delta_guide_is_minus_log_prior_minus_forward(emissi
     marginal = pyro.infer.Trace_ELBO(max_plate_nesting=1).loss(m.marginal_model, delta_guide, seqs)
     assert enumerated == pytest.approx(expected, rel=1e-9)
     assert marginal == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("emission", ["gaussian", "poisson"])
+def test_fixed_prior_is_the_simulation_prior_whatever_the_data(emission):
+    """prior="fixed": the log prior of the same parameters under two data sets is the scipy density with
+    centre 0, spread 1 and mean count 1 (what simulate draws from), so SBC's check accepts the model;
+    prior="data" (empirical Bayes) is refused by that check."""
+    from inference.sbc import check_fixed_prior
+    from inference.target import as_target
+
+    p = random_params(emission, S=2, seed=6, D=1)
+    m = zoo.get("hmm", n_states=2, emission=emission, prior="fixed")
+    for seed in (1, 2):
+        seqs = m.validate(ragged(emission, p, [7, 4], seed=seed)[1])
+        trace = pyro.poutine.trace(pyro.poutine.condition(m.marginal_model, data=p)).get_trace(seqs)
+        lp = sum(float(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"]).sum()) for k in m.global_sites)
+        assert lp == pytest.approx(log_prior(emission, p, seqs, fixed=True), rel=1e-12)
+        assert lp != pytest.approx(log_prior(emission, p, seqs), rel=1e-3)   # the data are not standardized
+    check_fixed_prior(as_target(m), 30, seed=0)
+    with pytest.raises(ValueError, match="prior of 'hmm' depends on the data"):
+        check_fixed_prior(as_target(zoo.get("hmm", n_states=2, emission=emission)), 30, seed=0)
 
 
 class OwnGuide(torch.nn.Module):
@@ -385,6 +406,7 @@ def test_validate_rejects_out_of_vocabulary_and_bad_lengths():
     ({"n_states": 0}, "n_states"),
     ({"n_states": 1.5}, "n_states"),
     ({"emission": "student"}, "emission: expected one of"),
+    ({"prior": "flat"}, "prior: expected one of 'data', 'fixed'"),
     ({"n_components": 2}, "unknown configuration 'n_components'"),
 ])
 def test_bad_config(config, message):
