@@ -33,13 +33,13 @@ class Sequences(NamedTuple):
         return torch.arange(T, device=self.lengths.device) < self.lengths.unsqueeze(-1)
 
 
-def as_sequences(data, event_dim: int, *, size: int | None = None, axis: str = "D", unit: str = "features"):
+def as_sequences(data, event_dim: int, *, size: int | None = None, letter: str = "D", unit: str = "features"):
     """``data`` as :class:`Sequences` of events of rank ``event_dim``, padding set to 0, or a clear error.
 
     Accepts :class:`Sequences`, a mapping with ``values`` (and ``lengths``), or one bare sequence
     ``(T, *E)``; a vector event (``event_dim`` 1, ``size`` entries called ``unit`` when given) may come
     as ``(T,)``, a scalar one as ``(T, 1)``. Float values keep their type, others become float64. NaN
-    may fill the padding only. ``axis`` names the event's length in messages."""
+    may fill the padding only. ``letter`` names the event's length in messages."""
     if isinstance(data, Sequences):
         values, lengths, batched = data.values, data.lengths, True
     elif isinstance(data, Mapping) and "values" in data:
@@ -54,8 +54,8 @@ def as_sequences(data, event_dim: int, *, size: int | None = None, axis: str = "
     if event_dim == 0 and x.dim() == 3 and x.shape[-1] == 1:   # a (T, 1) column of symbols or counts
         x = x.squeeze(-1)
     if x.dim() != 2 + event_dim:
-        raise ValueError(f"data: expected one sequence of shape {f'(T, {axis}) or (T,)' if event_dim else '(T,)'} "
-                         f"or Sequences with values (B, T{', ' + axis if event_dim else ''}); got shape "
+        raise ValueError(f"data: expected one sequence of shape {f'(T, {letter}) or (T,)' if event_dim else '(T,)'} "
+                         f"or Sequences with values (B, T{', ' + letter if event_dim else ''}); got shape "
                          f"{tuple(values.shape) if hasattr(values, 'shape') else tuple(x.shape)}")
     if event_dim and size is not None and x.shape[-1] != size:
         raise ValueError(f"data: expected {size} {unit} (dim={size}), got {x.shape[-1]}")

@@ -212,7 +212,8 @@ class GaussianMixture(ZooModel):
         """Relabel every draw to a common labeling (see the module docstring; :func:`zoo.relabel.align_draws`)."""
         batch = draws["locs"].shape[:-2]
         flat = {k: draws[k].reshape(-1, *draws[k].shape[len(batch):]) for k in self.global_sites}
-        ref = None if reference is None else {k: reference[k].reshape(-1, *flat[k].shape[1:]) for k in ("locs", "scales")}
+        ref = None if reference is None else {k: reference[k].reshape(-1, *flat[k].shape[1:])
+                                              for k in ("locs", "scales")}
         out = align_draws(flat, lambda p: (p["locs"], p["scales"]), permute_all, ref)
         return {k: out[k].reshape(*batch, *out[k].shape[1:]) for k in self.global_sites}
 

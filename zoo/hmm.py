@@ -248,7 +248,7 @@ class HiddenMarkovModel(ZooModel):
         """A :class:`Sequences` with padding set to 0 (:func:`zoo.data.as_sequences`), the observed steps
         checked against the emission family's support; or a clear error."""
         f = self.family
-        seqs = as_sequences(data, f.event_dim, size=self.dim, axis=f.letter, unit=f.unit)
+        seqs = as_sequences(data, f.event_dim, size=self.dim, letter=f.letter, unit=f.unit)
         f.check(seqs.values[seqs.mask], seqs.mask)
         return Sequences(seqs.values.long(), seqs.lengths) if f.symbols else seqs
 

