@@ -5,8 +5,8 @@
 
 1. Forward log-likelihood of one sequence of T = 10,000 steps with S = 8 Gaussian states (float64,
    one torch thread): ``HiddenMarkovModel.log_likelihood`` (the compiled forward recursion of
-   ``zoo/forward_backward.py``) and, for reference, the tensor tree it uses on a GPU
-   (``zoo.hmm.tree_log_prob``, here on the CPU) against hmmlearn's ``GaussianHMM.score`` (its
+   ``zoo/kernels.py``) and, for reference, the tensor tree it uses on a GPU
+   (``zoo.kernels.tree_log_prob``, here on the CPU) against hmmlearn's ``GaussianHMM.score`` (its
    compiled forward, "log" and "scaling" implementations) at the same parameters on the same data,
    in the same process; median of
    repeats, and the two values checked equal. Also the zoo forward pass plus its gradient, which
@@ -53,7 +53,7 @@ def forward_benchmark(T: int, S: int, repeats: int) -> dict:
     from hmmlearn.hmm import GaussianHMM
 
     import zoo
-    from zoo.hmm import tree_log_prob
+    from zoo.kernels import tree_log_prob
 
     g = np.random.default_rng(0)
     transition = g.dirichlet(np.ones(S), size=S) + 4 * np.eye(S)
@@ -68,7 +68,7 @@ def forward_benchmark(T: int, S: int, repeats: int) -> dict:
     xs = x.numpy()
     with torch.no_grad():
         ours = float(m.log_likelihood(seqs, p))
-    tree = [m._log_potentials(seqs, p), seqs.mask]
+    tree = [m.log_potentials(seqs, p), seqs.mask]
     fns = {"zoo_s": lambda: _no_grad(m.log_likelihood, seqs, p),
            "zoo_tree_s": lambda: _no_grad(tree_log_prob, *tree[0], tree[1]),
            "zoo_grad_s": lambda: torch.autograd.grad(m.log_likelihood(seqs, leaves).sum(), list(leaves.values()))}

@@ -16,7 +16,7 @@ import zoo
 from inference import Posterior
 from inference.ppc import ppc
 from inference.target import Target
-from zoo.hmm import Sequences
+from zoo.data import Sequences
 
 
 def normal_mean(data):

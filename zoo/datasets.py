@@ -291,7 +291,7 @@ def _jsb_chorales(data_dir=None) -> Dataset:
     # valid and test. Sequences are padded to the longest of their split.
     import json
 
-    from zoo.hmm import Sequences
+    from zoo.data import Sequences
 
     rel = "jsb_chorales/jsb_chorales.json"
     root = resolve_data_dir(data_dir, "jsb-chorales", rel)

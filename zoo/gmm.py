@@ -42,10 +42,11 @@ import torch
 from pyro.infer import config_enumerate
 from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
-from scipy.optimize import linear_sum_assignment
 from torch.distributions import constraints
 
 from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.baselines import kmeans_gaussians
+from zoo.relabel import align_draws, permute_all
 
 
 class GaussianMixture(ZooModel):
@@ -202,42 +203,19 @@ class GaussianMixture(ZooModel):
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor]:
         """k-means++ then Lloyd iterations: weights, centers and per-cluster spreads."""
         K = self.n_components
-        centers, labels = kmeans(data, K, seed=seed)
-        _, spread = self.hyperparameters(data)
+        centers, scales, labels = kmeans_gaussians(data, K, self.hyperparameters(data)[1], seed=seed)
         counts = torch.bincount(labels, minlength=K).to(data.dtype)
-        scales = torch.stack([
-            data[labels == k].std(0) if counts[k] > 1 else spread for k in range(K)
-        ])
-        scales = torch.maximum(torch.nan_to_num(scales, nan=1.0), 0.05 * spread)
         weights = (counts + 1) / (counts.sum() + K)
         return {"weights": weights, "locs": centers, "scales": scales}
 
     def align(self, draws, reference=None):
-        """Relabel every draw to a common labeling (see the module docstring)."""
-        w, locs, scales = (draws[k] for k in self.global_sites)
-        batch = locs.shape[:-2]
-        K, D = locs.shape[-2:]
-        flat = {k: v.reshape(-1, *v.shape[len(batch):]) for k, v in (("weights", w), ("locs", locs), ("scales", scales))}
-        if reference is not None:
-            ref_locs = reference["locs"].reshape(-1, K, D).mean(0)
-            ref_scales = reference["scales"].reshape(-1, K, D).mean(0)
-            iterations = 2
-        else:  # start from the draw nearest the middle of the run and refine (Stephens-style)
-            mid = flat["locs"].shape[0] // 2
-            ref_locs, ref_scales = flat["locs"][mid], flat["scales"][mid]
-            iterations = 10
-        perm = None
-        for _ in range(iterations):
-            new_perm = _match(flat["locs"], ref_locs, ref_scales)
-            relabeled = {k: _permute(v, new_perm) for k, v in flat.items()}
-            ref_locs, ref_scales = relabeled["locs"].mean(0), relabeled["scales"].mean(0)
-            if perm is not None and torch.equal(new_perm, perm):
-                break
-            perm = new_perm
-        if reference is None:  # canonical order: by the first feature of the reference locations
-            order = torch.argsort(ref_locs[:, 0])
-            relabeled = {k: v[:, order] for k, v in relabeled.items()}
-        return {k: relabeled[k].reshape(*batch, *relabeled[k].shape[1:]) for k in self.global_sites}
+        """Relabel every draw to a common labeling (see the module docstring; :func:`zoo.relabel.align_draws`)."""
+        batch = draws["locs"].shape[:-2]
+        flat = {k: draws[k].reshape(-1, *draws[k].shape[len(batch):]) for k in self.global_sites}
+        ref = None if reference is None else {k: reference[k].reshape(-1, *flat[k].shape[1:])
+                                              for k in ("locs", "scales")}
+        out = align_draws(flat, lambda p: (p["locs"], p["scales"]), permute_all, ref)
+        return {k: out[k].reshape(*batch, *out[k].shape[1:]) for k in self.global_sites}
 
     def coords(self, data) -> dict[str, list]:
         return {"component": list(range(self.n_components))}
@@ -256,43 +234,3 @@ class GaussianMixture(ZooModel):
         from zoo import plots
 
         return {"clusters": plots.mixture_clusters(self, data, posteriors, dataset)}
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def kmeans(x: torch.Tensor, k: int, *, seed: int = 0, iterations: int = 50):
-    """k-means++ seeding and Lloyd iterations on standardized features. Returns (centers, labels)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    scale = x.std(0) if x.shape[0] > 1 else torch.ones(x.shape[-1], dtype=x.dtype)
-    z = x / torch.where(scale > 0, scale, torch.ones_like(scale))
-    centers = z[torch.randint(0, z.shape[0], (1,), generator=gen)]
-    for _ in range(1, k):
-        d2 = torch.cdist(z, centers).min(-1).values ** 2
-        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / len(d2))
-        centers = torch.cat([centers, z[torch.multinomial(probs, 1, generator=gen)]])
-    for _ in range(iterations):
-        labels = torch.cdist(z, centers).argmin(-1)
-        new = torch.stack([z[labels == j].mean(0) if (labels == j).any() else centers[j] for j in range(k)])
-        if torch.allclose(new, centers):
-            break
-        centers = new
-    labels = torch.cdist(z, centers).argmin(-1)
-    return centers * torch.where(scale > 0, scale, torch.ones_like(scale)), labels
-
-
-def _match(locs, ref_locs, ref_scales):
-    """Per draw, the permutation p minimizing sum_k ||(locs[p[k]] - ref[k]) / ref_scale[k]||^2. (S, K)."""
-    cost = (((locs.unsqueeze(-2) - ref_locs) / ref_scales) ** 2).sum(-1)   # (S, K_draw, K_ref)
-    cost = cost.detach().cpu().numpy()
-    perm = np.empty(cost.shape[:2], dtype=np.int64)
-    for s, c in enumerate(cost):
-        rows, cols = linear_sum_assignment(c)
-        perm[s, cols] = rows
-    return torch.as_tensor(perm)
-
-
-def _permute(x, perm):
-    """x[s, perm[s, k], ...] for every draw s."""
-    index = perm.reshape(*perm.shape, *([1] * (x.dim() - 2))).expand(*perm.shape, *x.shape[2:])
-    return torch.gather(x, 1, index.to(x.device))

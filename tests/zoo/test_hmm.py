@@ -1,7 +1,6 @@
 """HMM: hmmlearn and numpy oracles, the initial-state convention, enumeration, EM, recovery, alignment."""
 
 import itertools
-import math
 
 import numpy as np
 import pyro
@@ -16,7 +15,8 @@ import inference
 import zoo
 from inference.posterior import Posterior
 from inference.target import Target
-from zoo.hmm import LogRatioToSimplex, Sequences, forward_log_prob, tree_log_prob
+from zoo.data import Sequences
+from zoo.hmm_emissions import LogRatioToSimplex
 
 E_SHAPE = {"gaussian": (2,), "categorical": (), "poisson": (), "bernoulli": (4,)}
 TRUTH = {  # two well separated, sticky states
@@ -164,19 +164,19 @@ def test_initial_is_the_state_of_the_first_observation():
     assert float(m.log_likelihood(seqs, p)) == pytest.approx(hmmlearn_model("gaussian", p).score(x.numpy()), abs=1e-8)
 
 
-def log_prior(emission, p, seqs):
-    """The model's prior density, written with scipy."""
+def log_prior(emission, p, seqs, fixed=False):
+    """The model's prior density, written with scipy (``fixed``: prior="fixed", centre 0, spread 1, mean 1)."""
     lp = stats.dirichlet(np.ones(len(p["initial"]))).logpdf(p["initial"].numpy())
     lp += sum(stats.dirichlet(np.ones(len(row))).logpdf(row) for row in p["transition"].numpy())
     x = seqs.values[seqs.mask].numpy()
     if emission == "gaussian":
-        center, spread = x.mean(0), x.std(0, ddof=1)
+        center, spread = (0.0, 1.0) if fixed else (x.mean(0), x.std(0, ddof=1))
         lp += stats.norm(center, 2 * spread).logpdf(p["locs"].numpy()).sum()
         lp += stats.lognorm(s=1.0, scale=spread / 2).logpdf(p["scales"].numpy()).sum()
     elif emission == "categorical":
         lp += sum(stats.dirichlet(np.ones(len(row))).logpdf(row) for row in p["emission_probs"].numpy())
     elif emission == "poisson":
-        lp += stats.lognorm(s=1.5, scale=x.mean()).logpdf(p["rates"].numpy()).sum()
+        lp += stats.lognorm(s=1.5, scale=1.0 if fixed else x.mean()).logpdf(p["rates"].numpy()).sum()
     else:
         lp += stats.beta(1, 1).logpdf(p["emission_probs"].numpy()).sum()
     return lp
@@ -210,6 +210,27 @@ def test_traceenum_loss_with_delta_guide_is_minus_log_prior_minus_forward(emissi
     marginal = pyro.infer.Trace_ELBO(max_plate_nesting=1).loss(m.marginal_model, delta_guide, seqs)
     assert enumerated == pytest.approx(expected, rel=1e-9)
     assert marginal == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("emission", ["gaussian", "poisson"])
+def test_fixed_prior_is_the_simulation_prior_whatever_the_data(emission):
+    """prior="fixed": the log prior of the same parameters under two data sets is the scipy density with
+    centre 0, spread 1 and mean count 1 (what simulate draws from), so SBC's check accepts the model;
+    prior="data" (empirical Bayes) is refused by that check."""
+    from inference.sbc import check_fixed_prior
+    from inference.target import as_target
+
+    p = random_params(emission, S=2, seed=6, D=1)
+    m = zoo.get("hmm", n_states=2, emission=emission, prior="fixed")
+    for seed in (1, 2):
+        seqs = m.validate(ragged(emission, p, [7, 4], seed=seed)[1])
+        trace = pyro.poutine.trace(pyro.poutine.condition(m.marginal_model, data=p)).get_trace(seqs)
+        lp = sum(float(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"]).sum()) for k in m.global_sites)
+        assert lp == pytest.approx(log_prior(emission, p, seqs, fixed=True), rel=1e-12)
+        assert lp != pytest.approx(log_prior(emission, p, seqs), rel=1e-3)   # the data are not standardized
+    check_fixed_prior(as_target(m), 30, seed=0)
+    with pytest.raises(ValueError, match="prior of 'hmm' depends on the data"):
+        check_fixed_prior(as_target(zoo.get("hmm", n_states=2, emission=emission)), 30, seed=0)
 
 
 class OwnGuide(torch.nn.Module):
@@ -250,47 +271,6 @@ def test_log_likelihood_batches_over_draws_and_ignores_padding():
         np.testing.assert_allclose(out.reshape(6, 2)[i].numpy(), m.log_likelihood(seqs, d).numpy(), atol=1e-10)
     alone = m.log_likelihood(m.validate(seqs.values[1, :12]), draws[0])
     assert float(out[0, 0, 1]) == pytest.approx(float(alone), abs=1e-10)
-
-
-def test_compiled_forward_backward_equals_the_matmul_tree():
-    """The compiled recursions (CPU) and the tensor tree (GPU, jit) give the same log p(x) and, through
-    the hand-written backward recursion vs autograd, the same gradients: ragged, batched over draws,
-    unnormalized potentials (the tree with exact padding, which is exact in every direction)."""
-    g = torch.Generator().manual_seed(0)
-    draws, B, T, S = 3, 4, 37, 3
-    potentials = [torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
-                  for shape in ((draws, S), (draws, S, S), (draws, B, T, S))]
-    mask = torch.arange(T) < torch.tensor([37, 20, 1, 8])[:, None]
-    weights = torch.randn(draws, B, generator=g, dtype=torch.float64)
-    compiled = forward_log_prob(*potentials, mask)
-    tree = tree_log_prob(*potentials, mask, exact_padding=True)
-    np.testing.assert_allclose(compiled.detach().numpy(), tree.detach().numpy(), rtol=1e-12)
-    for a, b in zip(torch.autograd.grad((compiled * weights).sum(), potentials),
-                    torch.autograd.grad((tree * weights).sum(), potentials)):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
-
-
-def test_impossible_sequence_has_minus_infinite_likelihood_and_no_gradient():
-    """A sequence that stays in state 0, which cannot emit its third step: log p = -inf, and it adds
-    nothing to the gradient (the same answer twice: no uninitialized memory is read), while the other
-    sequence keeps the gradient it has alone."""
-    inf = math.inf
-    log_init = torch.tensor([0.0, -inf], dtype=torch.float64, requires_grad=True)
-    log_trans = torch.tensor([[0.0, -inf], [-inf, 0.0]], dtype=torch.float64, requires_grad=True)
-    log_emis = torch.tensor([[[-1.0, -2.0], [-1.0, -2.0], [-inf, -1.0], [-1.0, -2.0]],
-                             [[-1.0, -2.0], [-0.5, -2.0], [-1.0, -1.0], [-1.0, -2.0]]], dtype=torch.float64,
-                            requires_grad=True)
-    mask = torch.ones(2, 4, dtype=torch.bool)
-    ll = forward_log_prob(log_init, log_trans, log_emis, mask)
-    assert ll[0] == -inf and float(ll[1].detach()) == pytest.approx(-1.0 - 0.5 - 1.0 - 1.0)   # state 0 throughout
-    grads = [torch.autograd.grad(forward_log_prob(log_init, log_trans, log_emis, mask) @ torch.tensor([1.0, 1.0],
-             dtype=torch.float64), [log_init, log_trans, log_emis]) for _ in range(2)]
-    alone = torch.autograd.grad(forward_log_prob(log_init, log_trans, log_emis[1:], mask[1:]).sum(),
-                                [log_init, log_trans, log_emis])
-    for a, b, c in zip(*grads, alone):
-        assert torch.isfinite(a).all() and torch.equal(a, b)
-    assert torch.equal(grads[0][2][0], torch.zeros(4, 2, dtype=torch.float64))
-    assert torch.equal(grads[0][0], alone[0]) and torch.equal(grads[0][1], alone[1])
 
 
 def test_nuts_closed_form_keeps_float32_data_in_float32():
@@ -426,6 +406,7 @@ def test_validate_rejects_out_of_vocabulary_and_bad_lengths():
     ({"n_states": 0}, "n_states"),
     ({"n_states": 1.5}, "n_states"),
     ({"emission": "student"}, "emission: expected one of"),
+    ({"prior": "flat"}, "prior: expected one of 'data', 'fixed'"),
     ({"n_components": 2}, "unknown configuration 'n_components'"),
 ])
 def test_bad_config(config, message):
