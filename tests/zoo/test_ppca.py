@@ -1,5 +1,6 @@
-"""PPCA: closed-form ML oracle, EM, scikit-learn, the two forms, rotation-aware alignment, the guide's
-rotation-averaged density, ARD, missing data, bad input, and SVI-vs-NUTS agreement on the wine data."""
+"""PPCA: closed-form ML oracle, EM, scikit-learn, the two forms, rotation-aware alignment, ARD, missing
+data, a fixed prior, bad input, and SVI-vs-NUTS agreement on the wine data. The guide's machinery:
+test_ppca_guide.py; the marginal density: test_ppca_marginal.py."""
 
 import math
 
@@ -16,7 +17,8 @@ import zoo
 from inference.posterior import Posterior
 from inference.target import Target
 from zoo import datasets
-from zoo.ppca import _Layout, _haar, _log_lq_jacobian, principal_angles
+from zoo.ppca import principal_angles
+from zoo.ppca_guide import haar
 
 D, K = 6, 2
 TRUTH = {  # two strong directions (variances 6.5 and 3.5 with the noise), noise variance 0.5
@@ -103,7 +105,7 @@ def test_no_parameter_set_beats_the_closed_form_maximum(simulated):
         ll = m.log_likelihood(x, {"loadings": W, "noise_scale": s, "mean": mu}).sum(-1)
         assert (ll <= best + 1e-9).all(), float(ll.max() - best)
     # any rotation of the optimum attains it exactly
-    R = _haar(K, torch.float64, generator=g)
+    R = haar(K, torch.float64, generator=g)
     rotated = dict(ml, loadings=ml["loadings"] @ R)
     assert float(m.log_likelihood(x, rotated).sum()) == pytest.approx(best, rel=1e-12)
     # local maximization from random starts ends at (not above) the maximum
@@ -171,22 +173,6 @@ def test_scikit_learn_score_samples_agree_after_the_1_over_n_minus_1_correction(
 # --- the two forms -----------------------------------------------------------------------------------
 
 
-def test_marginal_normal_is_the_low_rank_normal():
-    from zoo.ppca import MarginalNormal
-
-    p = random_params(7, 3, seed=5, batch=(4, 1))
-    x = torch.tensor(np.random.default_rng(2).normal(0, 2, (30, 7)))
-    ours = MarginalNormal(p["mean"], p["loadings"], p["noise_scale"])
-    ref = dist.LowRankMultivariateNormal(p["mean"], p["loadings"], (p["noise_scale"] ** 2)[..., None].expand(4, 1, 7))
-    assert ours.batch_shape == (4, 1) and ours.event_shape == (7,)
-    torch.testing.assert_close(ours.log_prob(x), ref.log_prob(x))
-    torch.testing.assert_close(ours.expand((4, 30)).log_prob(x), ref.expand((4, 30)).log_prob(x))
-    one = {k: v[0, 0] for k, v in p.items()}
-    draws = MarginalNormal(one["mean"], one["loadings"], one["noise_scale"]).sample((100000,))
-    cov = one["loadings"] @ one["loadings"].T + one["noise_scale"] ** 2 * torch.eye(7, dtype=torch.float64)
-    assert (torch.cov(draws.T) - cov).abs().max() < 0.1 and (draws.mean(0) - one["mean"]).abs().max() < 0.05
-
-
 def test_latent_form_with_z_integrated_out_is_the_marginal_form():
     """log p(x, z | g) - log p(z | x, g) = log p(x | g) for every z: the exact conditional of z that the
     own guide uses is the true one, and the latent form integrates to the marginal form."""
@@ -236,7 +222,7 @@ def test_align_is_invariant_to_rotations_and_reflections():
     m = zoo.get("ppca", n_components=3)
     p = random_params(8, 3, seed=6, batch=(2, 50))
     g = torch.Generator().manual_seed(1)
-    R = torch.stack([torch.stack([_haar(3, torch.float64, generator=g) for _ in range(50)]) for _ in range(2)])
+    R = torch.stack([torch.stack([haar(3, torch.float64, generator=g) for _ in range(50)]) for _ in range(2)])
     R[0, ::2, :, 0] *= -1                                                # reflections too
     rotated = dict(p, loadings=p["loadings"] @ R)
     a, b = m.align(p), m.align(rotated, reference=m.align(p))
@@ -271,7 +257,7 @@ def test_chains_in_different_rotations_agree_after_alignment():
     g = torch.Generator().manual_seed(2)
     draws = {k: v.expand(500, *v.shape) + 0.05 * torch.randn(500, *v.shape, generator=g, dtype=v.dtype)
              for k, v in p.items()}
-    R = _haar(2, torch.float64, generator=g)
+    R = haar(2, torch.float64, generator=g)
     chains = {k: torch.stack([v, v.flip(0) @ R if k == "loadings" else v.flip(0)]) for k, v in draws.items()}
     post = Posterior(Target(m), torch.zeros(10, 5, dtype=torch.float64), chains, method="nuts", wall_time=1.0)
     raw = az.rhat(az.convert_to_dataset({"w": chains["loadings"].numpy()}))["w"].values
@@ -282,37 +268,6 @@ def test_chains_in_different_rotations_agree_after_alignment():
     assert "principal_axes" in post.alignment and "principal_axes" not in post.aligned
     assert "principal_axes" not in post.idata.posterior
     assert len(inference.compare(post, post)) == 2 + 1 + 5 + 2
-
-
-def test_rotation_averaged_guide_density_is_exact():
-    """The guide scores W = L Q (Q Haar) with q_L(L) / J(L). Bartlett: if W has iid N(0, 1) entries, L
-    has chi_{K-k+1} diagonal and N(0, 1) entries below it; then p_W(W) = p_L(L) / J(L) must hold."""
-    for Kk, Dd in ((1, 3), (2, 5), (3, 4), (4, 9)):
-        g = torch.Generator().manual_seed(Kk)
-        for _ in range(5):
-            W = torch.randn(Dd, Kk, generator=g, dtype=torch.float64)
-            Q, R = torch.linalg.qr(W.T)
-            L = (R * torch.sign(torch.diagonal(R)).unsqueeze(-1)).T              # W = L Q', L lower, diag > 0
-            diag = torch.diagonal(L)
-            rows, cols = torch.tril_indices(Dd, Kk)
-            off = L[rows[rows != cols], cols[rows != cols]]
-            log_pL = sum(stats.chi(Kk - k).logpdf(float(diag[k])) for k in range(Kk)) + stats.norm.logpdf(off.numpy()).sum()
-            log_pW = stats.norm.logpdf(W.numpy()).sum()
-            assert log_pW == pytest.approx(log_pL - float(_log_lq_jacobian(diag.log(), Kk)), abs=1e-9)
-
-
-def test_guide_layout_round_trip(wine):
-    _, x = wine
-    m = zoo.get("ppca", n_components=3)
-    layout = _Layout(m, x)
-    W = m.ml_solution(x)["loadings"] @ _haar(3, torch.float64, generator=torch.Generator().manual_seed(0))
-    values = {"loadings": W, "noise_scale": torch.tensor(0.7, dtype=torch.float64), "mean": x.mean(0)}
-    theta = layout.pack(values)
-    assert len(theta) == layout.size == 13 * 3 - 3 + 13 + 1
-    back, _ = layout.unpack(theta)
-    # the same W up to a rotation: identical W W^T
-    torch.testing.assert_close(back["loadings"] @ back["loadings"].T, W @ W.T)
-    torch.testing.assert_close(back["noise_scale"], values["noise_scale"])
 
 
 # --- ARD -----------------------------------------------------------------------------------------
