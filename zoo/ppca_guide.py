@@ -16,18 +16,19 @@ itself (D K entries).
 
 **Laplace whitening.** theta = theta0 + L0 u: theta0 is the posterior mode (L-BFGS on the marginal log
 joint from the maximum-likelihood solution), L0 L0^T the inverse Hessian there, and the learned Gaussian
-is over u, starting at N(0, I). Posterior sds differ by orders of magnitude between sites (on the wine
-data, 0.016 for log noise_scale against ~1 for loadings), while Adam moves every parameter by about
-``lr`` per step whatever its gradient: in theta a step of lr = 0.01 is more than half a posterior sd of
-log noise_scale, and the single-sample gradient noise leaves the fitted guide off by a quarter of an sd.
-In u, ``lr`` is a fraction of a posterior sd in every direction.
+is over u, starting at N(0, I). Posterior sds differ by orders of magnitude between sites (log
+noise_scale against the loadings), while Adam moves every parameter by about ``lr`` per step whatever
+its gradient: in theta a step that suits the loadings is a large part of a posterior sd of log
+noise_scale, and the single-sample gradient noise leaves the fitted guide off. In u, ``lr`` is a
+fraction of a posterior sd in every direction (the numbers for the wine data: README.md, PPCA).
 
-Why not Pyro's ``AutoLaplaceApproximation``: it works in the model's own unconstrained coordinates, where
-(without ARD) the log joint is flat along the K(K-1)/2 rotation directions of W, so the Hessian it
-inverts (``H.inverse()``, no floor) is singular; it finds the mode by SVI on a Delta guide where the
-closed-form ML solution is at hand; and it returns a frozen ``AutoMultivariateNormal``, whereas this
-guide goes on learning in the whitened coordinates. The Hessian here is the same autograd Hessian, taken
-in the coordinates where the rotation has been integrated out.
+Why not Pyro's ``AutoLaplaceApproximation``: it works in the model's own unconstrained coordinates,
+where (without ARD) the log joint is constant along the K(K-1)/2 rotation directions of W, so at a mode
+the Hessian it inverts (``H.inverse()``, no floor) is singular along them, and elsewhere its Gaussian is
+stretched along the tangent of the ring of rotations instead of averaging over it. It also finds the mode
+by SVI on a Delta guide where the closed-form ML solution is at hand, and returns a frozen
+``AutoMultivariateNormal``, whereas this guide goes on learning in the whitened coordinates. The Hessian
+here is the same autograd Hessian, taken in the coordinates where the rotation is integrated out.
 
 z is not learned: given the sampled globals the guide draws the exact conditional p(z_n | x_n, globals)
 (``PPCA.posterior_z``), so SVI's error is confined to the globals.

@@ -358,6 +358,39 @@ def test_imputation_from_the_posterior_beats_column_means():
     assert float(principal_angles(em["loadings"], top_axes(x, K)).max()) < 5.0
 
 
+# --- a fixed prior ----------------------------------------------------------------------------------
+
+
+def test_a_fixed_prior_ignores_the_data():
+    """By default the priors are centred and scaled on the data being fitted (an empirical-Bayes prior that
+    SBC refuses); ``prior_center`` / ``prior_spread`` fix them: the same prior for every data set, the
+    one ``simulate`` draws from, with log density checked against scipy."""
+    x, _ = zoo.get("ppca", n_components=K).simulate(50, seed=0, params=TRUTH)
+    spread = [1.0, 2.0, 2.0, 2.0, 2.0, 1.0]
+    fixed = zoo.get("ppca", n_components=K, prior_center=0.5, prior_spread=spread, dim=D)
+    for data in (x, 3 * x + 1, None):                              # None: the story without data (default dtype)
+        center, s, scale = fixed.hyperparameters(data)
+        torch.testing.assert_close(center, torch.full((D,), 0.5, dtype=center.dtype))
+        torch.testing.assert_close(s, torch.tensor(spread, dtype=s.dtype))
+        torch.testing.assert_close(scale, torch.tensor(math.sqrt(3.0), dtype=scale.dtype))   # root mean spread^2
+    W, sigma, mu = (TRUTH[k].numpy() for k in ("loadings", "noise_scale", "mean"))
+    ref = (stats.norm(0.5, 2 * np.array(spread)).logpdf(mu).sum() + stats.norm(0, math.sqrt(3)).logpdf(W).sum()
+           + stats.halfnorm(scale=math.sqrt(3)).logpdf(sigma))
+    assert float(fixed.log_prior(x, TRUTH)) == pytest.approx(ref, rel=1e-12)
+    assert float(fixed.log_prior(3 * x + 1, TRUTH)) == pytest.approx(ref, rel=1e-12)
+    # the default follows the data: per-feature mean and sd (1/N) of the observed entries
+    center, s, scale = zoo.get("ppca", n_components=K).hyperparameters(x)
+    torch.testing.assert_close(center, x.mean(0))
+    torch.testing.assert_close(s, x.std(0, unbiased=False))
+    # only the fixed prior passes simulation-based calibration's check (a fit of each: test_sbc.py)
+    from inference.sbc import check_fixed_prior
+    from inference.target import as_target
+
+    check_fixed_prior(as_target(fixed), 40, seed=0)
+    with pytest.raises(ValueError, match="prior of 'ppca' depends on the data"):
+        check_fixed_prior(as_target(zoo.get("ppca", n_components=K, dim=D)), 40, seed=0)
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -371,6 +404,10 @@ def test_imputation_from_the_posterior_beats_column_means():
     ({"n_components": 1, "missing": "mask"}, [[1.0, float("nan")], [2.0, float("nan")], [0.0, 1.0]], "fewer than 2 observed"),
     ({"n_components": 1}, np.zeros((4, 2, 2)), "2-D"),
     ({"n_components": 1}, np.array([["a", "b"], ["c", "d"]]), "numeric"),
+    ({"n_components": 1, "prior_center": [0.0, 1.0, 2.0]}, np.random.default_rng(0).normal(size=(20, 2)),
+     r"prior_center: has 3 entries but the data have D=2"),
+    ({"n_components": 1, "prior_spread": [1.0, 2.0, 3.0]}, np.random.default_rng(0).normal(size=(20, 4)),
+     r"prior_spread: has 3 entries but the data have D=4"),
 ])
 def test_validate_rejects_bad_data(config, data, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -383,6 +420,10 @@ def test_validate_rejects_bad_data(config, data, message):
     ({"ard": "yes"}, "ard"),
     ({"marginalize": 1}, "marginalize"),
     ({"n_states": 2}, "unknown configuration 'n_states'"),
+    ({"prior_center": "zero"}, "prior_center"),
+    ({"prior_center": [[0.0, 1.0]]}, "prior_center"),
+    ({"prior_spread": 0.0}, "prior_spread"),
+    ({"prior_spread": [1.0, float("nan")]}, "prior_spread"),
 ])
 def test_bad_config(config, message):
     with pytest.raises((ValueError, TypeError), match=message):
