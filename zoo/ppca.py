@@ -108,14 +108,18 @@ class PPCA(ZooModel):
         else:
             D, dtype = data.shape[-1], data.dtype
             center, var = baselines.observed_moments(data)
-        for name in ("prior_center", "prior_spread"):
-            value = None if getattr(self, name) is None else torch.as_tensor(getattr(self, name), dtype=dtype)
-            if value is not None and value.numel() not in (1, D):
-                raise ValueError(f"{name}: has {value.numel()} entries but the data have D={D} columns; give one "
-                                 "number or D of them")
-            if value is not None:
-                center, var = (value.expand(D), var) if name == "prior_center" else (center, value.expand(D) ** 2)
+        if self.prior_center is not None:
+            center = self._fixed("prior_center", D, dtype)
+        if self.prior_spread is not None:
+            var = self._fixed("prior_spread", D, dtype) ** 2
         return center, var.sqrt(), var.mean().sqrt()
+
+    def _fixed(self, name, D, dtype):
+        value = torch.as_tensor(getattr(self, name), dtype=dtype)
+        if value.numel() not in (1, D):
+            raise ValueError(f"{name}: has {value.numel()} entries but the data have D={D} columns; give one "
+                             "number or D of them")
+        return value.expand(D)
 
     def _sample_globals(self, data):
         D = data.shape[-1] if data is not None else self.dim
@@ -187,7 +191,8 @@ class PPCA(ZooModel):
         if N < 2:
             raise ValueError(f"data: PPCA needs at least 2 rows, got N={N}")
         if K >= D:
-            raise ValueError(f"n_components: expected fewer components than features (K < D), got K={K} for D={D} features")
+            raise ValueError(f"n_components: expected fewer components than features (K < D), got K={K} for "
+                             f"D={D} features")
         observed = ~torch.isnan(x)
         few = (observed.sum(0) < 2).nonzero().flatten().tolist()
         if few:
@@ -250,7 +255,7 @@ class PPCA(ZooModel):
         K = self.n_components
         R = haar(K, data.dtype, generator=gen)
         jitter = 1 + 0.05 * torch.randn(K, generator=gen, dtype=data.dtype)
-        values = {"loadings": params["loadings"] @ R * jitter, "noise_scale": params["noise_scale"], "mean": params["mean"]}
+        values = dict(params, loadings=params["loadings"] @ R * jitter)
         if self.ard:
             values["ard_precision"] = baselines.ppca_ard_precision(values["loadings"])
         values["z"] = self.posterior_z(data, values)[0]

@@ -391,6 +391,18 @@ def test_a_fixed_prior_ignores_the_data():
         check_fixed_prior(as_target(zoo.get("ppca", n_components=K, dim=D)), 40, seed=0)
 
 
+def test_sbc_ranks_the_identifiable_quantities():
+    """With a fixed prior SBC runs on PPCA and ranks what ``align`` reports, never the raw loadings or the
+    frame. (A verdict takes more simulations than a test affords: ``zoo sbc ppca`` in README.md.)"""
+    m = zoo.get("ppca", n_components=1, dim=3, prior_center=0.0, prior_spread=1.0)
+    r = inference.sbc(m, num_simulations=2, num_observations=20, fit_kwargs=dict(num_samples=40, warmup_steps=40),
+                      seed=0, progress=False)
+    assert set(r.ranks) == {"explained_variance", "noise_variance", "mean", "subspace_angle"}
+    assert r.ranks["mean"].shape == (2, 3) and r.ranks["subspace_angle"].shape == (2, 1)
+    for name, ranks in r.ranks.items():
+        assert ((ranks >= 0) & (ranks <= r.stats["num_draws"].reshape(-1, *[1] * (ranks.ndim - 1)))).all(), name
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
