@@ -5,7 +5,7 @@ Generative story (N images of D pixels, latent dimension L)::
     for n in 1..N:                                   plate "data"  (dim -1)
         z[n]   ~ Normal(0, I_L)                                            (N, L)
         obs[n] ~ Bernoulli(logits = decoder(z[n]))                         (N, D)   likelihood="bernoulli"
-                 Normal(decoder(z[n]), softplus(pixel_scale))               (N, D)   likelihood="gaussian"
+                 Normal(decoder(z[n]), softplus(pixel_scale) + 1e-3)        (N, D)   likelihood="gaussian"
 
 Guide (amortized: one network for every image)::
 
@@ -14,7 +14,8 @@ Guide (amortized: one network for every image)::
 
 ``encoder`` and ``decoder`` are MLPs with ``tanh`` hidden layers of sizes ``hidden`` (Burda et al.
 2015 use (200, 200) and L = 50 on MNIST). There are no global latent sites: the network weights
-are parameters, fitted by maximizing the ELBO, so ``global_sites == ()``.
+are parameters, fitted by maximizing the ELBO, so ``global_sites == ()``; so is ``pixel_scale`` (D,)
+of the Gaussian likelihood.
 
 Minibatches: both pair members index the data with the indices the ``data`` plate yields
 (``with pyro.plate("data", N) as idx: x = data[idx]``), so a caller who fixes the plate's subsample

@@ -1,5 +1,6 @@
-"""PPCA: closed-form ML oracle, EM, scikit-learn, the two forms, rotation-aware alignment, the guide's
-rotation-averaged density, ARD, missing data, bad input, and SVI-vs-NUTS agreement on the wine data."""
+"""PPCA: closed-form ML oracle, EM, scikit-learn, the two forms, rotation-aware alignment, ARD, missing
+data, a fixed prior, bad input, and SVI-vs-NUTS agreement on the wine data. The guide's machinery:
+test_ppca_guide.py; the marginal density: test_ppca_marginal.py."""
 
 import math
 
@@ -16,7 +17,8 @@ import zoo
 from inference.posterior import Posterior
 from inference.target import Target
 from zoo import datasets
-from zoo.ppca import _Layout, _haar, _log_lq_jacobian, principal_angles
+from zoo.ppca import principal_angles
+from zoo.ppca_guide import haar
 
 D, K = 6, 2
 TRUTH = {  # two strong directions (variances 6.5 and 3.5 with the noise), noise variance 0.5
@@ -103,7 +105,7 @@ def test_no_parameter_set_beats_the_closed_form_maximum(simulated):
         ll = m.log_likelihood(x, {"loadings": W, "noise_scale": s, "mean": mu}).sum(-1)
         assert (ll <= best + 1e-9).all(), float(ll.max() - best)
     # any rotation of the optimum attains it exactly
-    R = _haar(K, torch.float64, generator=g)
+    R = haar(K, torch.float64, generator=g)
     rotated = dict(ml, loadings=ml["loadings"] @ R)
     assert float(m.log_likelihood(x, rotated).sum()) == pytest.approx(best, rel=1e-12)
     # local maximization from random starts ends at (not above) the maximum
@@ -171,22 +173,6 @@ def test_scikit_learn_score_samples_agree_after_the_1_over_n_minus_1_correction(
 # --- the two forms -----------------------------------------------------------------------------------
 
 
-def test_marginal_normal_is_the_low_rank_normal():
-    from zoo.ppca import MarginalNormal
-
-    p = random_params(7, 3, seed=5, batch=(4, 1))
-    x = torch.tensor(np.random.default_rng(2).normal(0, 2, (30, 7)))
-    ours = MarginalNormal(p["mean"], p["loadings"], p["noise_scale"])
-    ref = dist.LowRankMultivariateNormal(p["mean"], p["loadings"], (p["noise_scale"] ** 2)[..., None].expand(4, 1, 7))
-    assert ours.batch_shape == (4, 1) and ours.event_shape == (7,)
-    torch.testing.assert_close(ours.log_prob(x), ref.log_prob(x))
-    torch.testing.assert_close(ours.expand((4, 30)).log_prob(x), ref.expand((4, 30)).log_prob(x))
-    one = {k: v[0, 0] for k, v in p.items()}
-    draws = MarginalNormal(one["mean"], one["loadings"], one["noise_scale"]).sample((100000,))
-    cov = one["loadings"] @ one["loadings"].T + one["noise_scale"] ** 2 * torch.eye(7, dtype=torch.float64)
-    assert (torch.cov(draws.T) - cov).abs().max() < 0.1 and (draws.mean(0) - one["mean"]).abs().max() < 0.05
-
-
 def test_latent_form_with_z_integrated_out_is_the_marginal_form():
     """log p(x, z | g) - log p(z | x, g) = log p(x | g) for every z: the exact conditional of z that the
     own guide uses is the true one, and the latent form integrates to the marginal form."""
@@ -236,7 +222,7 @@ def test_align_is_invariant_to_rotations_and_reflections():
     m = zoo.get("ppca", n_components=3)
     p = random_params(8, 3, seed=6, batch=(2, 50))
     g = torch.Generator().manual_seed(1)
-    R = torch.stack([torch.stack([_haar(3, torch.float64, generator=g) for _ in range(50)]) for _ in range(2)])
+    R = torch.stack([torch.stack([haar(3, torch.float64, generator=g) for _ in range(50)]) for _ in range(2)])
     R[0, ::2, :, 0] *= -1                                                # reflections too
     rotated = dict(p, loadings=p["loadings"] @ R)
     a, b = m.align(p), m.align(rotated, reference=m.align(p))
@@ -271,7 +257,7 @@ def test_chains_in_different_rotations_agree_after_alignment():
     g = torch.Generator().manual_seed(2)
     draws = {k: v.expand(500, *v.shape) + 0.05 * torch.randn(500, *v.shape, generator=g, dtype=v.dtype)
              for k, v in p.items()}
-    R = _haar(2, torch.float64, generator=g)
+    R = haar(2, torch.float64, generator=g)
     chains = {k: torch.stack([v, v.flip(0) @ R if k == "loadings" else v.flip(0)]) for k, v in draws.items()}
     post = Posterior(Target(m), torch.zeros(10, 5, dtype=torch.float64), chains, method="nuts", wall_time=1.0)
     raw = az.rhat(az.convert_to_dataset({"w": chains["loadings"].numpy()}))["w"].values
@@ -282,37 +268,6 @@ def test_chains_in_different_rotations_agree_after_alignment():
     assert "principal_axes" in post.alignment and "principal_axes" not in post.aligned
     assert "principal_axes" not in post.idata.posterior
     assert len(inference.compare(post, post)) == 2 + 1 + 5 + 2
-
-
-def test_rotation_averaged_guide_density_is_exact():
-    """The guide scores W = L Q (Q Haar) with q_L(L) / J(L). Bartlett: if W has iid N(0, 1) entries, L
-    has chi_{K-k+1} diagonal and N(0, 1) entries below it; then p_W(W) = p_L(L) / J(L) must hold."""
-    for Kk, Dd in ((1, 3), (2, 5), (3, 4), (4, 9)):
-        g = torch.Generator().manual_seed(Kk)
-        for _ in range(5):
-            W = torch.randn(Dd, Kk, generator=g, dtype=torch.float64)
-            Q, R = torch.linalg.qr(W.T)
-            L = (R * torch.sign(torch.diagonal(R)).unsqueeze(-1)).T              # W = L Q', L lower, diag > 0
-            diag = torch.diagonal(L)
-            rows, cols = torch.tril_indices(Dd, Kk)
-            off = L[rows[rows != cols], cols[rows != cols]]
-            log_pL = sum(stats.chi(Kk - k).logpdf(float(diag[k])) for k in range(Kk)) + stats.norm.logpdf(off.numpy()).sum()
-            log_pW = stats.norm.logpdf(W.numpy()).sum()
-            assert log_pW == pytest.approx(log_pL - float(_log_lq_jacobian(diag.log(), Kk)), abs=1e-9)
-
-
-def test_guide_layout_round_trip(wine):
-    _, x = wine
-    m = zoo.get("ppca", n_components=3)
-    layout = _Layout(m, x)
-    W = m.ml_solution(x)["loadings"] @ _haar(3, torch.float64, generator=torch.Generator().manual_seed(0))
-    values = {"loadings": W, "noise_scale": torch.tensor(0.7, dtype=torch.float64), "mean": x.mean(0)}
-    theta = layout.pack(values)
-    assert len(theta) == layout.size == 13 * 3 - 3 + 13 + 1
-    back, _ = layout.unpack(theta)
-    # the same W up to a rotation: identical W W^T
-    torch.testing.assert_close(back["loadings"] @ back["loadings"].T, W @ W.T)
-    torch.testing.assert_close(back["noise_scale"], values["noise_scale"])
 
 
 # --- ARD -----------------------------------------------------------------------------------------
@@ -403,6 +358,51 @@ def test_imputation_from_the_posterior_beats_column_means():
     assert float(principal_angles(em["loadings"], top_axes(x, K)).max()) < 5.0
 
 
+# --- a fixed prior ----------------------------------------------------------------------------------
+
+
+def test_a_fixed_prior_ignores_the_data():
+    """By default the priors are centred and scaled on the data being fitted (an empirical-Bayes prior that
+    SBC refuses); ``prior_center`` / ``prior_spread`` fix them: the same prior for every data set, the
+    one ``simulate`` draws from, with log density checked against scipy."""
+    x, _ = zoo.get("ppca", n_components=K).simulate(50, seed=0, params=TRUTH)
+    spread = [1.0, 2.0, 2.0, 2.0, 2.0, 1.0]
+    fixed = zoo.get("ppca", n_components=K, prior_center=0.5, prior_spread=spread, dim=D)
+    for data in (x, 3 * x + 1, None):                              # None: the story without data (default dtype)
+        center, s, scale = fixed.hyperparameters(data)
+        torch.testing.assert_close(center, torch.full((D,), 0.5, dtype=center.dtype))
+        torch.testing.assert_close(s, torch.tensor(spread, dtype=s.dtype))
+        torch.testing.assert_close(scale, torch.tensor(math.sqrt(3.0), dtype=scale.dtype))   # root mean spread^2
+    W, sigma, mu = (TRUTH[k].numpy() for k in ("loadings", "noise_scale", "mean"))
+    ref = (stats.norm(0.5, 2 * np.array(spread)).logpdf(mu).sum() + stats.norm(0, math.sqrt(3)).logpdf(W).sum()
+           + stats.halfnorm(scale=math.sqrt(3)).logpdf(sigma))
+    assert float(fixed.log_prior(x, TRUTH)) == pytest.approx(ref, rel=1e-12)
+    assert float(fixed.log_prior(3 * x + 1, TRUTH)) == pytest.approx(ref, rel=1e-12)
+    # the default follows the data: per-feature mean and sd (1/N) of the observed entries
+    center, s, scale = zoo.get("ppca", n_components=K).hyperparameters(x)
+    torch.testing.assert_close(center, x.mean(0))
+    torch.testing.assert_close(s, x.std(0, unbiased=False))
+    # only the fixed prior passes simulation-based calibration's check (a fit of each: test_sbc.py)
+    from inference.sbc import check_fixed_prior
+    from inference.target import as_target
+
+    check_fixed_prior(as_target(fixed), 40, seed=0)
+    with pytest.raises(ValueError, match="prior of 'ppca' depends on the data"):
+        check_fixed_prior(as_target(zoo.get("ppca", n_components=K, dim=D)), 40, seed=0)
+
+
+def test_sbc_ranks_the_identifiable_quantities():
+    """With a fixed prior SBC runs on PPCA and ranks what ``align`` reports, never the raw loadings or the
+    frame. (A verdict takes more simulations than a test affords: ``zoo sbc ppca`` in README.md.)"""
+    m = zoo.get("ppca", n_components=1, dim=3, prior_center=0.0, prior_spread=1.0)
+    r = inference.sbc(m, num_simulations=2, num_observations=20, fit_kwargs=dict(num_samples=40, warmup_steps=40),
+                      seed=0, progress=False)
+    assert set(r.ranks) == {"explained_variance", "noise_variance", "mean", "subspace_angle"}
+    assert r.ranks["mean"].shape == (2, 3) and r.ranks["subspace_angle"].shape == (2, 1)
+    for name, ranks in r.ranks.items():
+        assert ((ranks >= 0) & (ranks <= r.stats["num_draws"].reshape(-1, *[1] * (ranks.ndim - 1)))).all(), name
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
@@ -416,6 +416,10 @@ def test_imputation_from_the_posterior_beats_column_means():
     ({"n_components": 1, "missing": "mask"}, [[1.0, float("nan")], [2.0, float("nan")], [0.0, 1.0]], "fewer than 2 observed"),
     ({"n_components": 1}, np.zeros((4, 2, 2)), "2-D"),
     ({"n_components": 1}, np.array([["a", "b"], ["c", "d"]]), "numeric"),
+    ({"n_components": 1, "prior_center": [0.0, 1.0, 2.0]}, np.random.default_rng(0).normal(size=(20, 2)),
+     r"prior_center: has 3 entries but the data have D=2"),
+    ({"n_components": 1, "prior_spread": [1.0, 2.0, 3.0]}, np.random.default_rng(0).normal(size=(20, 4)),
+     r"prior_spread: has 3 entries but the data have D=4"),
 ])
 def test_validate_rejects_bad_data(config, data, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -428,6 +432,10 @@ def test_validate_rejects_bad_data(config, data, message):
     ({"ard": "yes"}, "ard"),
     ({"marginalize": 1}, "marginalize"),
     ({"n_states": 2}, "unknown configuration 'n_states'"),
+    ({"prior_center": "zero"}, "prior_center"),
+    ({"prior_center": [[0.0, 1.0]]}, "prior_center"),
+    ({"prior_spread": 0.0}, "prior_spread"),
+    ({"prior_spread": [1.0, float("nan")]}, "prior_spread"),
 ])
 def test_bad_config(config, message):
     with pytest.raises((ValueError, TypeError), match=message):
