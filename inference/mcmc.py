@@ -307,7 +307,7 @@ def _worker(chain, c, position, sender):
 def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, position=0):
     """One chain of Pyro's NUTS kernel (``engine="pyro"``, the reference). It touches three private
     members of the kernel: ``potential_fn`` (replaced to count leapfrog steps), ``_mean_accept_prob``
-    and ``_adapter`` (in :func:`_curvature_metric`); tests/test_inference.py's
+    and ``_adapter`` (in :func:`_curvature_metric`); tests/inference/test_mcmc.py's
     ``test_pyro_kernel_private_members_still_exist`` fails loudly when Pyro changes them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)

@@ -214,7 +214,7 @@ def has_compiler() -> bool:
 # --- the places where this module touches PyTorch internals ---------------------------------------
 # ``make_fx`` lives in torch.fx.experimental, ``torch._inductor.compile`` is Inductor's entry for an
 # ATen graph, and ``_unvalidated`` sets a distribution's private ``_validate_args``;
-# tests/test_potential.py fails loudly when any of them changes.
+# tests/inference/test_potential.py fails loudly when any of them changes.
 
 def trace_graph(fn: Callable, *example):
     """``fn`` traced once, down to ATen operations (autograd included), into a ``torch.fx.GraphModule``."""
@@ -239,7 +239,7 @@ def _unvalidated(fn):
     validation off. Priors built before sampling (``PyroSample``, a module attribute) keep the
     validation they were built with, and a support check is data-dependent control flow, which the
     tracer refuses; the supports are checked once, by Pyro's potential. ``_validate_args`` is
-    private to torch.distributions: tests/test_potential.py's PyroModule case fails if it changes."""
+    private to torch.distributions: tests/inference/test_potential.py's PyroModule case fails if it changes."""
     if not isinstance(fn, torch.distributions.Distribution):
         return fn
     fn = copy.copy(fn)

@@ -4,7 +4,7 @@ For a latent-variable model the pointwise log-likelihood must have the local lat
 integrated out: log p(x_n | params). A log-likelihood conditional on sampled latents, log p(x_n | z_n,
 params) with z_n drawn (what ``az.from_pyro`` records for a mixture whose assignments are enumerated:
 the assignments are drawn afresh from their prior), measures something else and gives a wrong elpd
-(``tests/test_select.py`` shows it against a brute-force leave-one-out). ``Posterior.idata`` holds
+(``tests/inference/test_select.py`` shows it against a brute-force leave-one-out). ``Posterior.idata`` holds
 the marginal one, which is what :func:`loo` and :func:`select` use.
 
     >>> table = inference.select({"K=1": post1, "K=2": post2, "K=3": post3})

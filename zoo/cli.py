@@ -4,7 +4,7 @@
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
     zoo sbc MODEL --simulations N --jobs J [--method nuts|svi] [--out DIR]   # simulation-based calibration
-    zoo new NAME                                        # zoo/NAME.py and tests/test_NAME.py from an example
+    zoo new NAME                                        # zoo/NAME.py and tests/zoo/test_NAME.py from an example
     zoo select MODEL --components 1..6 ...              # rank model sizes by PSIS-LOO (also --states)
     zoo report MODEL [--from DIR] ...                   # report.html of a run folder, or of a new compare
     zoo check MODEL [--data ...]                         # what is wrong with the model/guide pair
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     sbc.add_argument("--simulations", type=int, default=100, help="simulated data sets (replicates)")
     sbc.add_argument("--observations", type=int, default=50, help="data points (time steps) per simulated data set")
     sbc.add_argument("--jobs", type=int, default=1, help="parallel replicates (joblib; -1: all cores)")
-    new = sub.add_parser("new", help="write zoo/NAME.py and tests/test_NAME.py from a documented example model")
+    new = sub.add_parser("new", help="write zoo/NAME.py and tests/zoo/test_NAME.py from a documented example model")
     new.add_argument("name", metavar="NAME", help="the new model's name, a lowercase Python identifier")
     new.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     select = sub.add_parser("select", help="fit a range of model sizes and rank them by PSIS-LOO")

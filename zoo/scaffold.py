@@ -39,15 +39,18 @@ def check_name(name: str, package_dir: Path) -> None:
 def new_model(name: str, package_dir: str | Path | None = None, tests_dir: str | Path | None = None) -> list[Path]:
     """Write ``<package_dir>/NAME.py`` and ``<tests_dir>/test_NAME.py``; returns their paths.
 
-    Defaults: the ``zoo`` package folder and the ``tests`` folder beside it (a source checkout). Refuses to
+    Defaults: the ``zoo`` package folder and ``tests/zoo`` beside it (a source checkout; the model tests
+    mirror the package, so ``tests/zoo`` is created when only ``tests`` exists). Refuses to
     replace a file (``FileExistsError``, nothing written) and checks ``name`` with :func:`check_name`.
     """
     import zoo
 
     package_dir = Path(package_dir) if package_dir is not None else Path(zoo.__file__).resolve().parent
-    tests_dir = Path(tests_dir) if tests_dir is not None else package_dir.parent / "tests"
-    if not tests_dir.is_dir():
-        raise ValueError(f"NAME: `zoo new` writes into a source checkout, and {tests_dir} is not a folder; "
+    default = tests_dir is None
+    tests_dir = package_dir.parent / "tests" / "zoo" if default else Path(tests_dir)
+    if not (tests_dir.parent if default else tests_dir).is_dir():
+        raise ValueError(f"NAME: `zoo new` writes into a source checkout, and {tests_dir.parent if default else tests_dir} "
+                         "is not a folder; "
                          f"for an installed zoo, write your model in your own package and declare it as a "
                          f"plugin (entry-point group {zoo.ENTRY_POINT_GROUP!r}, see the README)")
     check_name(name, package_dir)
@@ -57,6 +60,7 @@ def new_model(name: str, package_dir: str | Path | None = None, tests_dir: str |
             raise FileExistsError(f"NAME: {path} exists; `zoo new` never replaces a file")
     values = {"name": name, "Class": class_name(name)}
     written = []
+    tests_dir.mkdir(exist_ok=True)
     try:
         for path, template in files.items():
             with open(path, "x", encoding="utf-8") as f:   # "x": fails rather than replace a file
