@@ -188,20 +188,20 @@ class Posterior:
                 dims.setdefault(site, [plate[0]])
         posterior = {**self.samples, **self.deterministic, **self.aligned}
         groups: dict[str, Any] = {
-            "posterior": {k: _np(v) for k, v in posterior.items()},
-            "log_likelihood": {k: _np(v) for k, v in self.pointwise.items()},
+            "posterior": {k: to_numpy(v) for k, v in posterior.items()},
+            "log_likelihood": {k: to_numpy(v) for k, v in self.pointwise.items()},
         }
         try:
-            groups["posterior_predictive"] = {k: _np(v) for k, v in self.posterior_predictive().items()}
+            groups["posterior_predictive"] = {k: to_numpy(v) for k, v in self.posterior_predictive().items()}
         except Exception as e:  # a model that cannot replicate its data still gets the other groups
             log.warning("posterior predictive skipped: %s", e)
-        groups["observed_data"] = {k: _np(v) for k, v in self.target.observed_values(self.data).items()}
+        groups["observed_data"] = {k: to_numpy(v) for k, v in self.target.observed_values(self.data).items()}
         if self.sample_stats:
             groups["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
         attrs = {"inference_method": self.method, "model": self.target.name, "wall_time_s": self.wall_time,
                  **{f"setting_{k}": str(v) for k, v in self.settings.items()}}
         coords = {**self.target.coords(self.data), **self.coords}
-        return _from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+        return from_dict(groups, coords=coords, dims=dims, attrs=attrs)
 
     def element_label(self, name: str, index: tuple) -> str:
         """ArviZ-style label of one scalar element, with coordinate names: ``locs[0, petal_length_cm]``."""
@@ -219,7 +219,7 @@ class Posterior:
         """A posterior-only InferenceData of identifiable quantities (default ``aligned``): cheap,
         for summaries and plots that need no log-likelihood or predictive draws."""
         quantities = self.aligned if quantities is None else quantities
-        return _from_dict({"posterior": {k: _np(v) for k, v in quantities.items()}},
+        return from_dict({"posterior": {k: to_numpy(v) for k, v in quantities.items()}},
                           coords={**self.target.coords(self.data), **self.coords}, dims=self.target.dims,
                           attrs={"inference_method": self.method})
 
@@ -247,7 +247,7 @@ def quiet_arviz():
         logger.setLevel(level)
 
 
-def _np(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
@@ -259,7 +259,7 @@ def _joint(pointwise: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.flatten(2) for v in values], -1)
 
 
-def _from_dict(groups, *, coords, dims, attrs):
+def from_dict(groups, *, coords, dims, attrs):
     """``az.from_dict`` across ArviZ 0.23 (groups as keywords) and 1.x (one dict of groups)."""
     if next(iter(inspect.signature(az.from_dict).parameters)) == "posterior":  # ArviZ < 1.0
         idata = az.from_dict(**groups, coords=coords, dims=dims)

@@ -24,9 +24,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from inference.compare import plot_forest, plot_overlay, summary_line
-from inference.diagnostics import Diagnosis, plot_rank, plot_trace
+from inference.compare import summary_line
+from inference.diagnostics import Diagnosis
 from inference.html import write_html
+from inference.plots import plot_forest, plot_losses, plot_overlay, plot_rank, plot_trace
 from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
@@ -233,26 +234,6 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
     (folder / "summary.html").write_text(render_html(blocks))
     write_html(folder, posteriors, title=blocks[0][1], dataset=dataset, diagnoses=diagnoses, comparison=comparison,
                pieces={"more": list(sections.items())})
-
-
-def plot_losses(posteriors: Mapping[str, Posterior]):
-    """Training curves (negative ELBO) of SVI/MAP fits, smoothed over a moving window."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for label, post in posteriors.items():
-        losses = np.asarray(post.losses)
-        ax.plot(losses, alpha=0.3, lw=0.8)
-        w = max(1, len(losses) // 50)
-        if w > 1:
-            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(w - 1, len(losses)), smooth, label=f"{label.upper()} (moving mean)")
-    lo, hi = np.percentile(np.concatenate([p.losses for p in posteriors.values()]), [1, 99])
-    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (negative ELBO)")
-    ax.legend()
-    ax.set_title("SVI training curve")
-    fig.tight_layout()
-    return fig
 
 
 # --- summary.md / summary.html -------------------------------------------------------------

@@ -160,35 +160,14 @@ class SBCResult:
 
     # --- plots ---------------------------------------------------------------------------------
     def plot(self, var_names=None, *, max_panels: int = 24, ci_prob: float = 0.94):
-        """ECDF of the fractional ranks minus the uniform CDF, with simultaneous ``ci_prob`` bands, one
-        panel per scalar quantity (at most ``max_panels``). A curve leaving its band: miscalibrated;
-        a curve that dips below 0 in the lower half and rises above it in the upper half (an S):
-        posteriors too wide; the mirror image: too narrow; a curve above 0 throughout: the truth sits
-        low in its posteriors (posterior biased upwards). Returns the matplotlib Figure."""
-        import matplotlib.pyplot as plt
+        """Rank ECDF minus uniform with simultaneous ``ci_prob`` bands, one panel per scalar quantity (at
+        most ``max_panels``): ``inference.plots.plot_sbc``, which says how to read it."""
+        from inference.plots import plot_sbc
 
         labels = [k for k, (name, _) in self.labels().items() if var_names is None or name in var_names]
         if not labels:
             raise ValueError(f"var_names: expected names among {sorted(self.pit)}, got {var_names!r}")
-        shown = labels[:max_panels]
-        cols = min(4, len(shown))
-        rows = math.ceil(len(shown) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-        grid = np.linspace(0, 1, 101)
-        for ax, label in zip(axes.flat, shown):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                az.plot_ecdf(self.values(label), cdf=scipy_stats.uniform().cdf, eval_points=grid, difference=True,
-                             confidence_bands=True, ci_prob=ci_prob, random_state=0, ax=ax, show=False)
-            ax.set_title(label, fontsize=9)
-            ax.axhline(0, color="0.5", lw=0.5)
-        for ax in list(axes.flat)[len(shown):]:
-            ax.axis("off")
-        more = f" (first {len(shown)} of {len(labels)})" if len(shown) < len(labels) else ""
-        fig.suptitle(f"SBC {self.model} {self.method.upper()}: ECDF - uniform, {self.num_simulations} "
-                     f"simulations, {ci_prob:.0%} simultaneous bands{more}", fontsize=10)
-        fig.tight_layout()
-        return fig
+        return plot_sbc(self, labels[:max_panels], ci_prob=ci_prob, total=len(labels))
 
     def write(self, out, *, force: bool = False) -> Path:
         """Write ``sbc.nc``, ``sbc.csv`` (the table) and ``sbc.png`` (the plot) into the folder ``out``

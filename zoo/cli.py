@@ -428,7 +428,8 @@ def cmd_select(args) -> int:
     marginal log-likelihood, and write select.csv, select.png, khat.png and every candidate's netCDF."""
     import inference
     import zoo
-    from inference.select import plot_khat, plot_select, select
+    from inference.plots import plot_khat, plot_select
+    from inference.select import select
 
     ranged = [f for f in ("components", "states") if getattr(args, f) is not None and len(getattr(args, f)) > 1]
     if len(ranged) != 1:

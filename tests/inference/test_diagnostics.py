@@ -10,7 +10,8 @@ import torch
 import inference
 import zoo
 from inference import Posterior
-from inference.diagnostics import energy_bfmi, plot_energy
+from inference.diagnostics import energy_bfmi
+from inference.plots import plot_energy
 from inference.target import Target
 
 
