@@ -22,7 +22,6 @@ inside the data plate) whose global parameters live in a module.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -41,10 +40,10 @@ from torch.distributions import biject_to
 
 from inference.compare import compare
 from inference.mcmc import run_nuts
+from inference.objectives import elbo_estimate, importance_estimate
 from inference.posterior import Posterior
 from inference.svi import fit_svi, sample_guide
 from inference.target import Target, inspect_model, set_seed
-from inference.train import log_weights
 
 LABELS = ("amortized", "optimized", "nuts")
 
@@ -116,11 +115,11 @@ def amortization_gap(model, data, *, guide=None, num_samples: int = 1000, warmup
 
         kw = dict(max_plate_nesting=info.max_plate_nesting, data_plate=info.data_plate)
         with torch.no_grad():
-            elbo = {label: _elbo(target.model_fn, g, data, elbo_particles, **kw)
+            elbo = {label: elbo_estimate(target.model_fn, g, data, elbo_particles, **kw)
                     for label, g in (("amortized", guide_fn), ("optimized", fit.guide))}
             proposal = _gaussian_proposal(target.model_fn, data, nuts, sites, info.data_plate)
-            log_px, ess = _log_mean_weight(target.model_fn, proposal, data, is_particles, **kw)
-            iwae, _ = _log_mean_weight(target.model_fn, guide_fn, data, is_particles, **kw)
+            log_px, ess = importance_estimate(target.model_fn, proposal, data, is_particles, **kw)
+            iwae, _ = importance_estimate(target.model_fn, guide_fn, data, is_particles, **kw)
 
     comparisons = {}
     rows = []
@@ -144,27 +143,6 @@ def amortization_gap(model, data, *, guide=None, num_samples: int = 1000, warmup
     table.attrs.update(is_particles=is_particles, elbo_particles=elbo_particles, nuts=dict(nuts.settings),
                        divergences=int(np.sum(nuts.sample_stats.get("diverging", 0))))
     return AmortizationGap(table=table, comparisons=comparisons, posteriors=posteriors, sites=sites)
-
-
-# --- estimators ---------------------------------------------------------------------------------
-
-
-def _elbo(model, guide, data, k, **kw):
-    """Monte Carlo ELBO per data point and its standard error (k draws from the guide)."""
-    log_w = torch.cat([log_weights(model, guide, data, c, **kw)[0] for c in _chunks(k)])
-    return log_w.mean(0).tolist(), (log_w.std(0) / math.sqrt(k)).tolist()
-
-
-def _log_mean_weight(model, proposal, data, k, **kw):
-    """Importance-sampling estimate of log p(x) per data point and the weights' effective sample size."""
-    log_w = torch.cat([log_weights(model, proposal, data, c, **kw)[0] for c in _chunks(k)])
-    lse = torch.logsumexp(log_w, 0)
-    ess = torch.exp(2 * lse - torch.logsumexp(2 * log_w, 0))
-    return (lse - math.log(k)).tolist(), ess.tolist()
-
-
-def _chunks(k, size=500):
-    return [min(size, k - first) for first in range(0, k, size)]
 
 
 def _gaussian_proposal(model, data, nuts: Posterior, sites, data_plate: str):
