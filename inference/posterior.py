@@ -26,13 +26,14 @@ from typing import Any, Mapping
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import pyro
 import torch
 from pyro.infer import Predictive
 
 from pyro.infer.autoguide.initialization import InitMessenger
 
-from inference.target import Target, sample_or_uniform
+from inference.target import Target, num_observations, sample_or_uniform
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,9 @@ class Posterior:
         return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
 
     def predictive_log_density(self, data) -> torch.Tensor:
-        """Log predictive density of (held-out) ``data`` per data point, log mean_s p(data_n | draw s): (N,)."""
-        ll = self.log_likelihood_of(self.target.validate(data))
+        """Log predictive density of (held-out) ``data`` per data point, log mean_s p(data_n | draw s): (N,).
+        ``data`` that is the fitted data itself reuses the pointwise log-likelihood of ``idata``."""
+        ll = self.log_likelihood if data is self.data else self.log_likelihood_of(self.target.validate(data))
         flat = ll.reshape(-1, ll.shape[-1])
         return torch.logsumexp(flat, 0) - math.log(flat.shape[0])
 
@@ -230,6 +232,27 @@ class Posterior:
             raise FileExistsError(f"path: {str(path)!r} exists; pass overwrite=True to replace it")
         self.idata.to_netcdf(str(path))
         return path
+
+
+def heldout(posterior: Posterior, splits: Mapping[str, Any]) -> pd.DataFrame:
+    """Held-out scores of ``posterior`` on every split ``{name: data}`` (e.g. a dataset's valid and test
+    splits): one row per split with the data points, the observations they hold (time steps for
+    sequences: ``inference.target.num_observations``), the total log predictive density ``lpd`` (sum
+    over points of log mean_s p(x_n | draw s)), ``nll_per_observation`` = -lpd / observations, and its
+    standard error over data points, sd(lpd_n) sqrt(N) / observations (NaN for one point). For an
+    amortized model's one-point posterior lpd_n is the model's own estimate of log p(x_n) (the VAE's
+    importance-sampled bound). ``attrs["csv"]`` names the report file, ``heldout.csv``."""
+    rows = {}
+    for split, data in splits.items():
+        lpd = posterior.predictive_log_density(data).double()
+        n_obs = num_observations(posterior.data if data is posterior.data else posterior.target.validate(data))
+        se = float(lpd.std()) * math.sqrt(len(lpd)) / n_obs if len(lpd) > 1 else float("nan")
+        rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
+                       "nll_per_observation": -float(lpd.sum()) / n_obs, "se": se}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["points", "observations", "lpd",
+                                                                  "nll_per_observation", "se"]).rename_axis("split")
+    table.attrs["csv"] = "heldout.csv"
+    return table
 
 
 # --- helpers ------------------------------------------------------------------------------------

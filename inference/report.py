@@ -239,6 +239,20 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
 # --- summary.md / summary.html -------------------------------------------------------------
 
 
+def training_text(fit, heldout: pd.DataFrame, split: str, eval_particles: int | None = None) -> str:
+    """The report paragraph of a minibatch fit (``inference.train.train``'s result): the held-out NLL of
+    ``split`` (a row of :func:`inference.posterior.heldout`), how it was computed, how training went."""
+    row = heldout.loc[split]
+    how = (f"importance sampling with k = {eval_particles} draws from the guide per data point (the IWAE bound "
+           f"L_k)" if eval_particles else "the model's log_likelihood")
+    h = fit.history
+    return (f"Negative log-likelihood of the {split} split: **{row.nll_per_observation:.3f} nats** per data point "
+            f"(± {row.se:.3f} se over {int(row.points)} data points), {how}. Training: {len(h['epoch'])} epochs, "
+            f"{fit.wall_time:.0f} s, objective {fit.settings['elbo']}; last training objective {h['train'][-1]:.3f}"
+            + (f", best validation objective {max(h['valid']):.3f} at epoch {fit.best_epoch}" if fit.best_epoch else "")
+            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
+
+
 def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
     """PSIS-LOO from each posterior's marginal pointwise log-likelihood, one row per observed site."""
     rows = {}

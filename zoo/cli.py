@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
 #: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
 CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission",
@@ -292,7 +293,7 @@ def _svi_guide(args):
 
 def cmd_fit(args) -> int:
     import inference
-    from inference.posterior import Posterior
+    from inference.posterior import Posterior, heldout
 
     if check_args(args):
         return fit_amortized(args)
@@ -319,37 +320,16 @@ def cmd_fit(args) -> int:
     print()
     print(diagnosis)
     sections = {}
-    heldout = _heldout(model, post, dataset)
-    if heldout is not None:
+    if dataset.splits:
+        table = heldout(post, dataset.splits)
         print(f"\nheld-out log predictive density ({args.method}):")
-        print(heldout.round(4).to_string())
-        sections["Held-out data (log predictive density)"] = heldout
+        print(table.round(4).to_string())
+        sections["Held-out data (log predictive density)"] = table
     path = inference.write_report(out, {args.method: post}, dataset=dataset, diagnoses={args.method: diagnosis},
                                   title=f"zoo fit {args.model} --method {args.method}", force=args.force,
                                   sections=sections)
     print(f"\nreport written to {path}/")
     return 0
-
-
-def _heldout(model, post, dataset):
-    """Log predictive density of every further split the dataset ships (e.g. valid, test), in total and
-    per observation (per time step for sequences); None when there is none."""
-    import pandas as pd
-
-    from inference.target import num_observations
-
-    rows = {}
-    for split, values in dataset.splits.items():
-        data = model.validate(values)
-        lpd = post.predictive_log_density(data)
-        n_obs = num_observations(data)
-        rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
-                       "nll_per_observation": -float(lpd.sum()) / n_obs}
-    if not rows:
-        return None
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
-    table.attrs["csv"] = "heldout.csv"
-    return table
 
 
 def cmd_compare(args) -> int:
@@ -566,7 +546,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
-    from inference.train import heldout_nll, plot_history, train
+    from inference.posterior import heldout
+    from inference.report import training_text
+    from inference.train import plot_history, train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":
@@ -591,7 +573,10 @@ def _train_amortized(args):
         fit = train(model, data, patience=args.patience, checkpoint=checkpoint, resume=args.resume, device=args.device, **kw)
     evaluation = dataset.split(split)
     post = fit.posterior(evaluation.data)
-    return fit, post, evaluation, out, heldout_nll(fit, post, split), {"elbo": plot_history(fit.history)}
+    table = heldout(post, {split: post.data})
+    held = SimpleNamespace(split=split, nll=table.loc[split, "nll_per_observation"], se=table.loc[split, "se"],
+                           text=training_text(fit, table, split, getattr(post.model, "eval_particles", None)))
+    return fit, post, evaluation, out, held, {"elbo": plot_history(fit.history)}
 
 
 def fit_amortized(args) -> int:
