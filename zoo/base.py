@@ -37,6 +37,10 @@ held-out scores are reported per comes from the data type (``data.num_observatio
 from __future__ import annotations
 
 import inspect
+import re
+import types
+import typing
+from collections import abc
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -133,6 +137,26 @@ class ZooModel(PyroModule):
     ppc_statistics = None
 
     # --- conveniences --------------------------------------------------------------------
+    @classmethod
+    def settings(cls) -> dict[str, tuple[Any, str]]:
+        """The constructor settings of a simple type, ``{keyword: (kind, help)}``, read from ``__init__``'s
+        signature (``kind``: ``int``, ``float``, ``str``, ``bool``, or ``"ints"`` for a sequence of
+        integers; ``X | None`` counts as ``X``) and the class docstring's ``:param keyword:`` lines. The
+        command line offers each as a flag (``n_components`` as ``--components``); other settings (arrays)
+        are given with ``--option KEY=VALUE``."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:   # an annotation that cannot be resolved: no flags, --option still works
+            return {}
+        docs = {m.group(1): " ".join(m.group(2).split()) for m in
+                re.finditer(r":param (\w+): (.+?)(?=\n\s*:|\n\s*\n|\Z)", inspect.getdoc(cls) or "", re.S)}
+        out = {}
+        for keyword in inspect.signature(cls.__init__).parameters:
+            kind = _simple_kind(hints.get(keyword))
+            if keyword != "self" and kind is not None:
+                out[keyword] = (kind, docs.get(keyword, ""))
+        return out
+
     def config(self) -> dict[str, Any]:
         """The constructor arguments of this instance (for reports and ``repr``)."""
         sig = inspect.signature(type(self).__init__)
@@ -140,6 +164,20 @@ class ZooModel(PyroModule):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+def _simple_kind(hint):
+    """``int``, ``float``, ``str``, ``bool`` or ``"ints"`` for a type hint of that kind (or ``X | None``); else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint, args = args[0], list(typing.get_args(args[0]))
+    if hint in (int, float, str, bool):
+        return hint
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type) and issubclass(origin, abc.Sequence) and not issubclass(origin, str) \
+            and [a for a in args if a is not Ellipsis] == [int]:
+        return "ints"
+    return None
 
 
 # --- input checks shared by the models ------------------------------------------------------

@@ -26,18 +26,16 @@ import time
 import warnings
 from types import SimpleNamespace
 
-#: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
-CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission",
-                "latent_dim": "latent_dim", "hidden": "hidden", "likelihood": "likelihood"}
-
-
-#: API keyword -> CLI flag, to name the flag in error messages
-FLAG_OF = {**{key: "--" + flag.replace("_", "-") for flag, key in CONFIG_FLAGS.items()},
-           "out": "--out", "checkpoint": "--checkpoint", "data": "--data", "data_dir": "--data-dir",
+#: API keyword -> CLI flag of the command's own settings, to name the flag in error messages (the model
+#: settings' flags come from the registry: :func:`model_flags`)
+FLAG_OF = {"out": "--out", "checkpoint": "--checkpoint", "data": "--data", "data_dir": "--data-dir",
            "num_steps": "--steps", "lr": "--lr", "guide": "--guide", "num_samples": "--samples",
            "warmup_steps": "--warmup", "num_chains": "--chains", "num_particles": "--particles",
            "epochs": "--epochs", "batch_size": "--batch-size", "patience": "--patience", "device": "--device",
            "devices": "--devices", "eval_particles": "--eval-particles", "resume": "--resume", "seed": "--seed"}
+
+#: the symbols of model sizes in `zoo select` labels (K=3); other sizes are labelled by their flag
+SIZE_SYMBOL = {"n_components": "K", "n_states": "S"}
 
 #: defaults of the flags that only some methods use (None in the parser, so a flag the user gave is known)
 DEFAULTS = {"steps": 3000, "samples": 1000, "warmup": 500, "chains": 4, "particles": 1, "epochs": 100,
@@ -75,6 +73,7 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Latent Zoo: fit and compare latent-variable models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    settings = model_flags()   # the models' constructor settings, from the registry
     sub.add_parser("list", help="list models and datasets")
 
     def common(p, sizes=int):
@@ -91,14 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--samples", type=_int(1), help="posterior draws (per chain for NUTS; default 1000)")
         p.add_argument("--warmup", type=_int(0), help="NUTS warmup steps per chain (default 500)")
         p.add_argument("--chains", type=_int(1), help="NUTS chains (default 4)")
-        p.add_argument("--components", type=sizes, help="number of mixture / latent components")
-        p.add_argument("--states", type=sizes, help="number of hidden states (hmm)")
-        p.add_argument("--emission", help="emission family (hmm): gaussian, categorical, poisson, bernoulli")
-        p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other model configuration, e.g. --option concentration=2.0")
-        p.add_argument("--latent-dim", type=int, help="latent dimension (VAE)")
-        p.add_argument("--hidden", type=_sizes, help="hidden layer sizes, e.g. 200,200 (VAE)")
-        p.add_argument("--likelihood", help="observation model, e.g. bernoulli or gaussian (VAE)")
         t = p.add_argument_group("minibatch training (models whose latents are all local, e.g. the VAE)")
         t.add_argument("--epochs", type=_int(1), help="default 100")
         t.add_argument("--batch-size", type=_int(1), help="default 100")
@@ -118,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--points", type=_int(1), help="compare: test images for the amortization gap (default 8)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+        model_arguments(p, settings, sizes=sizes)
 
     fit = sub.add_parser("fit", help="fit one model with one method and write a report")
     common(fit)
@@ -145,21 +137,63 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", help="dataset name or path to a CSV (default: data simulated by the model)")
     check.add_argument("--data-dir", help="folder with real datasets (default: $ZOO_DATA_DIR)")
     check.add_argument("--seed", type=int, default=0)
-    for flag in ("components", "states", "latent_dim"):
-        check.add_argument(f"--{flag.replace('_', '-')}", type=int)
-    for flag in ("emission", "likelihood"):
-        check.add_argument(f"--{flag}")
-    check.add_argument("--hidden", type=_sizes)
-    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    model_arguments(check, settings)
     return parser
 
 
-def model_config(args) -> dict:
-    """The model's configuration from the dedicated flags and ``--option KEY=VALUE``; a setting given
-    twice with different values is an error, not a silent override."""
-    config = {key: getattr(args, flag) for flag, key in CONFIG_FLAGS.items() if getattr(args, flag, None) is not None}
-    given = {key: f"--{flag.replace('_', '-')} {config[key]}" for flag, key in CONFIG_FLAGS.items() if key in config}
-    for item in args.option:
+def flag_name(keyword: str) -> str:
+    """The flag of a model setting: ``n_components`` -> ``components`` (a leading "number of" dropped),
+    ``latent_dim`` -> ``latent-dim``."""
+    return (keyword[2:] if keyword.startswith("n_") else keyword).replace("_", "-")
+
+
+def model_flags() -> dict[str, dict]:
+    """``{flag: {"keyword", "kind", "help", "models"}}``: every simple constructor setting of every model the
+    registry knows (:meth:`zoo.base.ZooModel.settings`), one flag per setting name. A model that cannot be
+    loaded (a broken plugin) adds none (``zoo list`` says why); a setting whose flag another model
+    already declares with another keyword or kind is left to ``--option``."""
+    import zoo
+
+    flags: dict[str, dict] = {}
+    for name in zoo.list_models():
+        try:
+            settings = zoo.model_class(name).settings()
+        except Exception:
+            continue
+        for keyword, (kind, text) in settings.items():
+            entry = flags.setdefault(flag_name(keyword), {"keyword": keyword, "kind": kind, "help": text, "models": []})
+            if (entry["keyword"], entry["kind"]) == (keyword, kind):
+                entry["models"].append(name)
+    return flags
+
+
+def model_arguments(p, settings: dict[str, dict], sizes=int) -> None:
+    """The model ``settings`` (:func:`model_flags`) as flags, and ``--option KEY=VALUE``. With
+    ``sizes``, integer settings that count something (``n_...``) parse with it (``zoo select``: ranges). A
+    flag the command already has (``--eval-particles``) keeps its own meaning. Sets ``args.model_flags``:
+    ``{dest: keyword}`` of the flags added."""
+    group = p.add_argument_group("model settings (see each model's docstring; `zoo list` names the models)")
+    added = {}
+    for flag, entry in settings.items():
+        kind = entry["kind"]
+        parse = {int: sizes if entry["keyword"].startswith("n_") else int, float: float, str: str, "ints": _sizes}
+        kwargs = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": parse[kind]}
+        text = entry["help"].replace("%", "%%") + f" ({', '.join(entry['models'])})"
+        try:
+            group.add_argument(f"--{flag}", default=None, help=text, **kwargs)
+        except argparse.ArgumentError:   # the command's own flag of that name
+            continue
+        added[flag.replace("-", "_")] = entry["keyword"]
+    group.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other model setting, e.g. --option prior_spread=2.0")
+    p.set_defaults(model_flags=added)
+
+
+def _config_sources(args) -> list[tuple[str, object, str]]:
+    """``(keyword, value, how it was given)`` of every model setting on the command line, flags first."""
+    items = [(key, getattr(args, dest), f"--{dest.replace('_', '-')}")
+             for dest, key in getattr(args, "model_flags", {}).items() if getattr(args, dest, None) is not None]
+    for item in getattr(args, "option", []):
         key, eq, text = item.partition("=")
         key = key.strip()
         if not eq or not key:
@@ -168,10 +202,20 @@ def model_config(args) -> dict:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
+        items.append((key, value, f"--option {item}"))
+    return items
+
+
+def model_config(args) -> dict:
+    """The model's configuration from its setting flags and ``--option KEY=VALUE``; a setting given
+    twice with different values is an error, not a silent override."""
+    config, given = {}, {}
+    for key, value, how in _config_sources(args):   # flags set distinct keys, so a clash involves --option
         if key in config and config[key] != value:
-            raise ValueError(f"--option: {item!r} conflicts with {given[key]}; give the setting once")
+            raise ValueError(f"--option: {how.removeprefix('--option ')!r} conflicts with {given[key]}; give the "
+                             "setting once")
         config[key] = value
-        given[key] = f"--option {item}"
+        given[key] = how if how.startswith("--option") else f"{how} {value}"
     return config
 
 
@@ -404,30 +448,35 @@ def cmd_new(args) -> int:
 
 
 def cmd_select(args) -> int:
-    """Fit the model once per size of the --components (or --states) range, rank the fits by PSIS-LOO on the
+    """Fit the model once per size of the range given for one of its counts (--components, --states), rank the fits by PSIS-LOO on the
     marginal log-likelihood, and write select.csv, select.png, khat.png and every candidate's netCDF."""
     import inference
     import zoo
     from inference.plots import plot_khat, plot_select
     from inference.select import select
 
-    ranged = [f for f in ("components", "states") if getattr(args, f) is not None and len(getattr(args, f)) > 1]
+    keys = model_config_keys(args)
+    counts = [dest for dest, key in args.model_flags.items() if key.startswith("n_") and key in keys]
+    if not counts:
+        raise ValueError(f"model: {args.model!r} has no size setting (n_...) to choose between")
+    ranged = [dest for dest in counts if getattr(args, dest) is not None and len(getattr(args, dest)) > 1]
     if len(ranged) != 1:
-        raise ValueError("--components/--states: give one range of sizes to choose between, e.g. --components 1..6")
-    flag = ranged[0]
-    sizes = getattr(args, flag)
-    for f in ("components", "states"):   # a single size given for the other flag is fixed
-        setattr(args, f, getattr(args, f)[0] if getattr(args, f) is not None else None)
+        flags = [f"--{dest.replace('_', '-')}" for dest in counts]
+        raise ValueError(f"{'/'.join(flags)}: give one range of sizes to choose between, e.g. {flags[0]} 1..6")
+    dest = ranged[0]
+    flag, key, sizes = dest.replace("_", "-"), args.model_flags[dest], getattr(args, dest)
+    for other in counts:   # a single size given for another count is fixed
+        setattr(args, other, getattr(args, other)[0] if getattr(args, other) is not None else None)
     if check_args(args):
         raise ValueError(f"model: {args.model!r} has only local latents; PSIS-LOO model choice needs posterior "
                          "draws of global parameters")
     _, out, dataset, _, coords = _setup(args)
     candidates = {}
     for k in sizes:
-        setattr(args, flag, k)
+        setattr(args, dest, k)
         model = zoo.get(args.model, **model_config(args))
         data = model.validate(dataset.data)
-        label = f"{'K' if flag == 'components' else 'S'}={k}"
+        label = f"{SIZE_SYMBOL.get(key, flag)}={k}"
         if args.method == "nuts":
             post = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
                                       num_chains=args.chains, seed=args.seed, coords=coords, progress=not args.quiet)
@@ -665,13 +714,29 @@ def _user_message(e: BaseException, args) -> tuple[int, str]:
         return 2, f"{where}{e.strerror or message}" + (f": {path!r}" if path else "")
     if isinstance(e, (ValueError, TypeError, FileExistsError, FileNotFoundError)):
         key, sep, rest = message.partition(": ")
-        if sep and key in FLAG_OF:
-            flag = FLAG_OF[key]
-            message = f"{flag}: {rest}" if flag[2:].replace("-", "_") == key else f"{flag} ({key}): {rest}"
-        elif sep and args is not None and key in model_config_keys(args):
+        flag = _flag_of(key, args) if sep else None
+        if flag == "--option":
             message = f"--option {key}: {rest}"
+        elif flag:
+            message = f"{flag}: {rest}" if flag[2:].replace("-", "_") == key else f"{flag} ({key}): {rest}"
         return 2, message
     return 1, f"{type(e).__name__}: {message} (internal error; run again with -v for the traceback)"
+
+
+def _flag_of(key: str, args) -> str | None:
+    """The flag that set the API keyword ``key``: the command's own, or for a model setting the way the user
+    gave it (its flag or ``--option``), else its flag, else ``--option``; None for anything else."""
+    if key in FLAG_OF:
+        return FLAG_OF[key]
+    keys = model_config_keys(args) if args is not None else set()
+    if key not in keys:
+        return None
+    try:
+        given = {k: how.split()[0] for k, _, how in _config_sources(args)}
+    except ValueError:
+        given = {}
+    flags = {k: f"--{dest.replace('_', '-')}" for dest, k in getattr(args, "model_flags", {}).items()}
+    return given.get(key) or flags.get(key) or "--option"
 
 
 def model_config_keys(args) -> set[str]:
