@@ -33,6 +33,7 @@ from inference import nuts
 from inference.posterior import Posterior
 from inference.potential import Potential, has_compiler
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
+from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,8 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     """
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept: expected a probability in (0, 1), got {target_accept!r}")
+        check_setting(value, name, kind="int", minimum=low)
+    target_accept = check_setting(target_accept, "target_accept", kind="probability")
     if chain_method not in ("parallel", "sequential"):
         raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
     if engine not in ENGINES:

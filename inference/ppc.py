@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from inference.posterior import Posterior, to_numpy
 from inference.target import sample_or_uniform
+from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,7 @@ def ppc(posterior: Posterior, *, statistics=None, num_replicates: int = 200, see
         name is an error that lists them).
     :param num_replicates: replicated data sets (one per evenly spread posterior draw).
     """
-    if isinstance(num_replicates, bool) or not isinstance(num_replicates, (int, np.integer)) or num_replicates < 2:
-        raise ValueError(f"num_replicates: expected an integer >= 2, got {num_replicates!r}")
+    num_replicates = check_setting(num_replicates, "num_replicates", kind="int", minimum=2)
     target, data = posterior.target, posterior.data
     compute = statistics_function(target, data)
     with poutine.seed(rng_seed=seed), torch.no_grad():

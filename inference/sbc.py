@@ -55,6 +55,7 @@ from scipy import stats as scipy_stats
 from tqdm import tqdm
 
 from inference.target import Target, as_target, chain_seed
+from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,9 @@ def sbc(model, *, num_simulations: int = 100, num_observations: int = 50, method
                          f"{target.name!r} has none")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    for name, value, low in (("num_simulations", num_simulations, 2), ("num_observations", num_observations, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+    num_simulations = check_setting(num_simulations, "num_simulations", kind="int", minimum=2)
+    num_observations = check_setting(num_observations, "num_observations", kind="int", minimum=1)
+    if check_setting(n_jobs, "n_jobs", kind="int", minimum=-math.inf) == 0:
         raise ValueError(f"n_jobs: expected a non-zero integer (-1 for all cores), got {n_jobs!r}")
     fit_kwargs = dict(fit_kwargs or {})
     for reserved in ("seed", "progress"):

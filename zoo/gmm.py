@@ -45,7 +45,7 @@ from pyro.ops.indexing import Vindex
 from scipy.optimize import linear_sum_assignment
 from torch.distributions import constraints
 
-from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.base import ZooModel, as_matrix, check_setting
 
 
 class GaussianMixture(ZooModel):
@@ -192,7 +192,7 @@ class GaussianMixture(ZooModel):
 
         Returns ``(data (n, D), truth)`` where ``truth`` holds the global sites and ``assignment``.
         """
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", positive=True)
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             model = self.model if params is None else pyro.poutine.condition(self.model, data=dict(params))
             trace = pyro.poutine.trace(model).get_trace(None, n=n)

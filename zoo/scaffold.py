@@ -111,7 +111,7 @@ import torch
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
-from zoo.base import ZooModel, as_matrix, check_positive_int
+from zoo.base import ZooModel, as_matrix, check_setting
 
 
 class $Class(ZooModel):
@@ -133,10 +133,8 @@ class $Class(ZooModel):
 
     def __init__(self, df: float = 4.0, *, dim: int = 2):
         super().__init__()
-        if isinstance(df, bool) or not isinstance(df, (int, float)) or not df > 0 or not math.isfinite(df):
-            raise ValueError(f"df: expected a positive number, got {df!r}")
-        self.df = float(df)
-        self.dim = check_positive_int(dim, "dim")
+        self.df = check_setting(df, "df", positive=True)
+        self.dim = check_setting(dim, "dim", kind="int", positive=True)
 
     # --- priors --------------------------------------------------------------------------------
     def hyperparameters(self, data=None):
@@ -200,7 +198,7 @@ class $Class(ZooModel):
     def simulate(self, n: int, seed: int = 0, params: Mapping[str, torch.Tensor] | None = None):
         """Draw ``n`` rows; the global sites come from the prior unless ``params`` fixes them.
         Returns ``(data (n, D), truth)``, ``truth`` holding the global sites and ``weight``."""
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", positive=True)
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             model = self.model if params is None else pyro.poutine.condition(self.model, data=dict(params))
             trace = pyro.poutine.trace(model).get_trace(None, n=n)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.base import ZooModel, as_matrix, check_setting
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -111,13 +111,13 @@ class VAE(ZooModel):
             hidden = (hidden,)
         if not isinstance(hidden, Sequence) or isinstance(hidden, str):
             raise TypeError(f"hidden: expected a sequence of layer sizes, got {hidden!r}")
-        self.hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
+        self.hidden = tuple(check_setting(h, "hidden", kind="int", positive=True) for h in hidden)
         self.likelihood = check_setting(likelihood, "likelihood", kind="choice", choices=tuple(LIKELIHOODS))
         self.eval_particles = check_setting(eval_particles, "eval_particles", kind="int", positive=True)
         self.init_seed = check_setting(init_seed, "init_seed", kind="int")
         self.input_dim = None
         if input_dim is not None:
-            self._build(check_positive_int(input_dim, "input_dim"))
+            self._build(check_setting(input_dim, "input_dim", kind="int", positive=True))
 
     def _build(self, input_dim: int) -> None:
         self.input_dim = input_dim
@@ -201,7 +201,7 @@ class VAE(ZooModel):
         ``max_elements`` entries. ``params`` (global sites) is empty for a VAE and ignored.
         """
         self._require_networks()
-        k = check_positive_int(num_particles or self.eval_particles, "num_particles")
+        k = check_setting(num_particles or self.eval_particles, "num_particles", kind="int", positive=True)
         x = data
         rows = max(1, min(x.shape[0], max_elements // (self.input_dim * min(k, 64))))
         chunk = max(1, min(k, max_elements // (self.input_dim * rows)))
@@ -222,7 +222,7 @@ class VAE(ZooModel):
 
     def simulate(self, n: int, seed: int = 0):
         """Draw ``n`` images from the generative story (with the current decoder): ``(x (n, D), {"z": (n, L)})``."""
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", positive=True)
         self._require_networks()
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             trace = pyro.poutine.trace(self.model).get_trace(None, n=n)
