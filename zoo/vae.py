@@ -193,9 +193,10 @@ class VAE(ZooModel):
         return binarize
 
     def log_likelihood(self, data, params: Mapping[str, torch.Tensor] | None = None, *,
-                       num_particles: int | None = None, max_elements: int = 2**24) -> torch.Tensor:
+                       num_particles: int | None = None, max_elements: int = 2**24, seed: int = 0) -> torch.Tensor:
         """Importance-sampled log p(x_n) per image, shape (N,): logmeanexp over k draws z ~ q(z | x_n)
         of log p(x_n | z) + log p(z) - log q(z | x_n) (the IWAE bound L_k; k = ``eval_particles``).
+        The draws come from their own generator seeded with ``seed`` (same seed, same estimate).
 
         Work is batched over images and particles so that no (particles, images, D) tensor exceeds
         ``max_elements`` entries. ``params`` (global sites) is empty for a VAE and ignored.
@@ -207,14 +208,18 @@ class VAE(ZooModel):
         chunk = max(1, min(k, max_elements // (self.input_dim * rows)))
         out = []
         starts = range(0, x.shape[0], rows)
+        gen = torch.Generator(device=x.device).manual_seed(check_setting(seed, "seed", kind="int"))
         with torch.no_grad():
             for start in tqdm(starts, desc="log p(x) by importance sampling", leave=False,
                               disable=True if len(starts) < 4 else None):   # a bar on a terminal, for long work
                 xb = x[start:start + rows]
-                q = self.posterior(xb)
+                loc, scale = self.encoder(xb)                                            # (B, L)
+                q = dist.Normal(loc, scale).to_event(1)
                 total = torch.full((xb.shape[0],), -math.inf, dtype=xb.dtype, device=xb.device)
                 for first in range(0, k, chunk):
-                    z = q.sample((min(chunk, k - first),))                              # (k', B, L)
+                    eps = torch.randn((min(chunk, k - first), *loc.shape), generator=gen, dtype=loc.dtype,
+                                      device=loc.device)
+                    z = loc + scale * eps                                                # (k', B, L)
                     log_w = self.observation(z).log_prob(xb) + self.prior().log_prob(z) - q.log_prob(z)
                     total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
                 out.append(total - math.log(k))
