@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("zoo", "pyro")
 POTENTIALS = ("auto", "closed_form", "compiled", "graph", "eager")
 #: with ``potential="auto"``, Inductor compiles the traced potential when the run has at least this
-#: many NUTS iterations over all chains: at ~10 leapfrog steps an iteration and 1-3 ms saved a step,
-#: that pays for a 10-30 s compile (benchmarks/README.md)
+#: many NUTS iterations over all chains: enough leapfrog steps for the time saved per step to pay for
+#: the compile (the measurements behind it: benchmarks/README.md, "Numbers behind the code")
 COMPILE_MIN_ITERATIONS = 2000
 
 
@@ -224,7 +224,7 @@ def _flat_chain(density, values, seed: int, **options):
     rng = np.random.default_rng([seed, 1])
     given = {k: values[k] for k in density.names if values and k in values}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (10x slower under load)
+    torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (benchmarks/README.md)
     try:
         start = density.flatten({**density.prototypes, **given})
         first = 0

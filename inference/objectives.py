@@ -9,8 +9,8 @@ inside, which under subsampling is a different and wrong objective), the Monte C
 point (:func:`elbo_estimate`), and importance-sampling estimates of log p(x) with the weights'
 effective sample size (:func:`importance_estimate`).
 
-**The traced ELBO.** Pyro computes ``Trace_ELBO`` by tracing the guide and the model at every step: milliseconds of
-Python per step whatever the model's size. For a guide whose sample sites are all reparameterized
+**The traced ELBO.** Pyro computes ``Trace_ELBO`` by tracing the guide and the model at every step: a fixed
+cost in Python per step whatever the model's size (measured: benchmarks/README.md). For a guide whose sample sites are all reparameterized
 (autoguides, the zoo's own guides) and a model without enumerated sites, the surrogate loss is
 ``log q(z) - log p(x, z)`` at ``z ~ q``, and its value and gradient with respect to every parameter
 can be traced once, random draws included, into one ATen graph and compiled by Inductor, exactly

@@ -5,12 +5,12 @@ bijections of their supports, as Pyro's HMC does (``biject_to(support)``); the l
 model's log joint at the constrained values plus the log Jacobians, with enumerated sites summed
 out by Pyro's own ``TraceEinsumEvaluator`` (the contraction Pyro's NUTS kernel uses).
 
-Evaluated as Pyro evaluates it, every call re-runs the model under a trace and autograd: a few
-milliseconds of Python per leapfrog step whatever the model's size. Here the value AND its gradient
+Evaluated as Pyro evaluates it, every call re-runs the model under a trace and autograd: a fixed cost
+in Python per leapfrog step whatever the model's size (measured: benchmarks/README.md). Here the value AND its gradient
 are traced once, down to ATen operations, into one graph (``make_fx``), and that graph is compiled
 by Inductor into C++: what remains per call is one function call on a few tensors. Three routes:
 
-- ``"compiled"``: the graph compiled by Inductor (needs a C++ compiler; 5-30 s to compile, cached
+- ``"compiled"``: the graph compiled by Inductor (needs a C++ compiler; seconds to compile, cached
   on disk by Inductor across processes). Data tensors are inputs of the graph, not constants, so the
   compiled code is reused for new data of the same shapes.
 - ``"graph"``: the traced graph run by PyTorch's interpreter (no compile time, no compiler needed).

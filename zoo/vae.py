@@ -47,8 +47,8 @@ class MLP(nn.Module):
     """``tanh`` multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` (linear output layer).
 
     The networks are plain torch modules: their weights are parameters, not Pyro sites, so they
-    skip PyroModule's per-call parameter-store scope and attribute hooks (about a tenth of a training
-    step of the default networks, measured in benchmarks/README.md)."""
+    skip PyroModule's per-call parameter-store scope and attribute hooks (their cost per training step:
+    benchmarks/README.md)."""
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
