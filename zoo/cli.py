@@ -685,12 +685,12 @@ def _run(argv, parsed: dict) -> int:
 
     # ArviZ announces its refactor once a day on import: noise on a newcomer's first screen
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    import matplotlib
+
+    matplotlib.use("Agg")   # before the parser, whose model flags import the models (and pyplot with them)
     args = parsed["args"] = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    import matplotlib
-
-    matplotlib.use("Agg")
     commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc, "new": cmd_new,
                 "select": cmd_select, "report": cmd_report, "check": cmd_check}
     return commands[args.command](args)
