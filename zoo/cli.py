@@ -448,8 +448,9 @@ def cmd_new(args) -> int:
 
 
 def cmd_select(args) -> int:
-    """Fit the model once per size of the range given for one of its counts (--components, --states), rank the fits by PSIS-LOO on the
-    marginal log-likelihood, and write select.csv, select.png, khat.png and every candidate's netCDF."""
+    """Fit the model once per size of the range given for one of its counts (--components, --states), rank
+    the fits by PSIS-LOO on the marginal log-likelihood, and write select.csv, select.png, khat.png and
+    every candidate's netCDF."""
     import inference
     import zoo
     from inference.plots import plot_khat, plot_select
