@@ -22,7 +22,6 @@ inside the data plate) whose global parameters live in a module.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -41,10 +40,10 @@ from torch.distributions import biject_to
 
 from inference.compare import compare
 from inference.mcmc import run_nuts
+from inference.objectives import elbo_estimate, importance_estimate
 from inference.posterior import Posterior
 from inference.svi import fit_svi, sample_guide
 from inference.target import Target, inspect_model, set_seed
-from inference.train import log_weights
 
 LABELS = ("amortized", "optimized", "nuts")
 
@@ -65,42 +64,11 @@ class AmortizationGap:
         return self.table[cols].round(3).to_string()
 
     def figure(self, max_points: int = 4):
-        """For the first data points: each posterior's draws projected on the two principal directions
-        of that point's NUTS draws, drawn as the ellipse of its 2-sd contour (mean and covariance of the
-        projected draws, mean marked) over the NUTS draws themselves."""
-        import matplotlib.pyplot as plt
+        """Each posterior of the first data points as a 2-sd ellipse over the NUTS draws:
+        ``inference.plots.plot_amortization``."""
+        from inference.plots import plot_amortization
 
-        n = min(max_points, self.posteriors["nuts"].data.shape[0])
-        fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.6), squeeze=False)
-        flat = {label: _flat(post, self.sites).cpu() for label, post in self.posteriors.items()}
-        t = torch.linspace(0, 2 * math.pi, 200, dtype=torch.float64)
-        circle = torch.stack([t.cos(), t.sin()], -1)                                   # (200, 2)
-        styles = {"nuts": ("black", "NUTS (exact)"), "optimized": ("tab:blue", "q* (best Gaussian)"),
-                  "amortized": ("tab:red", "q(z|x) (encoder)")}
-        for i in range(n):
-            ref = flat["nuts"][:, i]
-            mean = ref.mean(0)
-            _, _, vt = torch.linalg.svd(ref - mean, full_matrices=False)
-            ax = axes[0, i]
-            xy = (ref - mean) @ vt[:2].T
-            ax.scatter(xy[:600, 0].numpy(), xy[:600, 1].numpy(), s=3, alpha=0.25, color="0.6", lw=0)
-            for label, (color, name) in styles.items():
-                xy = (flat[label][:, i] - mean) @ vt[:2].T                               # (S, 2)
-                m, cov = xy.mean(0), torch.cov(xy.T)
-                ring = m + 2 * circle @ torch.linalg.cholesky(cov + 1e-12 * torch.eye(2, dtype=cov.dtype)).T
-                ax.plot(ring[:, 0].numpy(), ring[:, 1].numpy(), color=color, lw=1.6, label=name)
-                ax.plot([float(m[0])], [float(m[1])], "+", color=color, ms=9, mew=1.8)
-            ax.set_aspect("equal", adjustable="datalim")
-            row = self.table.iloc[i]
-            ax.set_title(f"point {i}: approximation gap {row.approximation_gap:.2f},\n"
-                         f"amortization gap {row.amortization_gap:.2f} nats", fontsize=8)
-            ax.set_xlabel("PC 1 of the NUTS draws")
-            ax.set_ylabel("PC 2")
-        axes[0, 0].legend(fontsize=7, loc="lower left")
-        fig.suptitle("posterior of the local latents: 2-sd ellipses of NUTS (grey draws), the per-point optimum q* "
-                     "and the amortized q(z|x)", fontsize=9)
-        fig.tight_layout()
-        return fig
+        return plot_amortization(self, max_points)
 
 
 def amortization_gap(model, data, *, guide=None, num_samples: int = 1000, warmup_steps: int = 500,
@@ -147,11 +115,11 @@ def amortization_gap(model, data, *, guide=None, num_samples: int = 1000, warmup
 
         kw = dict(max_plate_nesting=info.max_plate_nesting, data_plate=info.data_plate)
         with torch.no_grad():
-            elbo = {label: _elbo(target.model_fn, g, data, elbo_particles, **kw)
+            elbo = {label: elbo_estimate(target.model_fn, g, data, elbo_particles, **kw)
                     for label, g in (("amortized", guide_fn), ("optimized", fit.guide))}
             proposal = _gaussian_proposal(target.model_fn, data, nuts, sites, info.data_plate)
-            log_px, ess = _log_mean_weight(target.model_fn, proposal, data, is_particles, **kw)
-            iwae, _ = _log_mean_weight(target.model_fn, guide_fn, data, is_particles, **kw)
+            log_px, ess = importance_estimate(target.model_fn, proposal, data, is_particles, **kw)
+            iwae, _ = importance_estimate(target.model_fn, guide_fn, data, is_particles, **kw)
 
     comparisons = {}
     rows = []
@@ -175,27 +143,6 @@ def amortization_gap(model, data, *, guide=None, num_samples: int = 1000, warmup
     table.attrs.update(is_particles=is_particles, elbo_particles=elbo_particles, nuts=dict(nuts.settings),
                        divergences=int(np.sum(nuts.sample_stats.get("diverging", 0))))
     return AmortizationGap(table=table, comparisons=comparisons, posteriors=posteriors, sites=sites)
-
-
-# --- estimators ---------------------------------------------------------------------------------
-
-
-def _elbo(model, guide, data, k, **kw):
-    """Monte Carlo ELBO per data point and its standard error (k draws from the guide)."""
-    log_w = torch.cat([log_weights(model, guide, data, c, **kw)[0] for c in _chunks(k)])
-    return log_w.mean(0).tolist(), (log_w.std(0) / math.sqrt(k)).tolist()
-
-
-def _log_mean_weight(model, proposal, data, k, **kw):
-    """Importance-sampling estimate of log p(x) per data point and the weights' effective sample size."""
-    log_w = torch.cat([log_weights(model, proposal, data, c, **kw)[0] for c in _chunks(k)])
-    lse = torch.logsumexp(log_w, 0)
-    ess = torch.exp(2 * lse - torch.logsumexp(2 * log_w, 0))
-    return (lse - math.log(k)).tolist(), ess.tolist()
-
-
-def _chunks(k, size=500):
-    return [min(size, k - first) for first in range(0, k, size)]
 
 
 def _gaussian_proposal(model, data, nuts: Posterior, sites, data_plate: str):
@@ -245,7 +192,7 @@ def _point(post: Posterior, i: int, sites) -> Posterior:
                      method=post.method, wall_time=post.wall_time)
 
 
-def _flat(post: Posterior, sites) -> torch.Tensor:
+def flat_draws(post: Posterior, sites) -> torch.Tensor:
     """(chain*draw, n, d): every local site flattened and concatenated per data point."""
     parts = [post.samples[s].reshape(-1, post.samples[s].shape[2], int(np.prod(post.samples[s].shape[3:], dtype=int)))
              for s in sites]

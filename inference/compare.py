@@ -136,34 +136,3 @@ def summary_line(df: pd.DataFrame) -> str:
     worst = df["smd"].abs().idxmax()
     return (f"{agree}/{len(df)} quantities agree (|smd| < {AGREE_SMD}); largest |smd| = "
             f"{abs(df.loc[worst, 'smd']):.3f} at {worst}; wall time {la} {wt[la]:.1f}s, {lb} {wt[lb]:.1f}s")
-
-
-# --- overlay plots ---------------------------------------------------------------------------
-
-
-def _aligned_idata(posteriors: dict[str, Posterior]):
-    """InferenceData of each posterior's identifiable quantities in a common labeling."""
-    ref = list(posteriors.values())[-1]
-    return {label: post.quantities_idata(
-        None if post is ref else post.target.align(post.global_samples, reference=ref.alignment))
-        for label, post in posteriors.items()}
-
-
-def plot_forest(posteriors: dict[str, Posterior]):
-    """Forest plot of every identifiable quantity under each posterior (last one is the reference)."""
-    data = _aligned_idata(posteriors)
-    axes = az.plot_forest(list(data.values()), model_names=list(data), combined=True, hdi_prob=0.94,
-                          show=False)
-    fig = np.ravel(axes)[0].figure
-    fig.suptitle("94% intervals: " + " vs ".join(s.upper() for s in data))
-    return fig
-
-
-def plot_overlay(posteriors: dict[str, Posterior]):
-    """Marginal densities of every identifiable quantity, one colour per posterior."""
-    data = _aligned_idata(posteriors)
-    axes = az.plot_density(list(data.values()), data_labels=[s.upper() for s in data], shade=0.1,
-                           hdi_prob=0.999, show=False)
-    fig = np.ravel(axes)[0].figure
-    fig.suptitle("Marginal posterior densities: " + " vs ".join(s.upper() for s in data))
-    return fig

@@ -1,4 +1,4 @@
-"""Convergence diagnostics: ArviZ summaries, a verdict with reasons, and diagnostic plots.
+"""Convergence diagnostics: ArviZ summaries and a verdict with reasons (the plots: ``inference.plots``).
 
 Everything is computed on the model's identifiable quantities (``Posterior.aligned``): for a
 mixture that is the relabeled draws, so R-hat does not flag mere label switching between chains.
@@ -25,7 +25,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
-from inference.posterior import Posterior, _from_dict, quiet_arviz
+from inference.posterior import Posterior, quiet_arviz
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -135,43 +135,3 @@ def energy_bfmi(posterior: Posterior) -> np.ndarray | None:
     if energy.shape[1] < 3:
         return None
     return np.atleast_1d(az.bfmi(energy))
-
-
-# --- plots -----------------------------------------------------------------------------------
-
-
-def plot_trace(posterior: Posterior, var_names=None):
-    """ArviZ trace plot of the identifiable quantities; returns the matplotlib Figure."""
-    axes = az.plot_trace(posterior.quantities_idata(), var_names=var_names or list(posterior.aligned), compact=True,
-                         combined=False, show=False)
-    fig = np.ravel(axes)[0].figure
-    fig.suptitle(f"{posterior.target.name} {posterior.method.upper()} trace (after alignment)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_rank(posterior: Posterior, var_names=None):
-    """ArviZ rank plot: uniform histograms per chain mean the chains mix."""
-    axes = az.plot_rank(posterior.quantities_idata(), var_names=var_names or list(posterior.aligned), show=False)
-    fig = np.ravel(axes)[0].figure
-    fig.suptitle(f"{posterior.target.name} {posterior.method.upper()} rank plot")
-    fig.tight_layout()
-    return fig
-
-
-def plot_energy(posterior: Posterior):
-    """ArviZ energy plot: the marginal energy distribution against the distribution of energy changes
-    between draws (E-BFMI in the legend). Two similar widths mean momentum resampling can reach every
-    energy level; a transition distribution much narrower than the marginal one is what a low E-BFMI
-    means. Returns the matplotlib Figure; raises ValueError when the run recorded no ``energy``."""
-    energy = posterior.sample_stats.get("energy")
-    if energy is None:
-        raise ValueError(f"posterior: no 'energy' in the sample statistics of this {posterior.method.upper()} run "
-                         "(NUTS through inference.nuts records it); nothing to plot")
-    idata = _from_dict({"sample_stats": {"energy": np.asarray(energy, dtype=float)}}, coords={}, dims={},
-                       attrs={"inference_method": posterior.method})
-    ax = az.plot_energy(idata, show=False)
-    fig = ax.figure
-    fig.suptitle(f"{posterior.target.name} {posterior.method.upper()} energy")
-    fig.tight_layout()
-    return fig

@@ -27,6 +27,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from inference.plots import plot_energy, plot_pair, plot_ppc, plot_rank, plot_trace
+
 log = logging.getLogger(__name__)
 
 #: id -> (heading, what to look at)
@@ -60,7 +62,6 @@ STEM_SECTION = {"trace": "plots", "rank": "plots",
                 "amortization": "comparison", "select": "loo", "khat": "loo"}
 PREFIX_SECTION = {"ppc": "ppc", "sbc": "sbc", "energy": "plots", "pair": "plots"}
 CSV_SECTION = {"select.csv": "loo", "heldout.csv": "loo"}
-PAIR_MAX = 6     # scalar quantities in the pair plot
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1150px;margin:0 auto;
@@ -266,15 +267,10 @@ def _sampled(idatas) -> list[str]:
     return [label for label, idata in idatas.items() if idata.posterior.sizes.get("chain", 1) > 1]
 
 
-def _quantity_idata(post, idata):
-    return post.quantities_idata() if hasattr(post, "quantities_idata") else idata
-
-
 def _trace_or_rank(name, posteriors, idatas, sampled):
     label = sampled[0]
-    data = _quantity_idata(posteriors[label], idatas[label])
-    axes = az.plot_trace(data, compact=True, show=False) if name == "trace" else az.plot_rank(data, show=False)
-    return [(f"{label}: {name} plot", _figure_of(axes))]
+    fig = (plot_trace if name == "trace" else plot_rank)(posteriors[label])
+    return [(f"{label}: {name} plot", fig)]
 
 
 def _energy(posteriors, idatas, sampled):
@@ -283,10 +279,9 @@ def _energy(posteriors, idatas, sampled):
         if "sample_stats" not in idata.groups() or "energy" not in idata.sample_stats:
             continue
         bfmi = az.bfmi(idata)
-        ax = az.plot_energy(idata, show=False, figsize=(6, 3.6))
-        ax.set_title(f"{label}: energy", fontsize=10)
         items.append((f"{label}: marginal energy vs energy transition; E-BFMI per chain "
-                      f"{', '.join(f'{b:.2f}' for b in bfmi)} (below 0.3: warning)", ax.figure))
+                      f"{', '.join(f'{b:.2f}' for b in bfmi)} (below 0.3: warning)",
+                      plot_energy(idata, title=f"{label}: energy")))
     return items or ["No energy plot: no posterior here records `energy` in its sample statistics "
                      "(NUTS runs that do get an energy plot and E-BFMI)."]
 
@@ -295,28 +290,7 @@ def _pair(posteriors, idatas, sampled):
     if not sampled:
         return []
     label = sampled[0]
-    q = _quantity_idata(posteriors[label], idatas[label]).posterior
-    draws, names, total = {}, [], 0
-    for name, var in q.data_vars.items():
-        for idx in np.ndindex(var.shape[2:]):
-            total += 1
-            x = var.values[(slice(None), slice(None), *idx)]
-            # skip a scalar fixed by one already shown (e.g. the last weight of a simplex)
-            if len(draws) < PAIR_MAX and x.std() > 0 and \
-                    all(abs(np.corrcoef(x.ravel(), y.ravel())[0, 1]) < 0.999 for y in draws.values()):
-                key = f"{name}[{', '.join(map(str, idx))}]" if idx else name
-                draws[key] = x
-                names.append(key)
-    stats = idatas[label].sample_stats if "sample_stats" in idatas[label].groups() else None
-    groups = {"posterior": draws}
-    if stats is not None and "diverging" in stats:
-        groups["sample_stats"] = {"diverging": stats["diverging"].values}
-    data = az.from_dict(**groups)
-    axes = az.plot_pair(data, kind="scatter", divergences="sample_stats" in groups, marginals=True,
-                        scatter_kwargs={"alpha": 0.25, "s": 4}, textsize=9, show=False,
-                        figsize=(1.8 * len(names) + 1, 1.8 * len(names) + 1))
-    note = f" ({len(names)} of {total} scalars)" if total > len(names) else ""
-    return [(f"{label}: pairs of draws{note}; divergences in red", _figure_of(axes))]
+    return [(f"{label}: pairs of draws; divergences in red", plot_pair(posteriors[label]))]
 
 
 def _ppc(idatas, found):
@@ -326,21 +300,18 @@ def _ppc(idatas, found):
         idata = idatas[label]
         if {"posterior_predictive", "observed_data"} <= set(idata.groups()):
             # each replicated variable with the observed variable of its name, else of its shape
-            pairs, n = {}, idata.posterior_predictive.sizes["chain"] * idata.posterior_predictive.sizes["draw"]
+            pairs = {}
             for name, rep in idata.posterior_predictive.data_vars.items():
                 same = [v for v in idata.observed_data.data_vars.values() if v.shape == rep.shape[2:]]
                 obs = idata.observed_data.get(name, same[0] if len(same) == 1 else None)
                 if obs is not None:
-                    pairs[name] = (rep.values, obs.values)
+                    pairs[name] = (rep.values.reshape(-1, *rep.shape[2:]), obs.values)
             if not pairs:
                 continue
-            data = az.from_dict(posterior_predictive={k: r for k, (r, _) in pairs.items()},
-                                observed_data={k: o for k, (_, o) in pairs.items()})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = az.plot_ppc(data, num_pp_samples=min(50, n), random_seed=0, show=False, figsize=(6.5, 3.6))
-            return [(f"{label}: density of the observed values against {min(50, n)} replicated data sets",
-                     _figure_of(axes))]
+            n = len(next(iter(pairs.values()))[0])
+            fig = plot_ppc({k: r for k, (r, _) in pairs.items()}, {k: o for k, (_, o) in pairs.items()},
+                           figsize=(6.5, 3.6))
+            return [(f"{label}: density of the observed values against {min(50, n)} replicated data sets", fig)]
     return []
 
 
@@ -454,10 +425,6 @@ def _png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
-
-
-def _figure_of(axes):
-    return np.ravel(axes)[0].figure
 
 
 def _idata(post):

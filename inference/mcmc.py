@@ -33,6 +33,7 @@ from inference import nuts
 from inference.posterior import Posterior
 from inference.potential import Potential, has_compiler
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
+from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 ENGINES = ("zoo", "pyro")
 POTENTIALS = ("auto", "closed_form", "compiled", "graph", "eager")
 #: with ``potential="auto"``, Inductor compiles the traced potential when the run has at least this
-#: many NUTS iterations over all chains: at ~10 leapfrog steps an iteration and 1-3 ms saved a step,
-#: that pays for a 10-30 s compile (benchmarks/README.md)
+#: many NUTS iterations over all chains: enough leapfrog steps for the time saved per step to pay for
+#: the compile (the measurements behind it: benchmarks/README.md, "Numbers behind the code")
 COMPILE_MIN_ITERATIONS = 2000
 
 
@@ -71,10 +72,8 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     """
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept: expected a probability in (0, 1), got {target_accept!r}")
+        check_setting(value, name, kind="int", minimum=low)
+    target_accept = check_setting(target_accept, "target_accept", kind="probability")
     if chain_method not in ("parallel", "sequential"):
         raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
     if engine not in ENGINES:
@@ -225,7 +224,7 @@ def _flat_chain(density, values, seed: int, **options):
     rng = np.random.default_rng([seed, 1])
     given = {k: values[k] for k in density.names if values and k in values}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (10x slower under load)
+    torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (benchmarks/README.md)
     try:
         start = density.flatten({**density.prototypes, **given})
         first = 0
@@ -307,7 +306,7 @@ def _worker(chain, c, position, sender):
 def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, position=0):
     """One chain of Pyro's NUTS kernel (``engine="pyro"``, the reference). It touches three private
     members of the kernel: ``potential_fn`` (replaced to count leapfrog steps), ``_mean_accept_prob``
-    and ``_adapter`` (in :func:`_curvature_metric`); tests/test_inference.py's
+    and ``_adapter`` (in :func:`_curvature_metric`); tests/inference/test_mcmc.py's
     ``test_pyro_kernel_private_members_still_exist`` fails loudly when Pyro changes them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)

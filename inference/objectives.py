@@ -1,7 +1,16 @@
-"""The ELBO of a model/guide pair traced once and compiled, for SVI's optimisation loop.
+"""The objectives of variational inference and the importance weights they rest on.
 
-Pyro computes ``Trace_ELBO`` by tracing the guide and the model at every step: milliseconds of
-Python per step whatever the model's size. For a guide whose sample sites are all reparameterized
+**Importance weights and the IWAE bound.** For an amortized model (every latent site inside the data
+plate), :func:`log_weights` gives ``log w[k, n] = log p(x_n, z_kn) - log q(z_kn | x_n)`` for k draws
+from the guide, per element of the data plate. From them: the importance-weighted bound of Burda et al.
+(2015), ``L_k = sum_n logmeanexp_k log w[k, n]`` (:class:`IWAE`, a differentiable loss that keeps the
+plate's N / B subsample scale *outside* the log-mean-exp; Pyro's ``RenyiELBO(alpha=0)`` applies it
+inside, which under subsampling is a different and wrong objective), the Monte Carlo ELBO per data
+point (:func:`elbo_estimate`), and importance-sampling estimates of log p(x) with the weights'
+effective sample size (:func:`importance_estimate`).
+
+**The traced ELBO.** Pyro computes ``Trace_ELBO`` by tracing the guide and the model at every step: a fixed
+cost in Python per step whatever the model's size (measured: benchmarks/README.md). For a guide whose sample sites are all reparameterized
 (autoguides, the zoo's own guides) and a model without enumerated sites, the surrogate loss is
 ``log q(z) - log p(x, z)`` at ``z ~ q``, and its value and gradient with respect to every parameter
 can be traced once, random draws included, into one ATen graph and compiled by Inductor, exactly
@@ -15,6 +24,7 @@ random state) before it is used; any other pair, or a pair that fails the check,
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from typing import Callable
@@ -29,6 +39,77 @@ from pyro.util import get_rng_state, set_rng_state
 from inference.potential import compile_graph, flatten_data, has_compiler, trace_graph
 
 log = logging.getLogger(__name__)
+
+
+# --- importance weights and the IWAE bound --------------------------------------------------------
+
+
+def log_weights(model, guide, data, num_particles: int, *, max_plate_nesting: int, data_plate: str):
+    """Importance log-weights per particle and element of the data plate, shape (k, B).
+
+    ``log w[k, b] = log p(x_b, z_kb) - log q(z_kb | x_b)`` with the guide's draws (particles
+    vectorized in a plate left of the model's plates), every site's terms summed over all dims but
+    the data plate's, the plate's subsample scale N / B undone. Also returns that scale.
+    Every latent site must lie inside the data plate (an amortized model); a global one raises.
+    """
+    particles = pyro.plate("_particles", num_particles, dim=-1 - max_plate_nesting)
+    with particles:
+        guide_trace = poutine.trace(guide).get_trace(data)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(data)
+    ndim = max_plate_nesting + 1
+    total, scale = 0.0, 1.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
+            if frame is None:
+                raise ValueError(f"elbo: the importance-weighted bound needs every site inside the data plate "
+                                 f"{data_plate!r}; site {site['name']!r} is outside it (a global latent)")
+            scale = frame.full_size / frame.size
+            lp = site["log_prob"] / scale
+            lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
+            keep = (0, ndim + frame.dim)
+            other = [d for d in range(ndim) if d not in keep]
+            if other:  # (sum over an empty dim list would sum everything)
+                lp = lp.sum(other, keepdim=True)
+            total = total + sign * lp.reshape(lp.shape[0], lp.shape[keep[1]])
+    return total.expand(num_particles, -1), scale
+
+
+class IWAE:
+    """The importance-weighted bound as a differentiable loss ``loss(model, guide, data)``: minus
+    ``N / B * sum_b logmeanexp_k log w[k, b]`` (see the module docstring)."""
+
+    def __init__(self, num_particles: int, max_plate_nesting: int, data_plate: str):
+        self.num_particles, self.max_plate_nesting, self.data_plate = num_particles, max_plate_nesting, data_plate
+
+    def __call__(self, model, guide, data):
+        log_w, scale = log_weights(model, guide, data, self.num_particles,
+                                   max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate)
+        return -scale * (torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
+
+
+def _chunked_log_weights(model, guide, data, k: int, chunk: int = 500, **kw) -> torch.Tensor:
+    """(k, N) log-weights drawn ``chunk`` particles at a time (bounded memory for large k)."""
+    return torch.cat([log_weights(model, guide, data, min(chunk, k - first), **kw)[0] for first in range(0, k, chunk)])
+
+
+def elbo_estimate(model, guide, data, k: int, **kw) -> tuple[list[float], list[float]]:
+    """Monte Carlo ELBO per data point, the mean of k log-weights, and its standard error."""
+    log_w = _chunked_log_weights(model, guide, data, k, **kw)
+    return log_w.mean(0).tolist(), (log_w.std(0) / math.sqrt(k)).tolist()
+
+
+def importance_estimate(model, proposal, data, k: int, **kw) -> tuple[list[float], list[float]]:
+    """Importance-sampling estimate of log p(x) per data point, ``logmeanexp`` of k log-weights drawn
+    from ``proposal`` (the IWAE bound L_k when the proposal is the guide), and the weights' effective
+    sample size ``(sum w)^2 / sum w^2``."""
+    log_w = _chunked_log_weights(model, proposal, data, k, **kw)
+    lse = torch.logsumexp(log_w, 0)
+    ess = torch.exp(2 * lse - torch.logsumexp(2 * log_w, 0))
+    return (lse - math.log(k)).tolist(), ess.tolist()
 
 #: with ``route="auto"``, Inductor compiles the loss for runs of at least this many steps
 COMPILE_MIN_STEPS = 1000

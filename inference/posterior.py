@@ -26,13 +26,14 @@ from typing import Any, Mapping
 
 import arviz as az
 import numpy as np
+import pandas as pd
 import pyro
 import torch
 from pyro.infer import Predictive
 
 from pyro.infer.autoguide.initialization import InitMessenger
 
-from inference.target import Target, sample_or_uniform
+from inference.target import Target, num_observations, sample_or_uniform
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,9 @@ class Posterior:
         return {k: v.reshape(self.num_chains, keep, *v.shape[1:]) for k, v in pred.items()}
 
     def predictive_log_density(self, data) -> torch.Tensor:
-        """Log predictive density of (held-out) ``data`` per data point, log mean_s p(data_n | draw s): (N,)."""
-        ll = self.log_likelihood_of(self.target.validate(data))
+        """Log predictive density of (held-out) ``data`` per data point, log mean_s p(data_n | draw s): (N,).
+        ``data`` that is the fitted data itself reuses the pointwise log-likelihood of ``idata``."""
+        ll = self.log_likelihood if data is self.data else self.log_likelihood_of(self.target.validate(data))
         flat = ll.reshape(-1, ll.shape[-1])
         return torch.logsumexp(flat, 0) - math.log(flat.shape[0])
 
@@ -188,20 +190,20 @@ class Posterior:
                 dims.setdefault(site, [plate[0]])
         posterior = {**self.samples, **self.deterministic, **self.aligned}
         groups: dict[str, Any] = {
-            "posterior": {k: _np(v) for k, v in posterior.items()},
-            "log_likelihood": {k: _np(v) for k, v in self.pointwise.items()},
+            "posterior": {k: to_numpy(v) for k, v in posterior.items()},
+            "log_likelihood": {k: to_numpy(v) for k, v in self.pointwise.items()},
         }
         try:
-            groups["posterior_predictive"] = {k: _np(v) for k, v in self.posterior_predictive().items()}
+            groups["posterior_predictive"] = {k: to_numpy(v) for k, v in self.posterior_predictive().items()}
         except Exception as e:  # a model that cannot replicate its data still gets the other groups
             log.warning("posterior predictive skipped: %s", e)
-        groups["observed_data"] = {k: _np(v) for k, v in self.target.observed_values(self.data).items()}
+        groups["observed_data"] = {k: to_numpy(v) for k, v in self.target.observed_values(self.data).items()}
         if self.sample_stats:
             groups["sample_stats"] = {k: np.asarray(v) for k, v in self.sample_stats.items()}
         attrs = {"inference_method": self.method, "model": self.target.name, "wall_time_s": self.wall_time,
                  **{f"setting_{k}": str(v) for k, v in self.settings.items()}}
         coords = {**self.target.coords(self.data), **self.coords}
-        return _from_dict(groups, coords=coords, dims=dims, attrs=attrs)
+        return from_dict(groups, coords=coords, dims=dims, attrs=attrs)
 
     def element_label(self, name: str, index: tuple) -> str:
         """ArviZ-style label of one scalar element, with coordinate names: ``locs[0, petal_length_cm]``."""
@@ -219,7 +221,7 @@ class Posterior:
         """A posterior-only InferenceData of identifiable quantities (default ``aligned``): cheap,
         for summaries and plots that need no log-likelihood or predictive draws."""
         quantities = self.aligned if quantities is None else quantities
-        return _from_dict({"posterior": {k: _np(v) for k, v in quantities.items()}},
+        return from_dict({"posterior": {k: to_numpy(v) for k, v in quantities.items()}},
                           coords={**self.target.coords(self.data), **self.coords}, dims=self.target.dims,
                           attrs={"inference_method": self.method})
 
@@ -230,6 +232,27 @@ class Posterior:
             raise FileExistsError(f"path: {str(path)!r} exists; pass overwrite=True to replace it")
         self.idata.to_netcdf(str(path))
         return path
+
+
+def heldout(posterior: Posterior, splits: Mapping[str, Any]) -> pd.DataFrame:
+    """Held-out scores of ``posterior`` on every split ``{name: data}`` (e.g. a dataset's valid and test
+    splits): one row per split with the data points, the observations they hold (time steps for
+    sequences: ``inference.target.num_observations``), the total log predictive density ``lpd`` (sum
+    over points of log mean_s p(x_n | draw s)), ``nll_per_observation`` = -lpd / observations, and its
+    standard error over data points, sd(lpd_n) sqrt(N) / observations (NaN for one point). For an
+    amortized model's one-point posterior lpd_n is the model's own estimate of log p(x_n) (the VAE's
+    importance-sampled bound). ``attrs["csv"]`` names the report file, ``heldout.csv``."""
+    rows = {}
+    for split, data in splits.items():
+        lpd = posterior.predictive_log_density(data).double()
+        n_obs = num_observations(posterior.data if data is posterior.data else posterior.target.validate(data))
+        se = float(lpd.std()) * math.sqrt(len(lpd)) / n_obs if len(lpd) > 1 else float("nan")
+        rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
+                       "nll_per_observation": -float(lpd.sum()) / n_obs, "se": se}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["points", "observations", "lpd",
+                                                                  "nll_per_observation", "se"]).rename_axis("split")
+    table.attrs["csv"] = "heldout.csv"
+    return table
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -247,7 +270,7 @@ def quiet_arviz():
         logger.setLevel(level)
 
 
-def _np(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
@@ -259,7 +282,7 @@ def _joint(pointwise: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.flatten(2) for v in values], -1)
 
 
-def _from_dict(groups, *, coords, dims, attrs):
+def from_dict(groups, *, coords, dims, attrs):
     """``az.from_dict`` across ArviZ 0.23 (groups as keywords) and 1.x (one dict of groups)."""
     if next(iter(inspect.signature(az.from_dict).parameters)) == "posterior":  # ArviZ < 1.0
         idata = az.from_dict(**groups, coords=coords, dims=dims)

@@ -5,12 +5,12 @@ bijections of their supports, as Pyro's HMC does (``biject_to(support)``); the l
 model's log joint at the constrained values plus the log Jacobians, with enumerated sites summed
 out by Pyro's own ``TraceEinsumEvaluator`` (the contraction Pyro's NUTS kernel uses).
 
-Evaluated as Pyro evaluates it, every call re-runs the model under a trace and autograd: a few
-milliseconds of Python per leapfrog step whatever the model's size. Here the value AND its gradient
+Evaluated as Pyro evaluates it, every call re-runs the model under a trace and autograd: a fixed cost
+in Python per leapfrog step whatever the model's size (measured: benchmarks/README.md). Here the value AND its gradient
 are traced once, down to ATen operations, into one graph (``make_fx``), and that graph is compiled
 by Inductor into C++: what remains per call is one function call on a few tensors. Three routes:
 
-- ``"compiled"``: the graph compiled by Inductor (needs a C++ compiler; 5-30 s to compile, cached
+- ``"compiled"``: the graph compiled by Inductor (needs a C++ compiler; seconds to compile, cached
   on disk by Inductor across processes). Data tensors are inputs of the graph, not constants, so the
   compiled code is reused for new data of the same shapes.
 - ``"graph"``: the traced graph run by PyTorch's interpreter (no compile time, no compiler needed).
@@ -215,7 +215,7 @@ def has_compiler() -> bool:
 # ``make_fx`` lives in torch.fx.experimental, ``torch._inductor.compile`` is Inductor's entry for an
 # ATen graph (run inside ``torch._guards.tracing`` so that its FX graph cache serves a new process),
 # and ``_unvalidated`` sets a distribution's private ``_validate_args``;
-# tests/test_potential.py fails loudly when any of them changes.
+# tests/inference/test_potential.py fails loudly when any of them changes.
 
 def trace_graph(fn: Callable, *example):
     """``fn`` traced once, down to ATen operations (autograd included), into a ``torch.fx.GraphModule``."""
@@ -247,7 +247,7 @@ def _unvalidated(fn):
     validation off. Priors built before sampling (``PyroSample``, a module attribute) keep the
     validation they were built with, and a support check is data-dependent control flow, which the
     tracer refuses; the supports are checked once, by Pyro's potential. ``_validate_args`` is
-    private to torch.distributions: tests/test_potential.py's PyroModule case fails if it changes."""
+    private to torch.distributions: tests/inference/test_potential.py's PyroModule case fails if it changes."""
     if not isinstance(fn, torch.distributions.Distribution):
         return fn
     fn = copy.copy(fn)

@@ -22,7 +22,6 @@ every observed site (NaN entries ignored).
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Mapping
@@ -35,8 +34,9 @@ from pyro.infer import Predictive
 from pyro.infer.autoguide.initialization import InitMessenger
 from tqdm import tqdm
 
-from inference.posterior import Posterior, _from_dict, _np
+from inference.posterior import Posterior, to_numpy
 from inference.target import sample_or_uniform
+from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -87,41 +87,19 @@ class PPCResult:
         return head + (f" (extreme: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''})" if bad else "")
 
     def plot(self, statistics=None, *, max_panels: int = 16):
-        """One histogram per scalar statistic: T over the replicates, a line at T of the data (its mean
-        over draws when it depends on them), the p-value in the title. Returns the matplotlib Figure."""
-        import matplotlib.pyplot as plt
+        """One histogram per scalar statistic (at most ``max_panels``): ``inference.plots.plot_ppc_statistics``."""
+        from inference.plots import plot_ppc_statistics
 
         statistics = _check_names(statistics, self.observed, "statistics")
         labels = [k for k, (name, _) in self.labels().items() if name in statistics][:max_panels]
-        table = self.table()
-        cols = min(4, len(labels))
-        rows = math.ceil(len(labels) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
-        for ax, label in zip(axes.flat, labels):
-            name, idx = self.labels()[label]
-            ax.hist(self.replicated[name][(slice(None), *idx)].astype(float), bins=30, color="C0", alpha=0.7)
-            ax.axvline(table.loc[label, "observed"], color="k", lw=2)
-            ax.set_title(f"{label}  p={table.loc[label, 'p_value']:.2f}", fontsize=9)
-        for ax in list(axes.flat)[len(labels):]:
-            ax.axis("off")
-        fig.suptitle(f"PPC {self.model} {self.method.upper()}: replicated (bars) vs data (line)", fontsize=10)
-        fig.tight_layout()
-        return fig
+        return plot_ppc_statistics(self, labels)
 
     def plot_ppc(self, **kwargs):
-        """``az.plot_ppc``: the distribution of every observed site's values against its replicates
-        (all dims flattened; for continuous or count data). Returns the matplotlib Figure."""
-        import arviz as az
+        """``az.plot_ppc`` of every observed site against its replicates: ``inference.plots.plot_ppc``."""
+        from inference.plots import plot_ppc
 
-        idata = _from_dict({"posterior_predictive": {k: v[None] for k, v in self.replicates.items()},
-                            "observed_data": self.data_values}, coords={}, dims={}, attrs={})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            axes = az.plot_ppc(idata, num_pp_samples=min(50, len(next(iter(self.replicates.values())))),
-                               random_seed=0, show=False, **kwargs)
-        fig = np.ravel(axes)[0].figure
-        fig.suptitle(f"PPC {self.model} {self.method.upper()}: data vs replicates", fontsize=10)
-        return fig
+        return plot_ppc(self.replicates, self.data_values,
+                        title=f"PPC {self.model} {self.method.upper()}: data vs replicates", **kwargs)
 
 
 def ppc(posterior: Posterior, *, statistics=None, num_replicates: int = 200, seed: int = 0,
@@ -132,8 +110,7 @@ def ppc(posterior: Posterior, *, statistics=None, num_replicates: int = 200, see
         name is an error that lists them).
     :param num_replicates: replicated data sets (one per evenly spread posterior draw).
     """
-    if isinstance(num_replicates, bool) or not isinstance(num_replicates, (int, np.integer)) or num_replicates < 2:
-        raise ValueError(f"num_replicates: expected an integer >= 2, got {num_replicates!r}")
+    num_replicates = check_setting(num_replicates, "num_replicates", kind="int", minimum=2)
     target, data = posterior.target, posterior.data
     compute = statistics_function(target, data)
     with poutine.seed(rng_seed=seed), torch.no_grad():
@@ -145,10 +122,10 @@ def ppc(posterior: Posterior, *, statistics=None, num_replicates: int = 200, see
             obs_stats.append(compute(observed_values, data, params))
             rep_stats.append(compute({k: v[s] for k, v in replicates.items()}, data, params))
     names = _check_names(statistics, obs_stats[0], "statistics")
-    stack = lambda rows: {k: np.stack([np.asarray(_np(r[k]), dtype=float) for r in rows]) for k in names}  # noqa: E731
+    stack = lambda rows: {k: np.stack([np.asarray(to_numpy(r[k]), dtype=float) for r in rows]) for k in names}  # noqa: E731
     return PPCResult(model=target.name, method=posterior.method, observed=stack(obs_stats),
-                     replicated=stack(rep_stats), data_values={k: _np(v) for k, v in observed_values.items()},
-                     replicates={k: _np(v) for k, v in replicates.items()})
+                     replicated=stack(rep_stats), data_values={k: to_numpy(v) for k, v in observed_values.items()},
+                     replicates={k: to_numpy(v) for k, v in replicates.items()})
 
 
 def statistics_function(target, data):
@@ -165,7 +142,7 @@ def generic_statistics(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Mean, sd, min and max of every observed site (NaN ignored): ``{"obs_mean": ..., ...}``."""
     out = {}
     for site, v in values.items():
-        x = _np(v).astype(float).ravel()
+        x = to_numpy(v).astype(float).ravel()
         x = x[~np.isnan(x)]
         out.update({f"{site}_mean": x.mean(), f"{site}_sd": x.std(ddof=1) if x.size > 1 else 0.0,
                     f"{site}_min": x.min(), f"{site}_max": x.max()})

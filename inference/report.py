@@ -24,9 +24,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from inference.compare import plot_forest, plot_overlay, summary_line
-from inference.diagnostics import Diagnosis, plot_rank, plot_trace
+from inference.compare import summary_line
+from inference.diagnostics import Diagnosis
 from inference.html import write_html
+from inference.plots import plot_forest, plot_losses, plot_overlay, plot_rank, plot_trace
 from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
@@ -235,27 +236,21 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
                pieces={"more": list(sections.items())})
 
 
-def plot_losses(posteriors: Mapping[str, Posterior]):
-    """Training curves (negative ELBO) of SVI/MAP fits, smoothed over a moving window."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for label, post in posteriors.items():
-        losses = np.asarray(post.losses)
-        ax.plot(losses, alpha=0.3, lw=0.8)
-        w = max(1, len(losses) // 50)
-        if w > 1:
-            smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(w - 1, len(losses)), smooth, label=f"{label.upper()} (moving mean)")
-    lo, hi = np.percentile(np.concatenate([p.losses for p in posteriors.values()]), [1, 99])
-    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (negative ELBO)")
-    ax.legend()
-    ax.set_title("SVI training curve")
-    fig.tight_layout()
-    return fig
-
-
 # --- summary.md / summary.html -------------------------------------------------------------
+
+
+def training_text(fit, heldout: pd.DataFrame, split: str, eval_particles: int | None = None) -> str:
+    """The report paragraph of a minibatch fit (``inference.train.train``'s result): the held-out NLL of
+    ``split`` (a row of :func:`inference.posterior.heldout`), how it was computed, how training went."""
+    row = heldout.loc[split]
+    how = (f"importance sampling with k = {eval_particles} draws from the guide per data point (the IWAE bound "
+           f"L_k)" if eval_particles else "the model's log_likelihood")
+    h = fit.history
+    return (f"Negative log-likelihood of the {split} split: **{row.nll_per_observation:.3f} nats** per data point "
+            f"(± {row.se:.3f} se over {int(row.points)} data points), {how}. Training: {len(h['epoch'])} epochs, "
+            f"{fit.wall_time:.0f} s, objective {fit.settings['elbo']}; last training objective {h['train'][-1]:.3f}"
+            + (f", best validation objective {max(h['valid']):.3f} at epoch {fit.best_epoch}" if fit.best_epoch else "")
+            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
 
 
 def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:

@@ -55,6 +55,7 @@ from scipy import stats as scipy_stats
 from tqdm import tqdm
 
 from inference.target import Target, as_target, chain_seed
+from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -160,35 +161,14 @@ class SBCResult:
 
     # --- plots ---------------------------------------------------------------------------------
     def plot(self, var_names=None, *, max_panels: int = 24, ci_prob: float = 0.94):
-        """ECDF of the fractional ranks minus the uniform CDF, with simultaneous ``ci_prob`` bands, one
-        panel per scalar quantity (at most ``max_panels``). A curve leaving its band: miscalibrated;
-        a curve that dips below 0 in the lower half and rises above it in the upper half (an S):
-        posteriors too wide; the mirror image: too narrow; a curve above 0 throughout: the truth sits
-        low in its posteriors (posterior biased upwards). Returns the matplotlib Figure."""
-        import matplotlib.pyplot as plt
+        """Rank ECDF minus uniform with simultaneous ``ci_prob`` bands, one panel per scalar quantity (at
+        most ``max_panels``): ``inference.plots.plot_sbc``, which says how to read it."""
+        from inference.plots import plot_sbc
 
         labels = [k for k, (name, _) in self.labels().items() if var_names is None or name in var_names]
         if not labels:
             raise ValueError(f"var_names: expected names among {sorted(self.pit)}, got {var_names!r}")
-        shown = labels[:max_panels]
-        cols = min(4, len(shown))
-        rows = math.ceil(len(shown) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-        grid = np.linspace(0, 1, 101)
-        for ax, label in zip(axes.flat, shown):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                az.plot_ecdf(self.values(label), cdf=scipy_stats.uniform().cdf, eval_points=grid, difference=True,
-                             confidence_bands=True, ci_prob=ci_prob, random_state=0, ax=ax, show=False)
-            ax.set_title(label, fontsize=9)
-            ax.axhline(0, color="0.5", lw=0.5)
-        for ax in list(axes.flat)[len(shown):]:
-            ax.axis("off")
-        more = f" (first {len(shown)} of {len(labels)})" if len(shown) < len(labels) else ""
-        fig.suptitle(f"SBC {self.model} {self.method.upper()}: ECDF - uniform, {self.num_simulations} "
-                     f"simulations, {ci_prob:.0%} simultaneous bands{more}", fontsize=10)
-        fig.tight_layout()
-        return fig
+        return plot_sbc(self, labels[:max_panels], ci_prob=ci_prob, total=len(labels))
 
     def write(self, out, *, force: bool = False) -> Path:
         """Write ``sbc.nc``, ``sbc.csv`` (the table) and ``sbc.png`` (the plot) into the folder ``out``
@@ -237,10 +217,9 @@ def sbc(model, *, num_simulations: int = 100, num_observations: int = 50, method
                          f"{target.name!r} has none")
     if method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    for name, value, low in (("num_simulations", num_simulations, 2), ("num_observations", num_observations, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+    num_simulations = check_setting(num_simulations, "num_simulations", kind="int", minimum=2)
+    num_observations = check_setting(num_observations, "num_observations", kind="int", minimum=1)
+    if check_setting(n_jobs, "n_jobs", kind="int", minimum=-math.inf) == 0:
         raise ValueError(f"n_jobs: expected a non-zero integer (-1 for all cores), got {n_jobs!r}")
     fit_kwargs = dict(fit_kwargs or {})
     for reserved in ("seed", "progress"):

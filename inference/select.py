@@ -4,7 +4,7 @@ For a latent-variable model the pointwise log-likelihood must have the local lat
 integrated out: log p(x_n | params). A log-likelihood conditional on sampled latents, log p(x_n | z_n,
 params) with z_n drawn (what ``az.from_pyro`` records for a mixture whose assignments are enumerated:
 the assignments are drawn afresh from their prior), measures something else and gives a wrong elpd
-(``tests/test_select.py`` shows it against a brute-force leave-one-out). ``Posterior.idata`` holds
+(``tests/inference/test_select.py`` shows it against a brute-force leave-one-out). ``Posterior.idata`` holds
 the marginal one, which is what :func:`loo` and :func:`select` use.
 
     >>> table = inference.select({"K=1": post1, "K=2": post2, "K=3": post3})
@@ -17,7 +17,6 @@ import warnings
 from typing import Mapping
 
 import arviz as az
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -62,30 +61,6 @@ def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.Dat
     table.index.name = "model"
     table.attrs["loo"] = loos
     return table
-
-
-def plot_select(table: pd.DataFrame):
-    """``az.plot_compare`` of a :func:`select` table: elpd_loo +- se per candidate, differences to the best."""
-    ax = az.plot_compare(table.drop(columns=["pareto_k_max", f"pareto_k>{PARETO_K_MAX}"]), insample_dev=False,
-                         show=False, figsize=(7, 0.6 * len(table) + 1.6))
-    fig = ax.figure
-    ax.set_title("Model choice by PSIS-LOO (marginal log-likelihood): higher is better", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_khat(loos: Mapping[str, az.ELPDData]):
-    """Pareto k of every data point, one panel per candidate, with the 0.7 threshold."""
-    n = len(loos)
-    fig, axes = plt.subplots(1, n, figsize=(min(3.6 * n, 14), 3.2), squeeze=False, sharey=True)
-    for ax, (label, result) in zip(axes[0], loos.items()):
-        az.plot_khat(result, ax=ax, show_hlines=True, show=False)
-        ax.axhline(PARETO_K_MAX, color="C3", ls="--", lw=1)
-        ax.set_title(f"{label}: max k = {float(np.max(result.pareto_k)):.2f}", fontsize=9)
-    fig.suptitle(f"Pareto k per data point (above {PARETO_K_MAX}: that point's LOO estimate is unreliable)",
-                 fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def _loo_idata(posterior, name: str):

@@ -37,12 +37,20 @@ held-out scores are reported per comes from the data type (``data.num_observatio
 from __future__ import annotations
 
 import inspect
+import re
+import types
+import typing
+from collections import abc
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from pyro.nn import PyroModule
+
+# THE check of an integer, probability, number, flag or choice, shared with inference (which cannot import
+# the zoo): use it for every model setting
+from inference.validation import check_setting  # noqa: F401
 
 
 class ZooModel(PyroModule):
@@ -133,6 +141,26 @@ class ZooModel(PyroModule):
     ppc_statistics = None
 
     # --- conveniences --------------------------------------------------------------------
+    @classmethod
+    def settings(cls) -> dict[str, tuple[Any, str]]:
+        """The constructor settings of a simple type, ``{keyword: (kind, help)}``, read from ``__init__``'s
+        signature (``kind``: ``int``, ``float``, ``str``, ``bool``, or ``"ints"`` for a sequence of
+        integers; ``X | None`` counts as ``X``) and the class docstring's ``:param keyword:`` lines. The
+        command line offers each as a flag (``n_components`` as ``--components``); other settings (arrays)
+        are given with ``--option KEY=VALUE``."""
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:   # an annotation that cannot be resolved: no flags, --option still works
+            return {}
+        docs = {m.group(1): " ".join(m.group(2).split()) for m in
+                re.finditer(r":param (\w+): (.+?)(?=\n\s*:|\n\s*\n|\Z)", inspect.getdoc(cls) or "", re.S)}
+        out = {}
+        for keyword in inspect.signature(cls.__init__).parameters:
+            kind = _simple_kind(hints.get(keyword))
+            if keyword != "self" and kind is not None:
+                out[keyword] = (kind, docs.get(keyword, ""))
+        return out
+
     def config(self) -> dict[str, Any]:
         """The constructor arguments of this instance (for reports and ``repr``)."""
         sig = inspect.signature(type(self).__init__)
@@ -140,6 +168,20 @@ class ZooModel(PyroModule):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+def _simple_kind(hint):
+    """``int``, ``float``, ``str``, ``bool`` or ``"ints"`` for a type hint of that kind (or ``X | None``); else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint, args = args[0], list(typing.get_args(args[0]))
+    if hint in (int, float, str, bool):
+        return hint
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type) and issubclass(origin, abc.Sequence) and not issubclass(origin, str) \
+            and [a for a in args if a is not Ellipsis] == [int]:
+        return "ints"
+    return None
 
 
 # --- input checks shared by the models ------------------------------------------------------
@@ -203,47 +245,5 @@ def as_matrix(data, *, name: str = "data", allow_nan: bool = False, dtype=None) 
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """Validate an integer configuration value such as ``n_components``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_setting(value, name: str, *, kind: str = "number", positive: bool = False, shape=None,
-                  choices=None, allow_none: bool = False):
-    """The one check of a model setting at construction; returns the value cleaned, or raises a
-    ``TypeError``/``ValueError`` naming ``name``.
-
-    ``kind``: "int" (an integer ``>= 1`` when ``positive``), "bool", "choice" (one of ``choices``), or
-    "number" (a finite real number, or an array of them when ``shape`` is given: ``shape`` is a tuple
-    of allowed ranks, e.g. ``(0, 1)`` for a scalar or a vector; ``positive`` asks for every entry > 0).
-    ``None`` passes through when ``allow_none``.
-    """
-    if value is None and allow_none:
-        return None
-    if kind == "int":
-        return check_positive_int(value, name, minimum=1 if positive else 0)
-    if kind == "bool":
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected True or False, got {value!r}")
-        return bool(value)
-    if kind == "choice":
-        if value not in choices:
-            raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    what = "number" + (" > 0" if positive else "")
-    if isinstance(value, (str, bytes, bool, np.bool_)) or value is None:
-        raise TypeError(f"{name}: expected a finite {what}{' or an array of them' if shape else ''}, got {value!r}")
-    try:
-        arr = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a finite {what}{' or an array of them' if shape else ''}, "
-                        f"got {value!r}") from None
-    if arr.ndim not in (shape or (0,)):
-        ranks = " or ".join({0: "a number", 1: "a vector", 2: "a matrix"}.get(r, f"rank {r}") for r in (shape or (0,)))
-        raise ValueError(f"{name}: expected {ranks}, got shape {arr.shape}")
-    if arr.size == 0 or not np.isfinite(arr).all() or (positive and not (arr > 0).all()):
-        raise ValueError(f"{name}: expected finite values{' > 0' if positive else ''}, got {value!r}")
-    return float(arr) if arr.ndim == 0 else value
+    """``check_setting(value, name, kind="int", minimum=minimum)``: for callers not yet moved to it."""
+    return check_setting(value, name, kind="int", minimum=minimum)

@@ -4,7 +4,7 @@
     zoo fit MODEL --method svi|nuts|map|em [--data NAME|PATH.csv] [--out DIR] ...
     zoo compare MODEL [--data ...] [--out DIR] ...      # SVI vs NUTS on the same model and data
     zoo sbc MODEL --simulations N --jobs J [--method nuts|svi] [--out DIR]   # simulation-based calibration
-    zoo new NAME                                        # zoo/NAME.py and tests/test_NAME.py from an example
+    zoo new NAME                                        # zoo/NAME.py and tests/zoo/test_NAME.py from an example
     zoo select MODEL --components 1..6 ...              # rank model sizes by PSIS-LOO (also --states)
     zoo report MODEL [--from DIR] ...                   # report.html of a run folder, or of a new compare
     zoo check MODEL [--data ...]                         # what is wrong with the model/guide pair
@@ -24,19 +24,18 @@ import os
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
-#: CLI flag -> model configuration keyword (only flags the user gives are forwarded)
-CONFIG_FLAGS = {"components": "n_components", "states": "n_states", "emission": "emission",
-                "latent_dim": "latent_dim", "hidden": "hidden", "likelihood": "likelihood"}
-
-
-#: API keyword -> CLI flag, to name the flag in error messages
-FLAG_OF = {**{key: "--" + flag.replace("_", "-") for flag, key in CONFIG_FLAGS.items()},
-           "out": "--out", "checkpoint": "--checkpoint", "data": "--data", "data_dir": "--data-dir",
+#: API keyword -> CLI flag of the command's own settings, to name the flag in error messages (the model
+#: settings' flags come from the registry: :func:`model_flags`)
+FLAG_OF = {"out": "--out", "checkpoint": "--checkpoint", "data": "--data", "data_dir": "--data-dir",
            "num_steps": "--steps", "lr": "--lr", "guide": "--guide", "num_samples": "--samples",
            "warmup_steps": "--warmup", "num_chains": "--chains", "num_particles": "--particles",
            "epochs": "--epochs", "batch_size": "--batch-size", "patience": "--patience", "device": "--device",
            "devices": "--devices", "eval_particles": "--eval-particles", "resume": "--resume", "seed": "--seed"}
+
+#: the symbols of model sizes in `zoo select` labels (K=3); other sizes are labelled by their flag
+SIZE_SYMBOL = {"n_components": "K", "n_states": "S"}
 
 #: defaults of the flags that only some methods use (None in the parser, so a flag the user gave is known)
 DEFAULTS = {"steps": 3000, "samples": 1000, "warmup": 500, "chains": 4, "particles": 1, "epochs": 100,
@@ -74,6 +73,7 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="Latent Zoo: fit and compare latent-variable models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    settings = model_flags()   # the models' constructor settings, from the registry
     sub.add_parser("list", help="list models and datasets")
 
     def common(p, sizes=int):
@@ -90,14 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--samples", type=_int(1), help="posterior draws (per chain for NUTS; default 1000)")
         p.add_argument("--warmup", type=_int(0), help="NUTS warmup steps per chain (default 500)")
         p.add_argument("--chains", type=_int(1), help="NUTS chains (default 4)")
-        p.add_argument("--components", type=sizes, help="number of mixture / latent components")
-        p.add_argument("--states", type=sizes, help="number of hidden states (hmm)")
-        p.add_argument("--emission", help="emission family (hmm): gaussian, categorical, poisson, bernoulli")
-        p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other model configuration, e.g. --option concentration=2.0")
-        p.add_argument("--latent-dim", type=int, help="latent dimension (VAE)")
-        p.add_argument("--hidden", type=_sizes, help="hidden layer sizes, e.g. 200,200 (VAE)")
-        p.add_argument("--likelihood", help="observation model, e.g. bernoulli or gaussian (VAE)")
         t = p.add_argument_group("minibatch training (models whose latents are all local, e.g. the VAE)")
         t.add_argument("--epochs", type=_int(1), help="default 100")
         t.add_argument("--batch-size", type=_int(1), help="default 100")
@@ -117,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--points", type=_int(1), help="compare: test images for the amortization gap (default 8)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+        model_arguments(p, settings, sizes=sizes)
 
     fit = sub.add_parser("fit", help="fit one model with one method and write a report")
     common(fit)
@@ -129,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sbc.add_argument("--simulations", type=int, default=100, help="simulated data sets (replicates)")
     sbc.add_argument("--observations", type=int, default=50, help="data points (time steps) per simulated data set")
     sbc.add_argument("--jobs", type=int, default=1, help="parallel replicates (joblib; -1: all cores)")
-    new = sub.add_parser("new", help="write zoo/NAME.py and tests/test_NAME.py from a documented example model")
+    new = sub.add_parser("new", help="write zoo/NAME.py and tests/zoo/test_NAME.py from a documented example model")
     new.add_argument("name", metavar="NAME", help="the new model's name, a lowercase Python identifier")
     new.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an error")
     select = sub.add_parser("select", help="fit a range of model sizes and rank them by PSIS-LOO")
@@ -144,21 +137,63 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", help="dataset name or path to a CSV (default: data simulated by the model)")
     check.add_argument("--data-dir", help="folder with real datasets (default: $ZOO_DATA_DIR)")
     check.add_argument("--seed", type=int, default=0)
-    for flag in ("components", "states", "latent_dim"):
-        check.add_argument(f"--{flag.replace('_', '-')}", type=int)
-    for flag in ("emission", "likelihood"):
-        check.add_argument(f"--{flag}")
-    check.add_argument("--hidden", type=_sizes)
-    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    model_arguments(check, settings)
     return parser
 
 
-def model_config(args) -> dict:
-    """The model's configuration from the dedicated flags and ``--option KEY=VALUE``; a setting given
-    twice with different values is an error, not a silent override."""
-    config = {key: getattr(args, flag) for flag, key in CONFIG_FLAGS.items() if getattr(args, flag, None) is not None}
-    given = {key: f"--{flag.replace('_', '-')} {config[key]}" for flag, key in CONFIG_FLAGS.items() if key in config}
-    for item in args.option:
+def flag_name(keyword: str) -> str:
+    """The flag of a model setting: ``n_components`` -> ``components`` (a leading "number of" dropped),
+    ``latent_dim`` -> ``latent-dim``."""
+    return (keyword[2:] if keyword.startswith("n_") else keyword).replace("_", "-")
+
+
+def model_flags() -> dict[str, dict]:
+    """``{flag: {"keyword", "kind", "help", "models"}}``: every simple constructor setting of every model the
+    registry knows (:meth:`zoo.base.ZooModel.settings`), one flag per setting name. A model that cannot be
+    loaded (a broken plugin) adds none (``zoo list`` says why); a setting whose flag another model
+    already declares with another keyword or kind is left to ``--option``."""
+    import zoo
+
+    flags: dict[str, dict] = {}
+    for name in zoo.list_models():
+        try:
+            settings = zoo.model_class(name).settings()
+        except Exception:
+            continue
+        for keyword, (kind, text) in settings.items():
+            entry = flags.setdefault(flag_name(keyword), {"keyword": keyword, "kind": kind, "help": text, "models": []})
+            if (entry["keyword"], entry["kind"]) == (keyword, kind):
+                entry["models"].append(name)
+    return flags
+
+
+def model_arguments(p, settings: dict[str, dict], sizes=int) -> None:
+    """The model ``settings`` (:func:`model_flags`) as flags, and ``--option KEY=VALUE``. With
+    ``sizes``, integer settings that count something (``n_...``) parse with it (``zoo select``: ranges). A
+    flag the command already has (``--eval-particles``) keeps its own meaning. Sets ``args.model_flags``:
+    ``{dest: keyword}`` of the flags added."""
+    group = p.add_argument_group("model settings (see each model's docstring; `zoo list` names the models)")
+    added = {}
+    for flag, entry in settings.items():
+        kind = entry["kind"]
+        parse = {int: sizes if entry["keyword"].startswith("n_") else int, float: float, str: str, "ints": _sizes}
+        kwargs = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": parse[kind]}
+        text = entry["help"].replace("%", "%%") + f" ({', '.join(entry['models'])})"
+        try:
+            group.add_argument(f"--{flag}", default=None, help=text, **kwargs)
+        except argparse.ArgumentError:   # the command's own flag of that name
+            continue
+        added[flag.replace("-", "_")] = entry["keyword"]
+    group.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other model setting, e.g. --option prior_spread=2.0")
+    p.set_defaults(model_flags=added)
+
+
+def _config_sources(args) -> list[tuple[str, object, str]]:
+    """``(keyword, value, how it was given)`` of every model setting on the command line, flags first."""
+    items = [(key, getattr(args, dest), f"--{dest.replace('_', '-')}")
+             for dest, key in getattr(args, "model_flags", {}).items() if getattr(args, dest, None) is not None]
+    for item in getattr(args, "option", []):
         key, eq, text = item.partition("=")
         key = key.strip()
         if not eq or not key:
@@ -167,10 +202,20 @@ def model_config(args) -> dict:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
+        items.append((key, value, f"--option {item}"))
+    return items
+
+
+def model_config(args) -> dict:
+    """The model's configuration from its setting flags and ``--option KEY=VALUE``; a setting given
+    twice with different values is an error, not a silent override."""
+    config, given = {}, {}
+    for key, value, how in _config_sources(args):   # flags set distinct keys, so a clash involves --option
         if key in config and config[key] != value:
-            raise ValueError(f"--option: {item!r} conflicts with {given[key]}; give the setting once")
+            raise ValueError(f"--option: {how.removeprefix('--option ')!r} conflicts with {given[key]}; give the "
+                             "setting once")
         config[key] = value
-        given[key] = f"--option {item}"
+        given[key] = how if how.startswith("--option") else f"{how} {value}"
     return config
 
 
@@ -292,7 +337,7 @@ def _svi_guide(args):
 
 def cmd_fit(args) -> int:
     import inference
-    from inference.posterior import Posterior
+    from inference.posterior import Posterior, heldout
 
     if check_args(args):
         return fit_amortized(args)
@@ -319,37 +364,16 @@ def cmd_fit(args) -> int:
     print()
     print(diagnosis)
     sections = {}
-    heldout = _heldout(model, post, dataset)
-    if heldout is not None:
+    if dataset.splits:
+        table = heldout(post, dataset.splits)
         print(f"\nheld-out log predictive density ({args.method}):")
-        print(heldout.round(4).to_string())
-        sections["Held-out data (log predictive density)"] = heldout
+        print(table.round(4).to_string())
+        sections["Held-out data (log predictive density)"] = table
     path = inference.write_report(out, {args.method: post}, dataset=dataset, diagnoses={args.method: diagnosis},
                                   title=f"zoo fit {args.model} --method {args.method}", force=args.force,
                                   sections=sections)
     print(f"\nreport written to {path}/")
     return 0
-
-
-def _heldout(model, post, dataset):
-    """Log predictive density of every further split the dataset ships (e.g. valid, test), in total and
-    per observation (per time step for sequences); None when there is none."""
-    import pandas as pd
-
-    from inference.target import num_observations
-
-    rows = {}
-    for split, values in dataset.splits.items():
-        data = model.validate(values)
-        lpd = post.predictive_log_density(data)
-        n_obs = num_observations(data)
-        rows[split] = {"points": len(lpd), "observations": n_obs, "lpd": float(lpd.sum()),
-                       "nll_per_observation": -float(lpd.sum()) / n_obs}
-    if not rows:
-        return None
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("split")
-    table.attrs["csv"] = "heldout.csv"
-    return table
 
 
 def cmd_compare(args) -> int:
@@ -424,29 +448,36 @@ def cmd_new(args) -> int:
 
 
 def cmd_select(args) -> int:
-    """Fit the model once per size of the --components (or --states) range, rank the fits by PSIS-LOO on the
-    marginal log-likelihood, and write select.csv, select.png, khat.png and every candidate's netCDF."""
+    """Fit the model once per size of the range given for one of its counts (--components, --states), rank
+    the fits by PSIS-LOO on the marginal log-likelihood, and write select.csv, select.png, khat.png and
+    every candidate's netCDF."""
     import inference
     import zoo
-    from inference.select import plot_khat, plot_select, select
+    from inference.plots import plot_khat, plot_select
+    from inference.select import select
 
-    ranged = [f for f in ("components", "states") if getattr(args, f) is not None and len(getattr(args, f)) > 1]
+    keys = model_config_keys(args)
+    counts = [dest for dest, key in args.model_flags.items() if key.startswith("n_") and key in keys]
+    if not counts:
+        raise ValueError(f"model: {args.model!r} has no size setting (n_...) to choose between")
+    ranged = [dest for dest in counts if getattr(args, dest) is not None and len(getattr(args, dest)) > 1]
     if len(ranged) != 1:
-        raise ValueError("--components/--states: give one range of sizes to choose between, e.g. --components 1..6")
-    flag = ranged[0]
-    sizes = getattr(args, flag)
-    for f in ("components", "states"):   # a single size given for the other flag is fixed
-        setattr(args, f, getattr(args, f)[0] if getattr(args, f) is not None else None)
+        flags = [f"--{dest.replace('_', '-')}" for dest in counts]
+        raise ValueError(f"{'/'.join(flags)}: give one range of sizes to choose between, e.g. {flags[0]} 1..6")
+    dest = ranged[0]
+    flag, key, sizes = dest.replace("_", "-"), args.model_flags[dest], getattr(args, dest)
+    for other in counts:   # a single size given for another count is fixed
+        setattr(args, other, getattr(args, other)[0] if getattr(args, other) is not None else None)
     if check_args(args):
         raise ValueError(f"model: {args.model!r} has only local latents; PSIS-LOO model choice needs posterior "
                          "draws of global parameters")
     _, out, dataset, _, coords = _setup(args)
     candidates = {}
     for k in sizes:
-        setattr(args, flag, k)
+        setattr(args, dest, k)
         model = zoo.get(args.model, **model_config(args))
         data = model.validate(dataset.data)
-        label = f"{'K' if flag == 'components' else 'S'}={k}"
+        label = f"{SIZE_SYMBOL.get(key, flag)}={k}"
         if args.method == "nuts":
             post = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
                                       num_chains=args.chains, seed=args.seed, coords=coords, progress=not args.quiet)
@@ -565,7 +596,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
-    from inference.train import heldout_nll, plot_history, train
+    from inference.posterior import heldout
+    from inference.report import training_text
+    from inference.train import plot_history, train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":
@@ -590,7 +623,10 @@ def _train_amortized(args):
         fit = train(model, data, patience=args.patience, checkpoint=checkpoint, resume=args.resume, device=args.device, **kw)
     evaluation = dataset.split(split)
     post = fit.posterior(evaluation.data)
-    return fit, post, evaluation, out, heldout_nll(fit, post, split), {"elbo": plot_history(fit.history)}
+    table = heldout(post, {split: post.data})
+    held = SimpleNamespace(split=split, nll=table.loc[split, "nll_per_observation"], se=table.loc[split, "se"],
+                           text=training_text(fit, table, split, getattr(post.model, "eval_particles", None)))
+    return fit, post, evaluation, out, held, {"elbo": plot_history(fit.history)}
 
 
 def fit_amortized(args) -> int:
@@ -650,12 +686,12 @@ def _run(argv, parsed: dict) -> int:
 
     # ArviZ announces its refactor once a day on import: noise on a newcomer's first screen
     warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    import matplotlib
+
+    matplotlib.use("Agg")   # before the parser, whose model flags import the models (and pyplot with them)
     args = parsed["args"] = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    import matplotlib
-
-    matplotlib.use("Agg")
     commands = {"list": cmd_list, "fit": cmd_fit, "compare": cmd_compare, "sbc": cmd_sbc, "new": cmd_new,
                 "select": cmd_select, "report": cmd_report, "check": cmd_check}
     return commands[args.command](args)
@@ -679,13 +715,29 @@ def _user_message(e: BaseException, args) -> tuple[int, str]:
         return 2, f"{where}{e.strerror or message}" + (f": {path!r}" if path else "")
     if isinstance(e, (ValueError, TypeError, FileExistsError, FileNotFoundError)):
         key, sep, rest = message.partition(": ")
-        if sep and key in FLAG_OF:
-            flag = FLAG_OF[key]
-            message = f"{flag}: {rest}" if flag[2:].replace("-", "_") == key else f"{flag} ({key}): {rest}"
-        elif sep and args is not None and key in model_config_keys(args):
+        flag = _flag_of(key, args) if sep else None
+        if flag == "--option":
             message = f"--option {key}: {rest}"
+        elif flag:
+            message = f"{flag}: {rest}" if flag[2:].replace("-", "_") == key else f"{flag} ({key}): {rest}"
         return 2, message
     return 1, f"{type(e).__name__}: {message} (internal error; run again with -v for the traceback)"
+
+
+def _flag_of(key: str, args) -> str | None:
+    """The flag that set the API keyword ``key``: the command's own, or for a model setting the way the user
+    gave it (its flag or ``--option``), else its flag, else ``--option``; None for anything else."""
+    if key in FLAG_OF:
+        return FLAG_OF[key]
+    keys = model_config_keys(args) if args is not None else set()
+    if key not in keys:
+        return None
+    try:
+        given = {k: how.split()[0] for k, _, how in _config_sources(args)}
+    except ValueError:
+        given = {}
+    flags = {k: f"--{dest.replace('_', '-')}" for dest, k in getattr(args, "model_flags", {}).items()}
+    return given.get(key) or flags.get(key) or "--option"
 
 
 def model_config_keys(args) -> set[str]:

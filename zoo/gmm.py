@@ -44,7 +44,7 @@ from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 
-from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.base import ZooModel, as_matrix, check_setting
 from zoo.baselines import kmeans_gaussians
 from zoo.relabel import align_draws, permute_all
 
@@ -57,6 +57,7 @@ class GaussianMixture(ZooModel):
     :param prior_center: fixed prior center of ``locs`` per feature (default: data mean).
     :param prior_spread: fixed prior spread per feature (default: data standard deviation).
     :param dim: feature dimension D for the generative story when no data is given.
+    :param init_seed: seed of the k-means++ fit the guide's parameters start from.
     """
 
     name = "gmm"
@@ -71,13 +72,14 @@ class GaussianMixture(ZooModel):
     default_dataset = "iris-petals"
 
     def __init__(self, n_components: int = 3, *, concentration: float = 1.0,
-                 prior_center=None, prior_spread=None, dim: int = 2):
+                 prior_center=None, prior_spread=None, dim: int = 2, init_seed: int = 0):
         super().__init__()
         self.n_components = check_setting(n_components, "n_components", kind="int", positive=True)
         self.concentration = check_setting(concentration, "concentration", positive=True)
         self.prior_center = check_setting(prior_center, "prior_center", shape=(0, 1), allow_none=True)
         self.prior_spread = check_setting(prior_spread, "prior_spread", shape=(0, 1), positive=True, allow_none=True)
         self.dim = check_setting(dim, "dim", kind="int", positive=True)
+        self.init_seed = check_setting(init_seed, "init_seed", kind="int")
 
     # --- priors ----------------------------------------------------------------------------
     def hyperparameters(self, data=None, dim=None, dtype=None):
@@ -140,7 +142,7 @@ class GaussianMixture(ZooModel):
         """Mean-field guide over the global sites; ``assignment`` is left to enumeration.
 
         q(weights) = Dirichlet(a), q(locs) = Normal(m, s), q(scales) = LogNormal(u, v).
-        Parameters are created on the first call, from a k-means++ fit of the data.
+        Parameters are created on the first call, from a k-means++ fit of the data (seeded with ``init_seed``).
         """
         if "q_weights_concentration" not in self._pyro_params:
             self._init_guide(data)
@@ -152,7 +154,7 @@ class GaussianMixture(ZooModel):
     def _init_guide(self, data):
         if data is None:
             raise ValueError("data: the GMM guide is initialized from data; got None")
-        init = self.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+        init = self.initial_values(data, seed=self.init_seed)
         N = data.shape[0]
         self.q_weights_concentration = PyroParam(init["weights"] * N + 1.0, constraints.positive)
         self.q_locs_loc = PyroParam(init["locs"])
@@ -193,7 +195,7 @@ class GaussianMixture(ZooModel):
 
         Returns ``(data (n, D), truth)`` where ``truth`` holds the global sites and ``assignment``.
         """
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", positive=True)
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             model = self.model if params is None else pyro.poutine.condition(self.model, data=dict(params))
             trace = pyro.poutine.trace(model).get_trace(None, n=n)

@@ -1,4 +1,5 @@
-"""Model-specific report figures (the generic ones live in ``inference``)."""
+"""Model-specific report figures: the ``figures`` hooks of the zoo's models (the generic figures, and the
+helpers these share with them, live in ``inference.plots``)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,14 @@ import numpy as np
 import torch
 from matplotlib.patches import Ellipse
 
-
-def _aligned_means(posteriors):
-    """Posterior means of the identifiable quantities, every posterior in the last one's labeling."""
-    labels = list(posteriors)
-    ref = posteriors[labels[-1]]
-    means = {}
-    for label, post in posteriors.items():
-        q = ref.aligned if post is ref else post.target.align(post.global_samples, reference=ref.alignment)
-        means[label] = {k: v.mean((0, 1)) for k, v in q.items()}
-    return means, ref
+from inference.plots import aligned_means, image_grid, interval
 
 
 def mixture_clusters(model, data, posteriors, dataset=None):
     """Data coloured by posterior cluster, with each posterior's components (2-sd ellipses)."""
     from sklearn.metrics import adjusted_rand_score
 
-    means, ref = _aligned_means(posteriors)
+    means, ref = aligned_means(posteriors)
     draws = {k: v.reshape(-1, *v.shape[2:]) for k, v in ref.aligned.items()}
     keep = torch.linspace(0, draws["locs"].shape[0] - 1, min(400, draws["locs"].shape[0])).round().long()
     resp = model.responsibilities(data, {k: v[keep] for k, v in draws.items()}).mean(0)   # (N, K)
@@ -80,13 +72,6 @@ def mixture_clusters(model, data, posteriors, dataset=None):
 # --- PPCA --------------------------------------------------------------------------------------
 
 
-def _interval(x: torch.Tensor, prob: float = 0.94):
-    """Median and central ``prob`` interval over the leading (draw) dim."""
-    q = torch.tensor([(1 - prob) / 2, 0.5, (1 + prob) / 2], dtype=x.dtype)
-    lo, med, hi = torch.quantile(x, q, dim=0)
-    return med.numpy(), lo.numpy(), hi.numpy()
-
-
 def scree(model, data, posteriors, dataset=None):
     """Eigenvalues of the sample covariance (1/N; columns mean-imputed where entries are missing) with
     each posterior's K leading eigenvalues of W W^T + sigma^2 I and its noise variance sigma^2 (the
@@ -106,11 +91,11 @@ def scree(model, data, posteriors, dataset=None):
         offset = (i - (n - 1) / 2) * 0.18
         ev = post.aligned["explained_variance"].reshape(-1, K).double()
         s2 = post.aligned["noise_variance"].reshape(-1).double()
-        med, lo, hi = _interval(ev)
+        med, lo, hi = interval(ev)
         color = f"C{i}"
         ax.errorbar(np.arange(1, K + 1) + offset, med, yerr=[med - lo, hi - med], fmt="s", color=color, ms=5,
                     capsize=3, label=f"{label.upper()}: leading eigenvalues (94%)")
-        smed, slo, shi = _interval(s2.unsqueeze(-1))
+        smed, slo, shi = interval(s2.unsqueeze(-1))
         ax.hlines(smed[0], K + 0.5, D + 0.5, color=color, ls="--", lw=1.2,
                   label=f"{label.upper()}: noise variance $\\sigma^2$")
         ax.fill_between([K + 0.5, D + 0.5], slo[0], shi[0], color=color, alpha=0.15)
@@ -125,24 +110,6 @@ def scree(model, data, posteriors, dataset=None):
 
 
 # --- VAE -------------------------------------------------------------------------------------------
-
-
-def _image_grid(rows, shape, *, row_labels=None, title=""):
-    """rows: list of (n_cols, D) arrays shown as grey images, one figure row each."""
-    n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.9 * n_cols + 1.2, 0.95 * n_rows + 0.4), squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(n_cols):
-            ax = axes[i, j]
-            ax.axis("off")
-            if j < len(row):
-                ax.imshow(np.asarray(row[j]).reshape(shape), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        if row_labels:
-            axes[i, 0].text(-0.15, 0.5, row_labels[i], transform=axes[i, 0].transAxes, ha="right", va="center",
-                            fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def latent_projection(model, data, posteriors, dataset=None, max_draws: int = 400):
@@ -241,14 +208,15 @@ def _means(model, z):
 
 
 @torch.no_grad()
-def vae_reconstructions(model, data, shape, n: int = 10):
-    """Images, their reconstructions E[x | z = mean of q(z | x)], and one draw z ~ q(z | x)."""
+def vae_reconstructions(model, data, shape, n: int = 10, seed: int = 0):
+    """Images, their reconstructions E[x | z = mean of q(z | x)], and one draw z ~ q(z | x) (``seed``)."""
     if shape is None:
         return None
     x = data[:n]
     loc, scale = model.encoder(x)
-    rows = [x.cpu(), _means(model, loc).cpu(), _means(model, loc + scale * torch.randn_like(loc)).cpu()]
-    return _image_grid(rows, shape, row_labels=["data", "recon. (mean z)", "recon. (z ~ q)"],
+    eps = torch.randn(loc.shape, generator=torch.Generator().manual_seed(seed), dtype=loc.dtype).to(loc.device)
+    rows = [x.cpu(), _means(model, loc).cpu(), _means(model, loc + scale * eps).cpu()]
+    return image_grid(rows, shape, row_labels=["data", "recon. (mean z)", "recon. (z ~ q)"],
                        title="reconstructions: pixel probabilities given the encoder's code")
 
 
@@ -261,7 +229,7 @@ def vae_samples(model, shape, n: int = 40, seed: int = 0):
     z = torch.randn(n, model.latent_dim, generator=g).to(model.prior_loc)
     x = _means(model, z).cpu()
     cols = 10
-    return _image_grid([x[i:i + cols] for i in range(0, n, cols)], shape,
+    return image_grid([x[i:i + cols] for i in range(0, n, cols)], shape,
                        title="prior samples: E[x | z], z ~ N(0, I)")
 
 
@@ -273,7 +241,7 @@ def vae_interpolations(model, data, shape, pairs: int = 4, steps: int = 9):
     loc = model.encoder(data[:2 * pairs])[0]
     t = torch.linspace(0, 1, steps).to(loc).unsqueeze(-1)
     rows = [_means(model, (1 - t) * loc[2 * i] + t * loc[2 * i + 1]).cpu() for i in range(len(loc) // 2)]
-    return _image_grid(rows, shape, title="interpolations between the codes of two test images")
+    return image_grid(rows, shape, title="interpolations between the codes of two test images")
 
 
 @torch.no_grad()

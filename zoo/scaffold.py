@@ -39,15 +39,18 @@ def check_name(name: str, package_dir: Path) -> None:
 def new_model(name: str, package_dir: str | Path | None = None, tests_dir: str | Path | None = None) -> list[Path]:
     """Write ``<package_dir>/NAME.py`` and ``<tests_dir>/test_NAME.py``; returns their paths.
 
-    Defaults: the ``zoo`` package folder and the ``tests`` folder beside it (a source checkout). Refuses to
+    Defaults: the ``zoo`` package folder and ``tests/zoo`` beside it (a source checkout; the model tests
+    mirror the package, so ``tests/zoo`` is created when only ``tests`` exists). Refuses to
     replace a file (``FileExistsError``, nothing written) and checks ``name`` with :func:`check_name`.
     """
     import zoo
 
     package_dir = Path(package_dir) if package_dir is not None else Path(zoo.__file__).resolve().parent
-    tests_dir = Path(tests_dir) if tests_dir is not None else package_dir.parent / "tests"
-    if not tests_dir.is_dir():
-        raise ValueError(f"NAME: `zoo new` writes into a source checkout, and {tests_dir} is not a folder; "
+    default = tests_dir is None
+    tests_dir = package_dir.parent / "tests" / "zoo" if default else Path(tests_dir)
+    if not (tests_dir.parent if default else tests_dir).is_dir():
+        raise ValueError(f"NAME: `zoo new` writes into a source checkout, and {tests_dir.parent if default else tests_dir} "
+                         "is not a folder; "
                          f"for an installed zoo, write your model in your own package and declare it as a "
                          f"plugin (entry-point group {zoo.ENTRY_POINT_GROUP!r}, see the README)")
     check_name(name, package_dir)
@@ -57,6 +60,7 @@ def new_model(name: str, package_dir: str | Path | None = None, tests_dir: str |
             raise FileExistsError(f"NAME: {path} exists; `zoo new` never replaces a file")
     values = {"name": name, "Class": class_name(name)}
     written = []
+    tests_dir.mkdir(exist_ok=True)
     try:
         for path, template in files.items():
             with open(path, "x", encoding="utf-8") as f:   # "x": fails rather than replace a file
@@ -107,7 +111,7 @@ import torch
 from pyro.nn import PyroParam
 from torch.distributions import constraints
 
-from zoo.base import ZooModel, as_matrix, check_positive_int
+from zoo.base import ZooModel, as_matrix, check_setting
 
 
 class $Class(ZooModel):
@@ -129,10 +133,8 @@ class $Class(ZooModel):
 
     def __init__(self, df: float = 4.0, *, dim: int = 2):
         super().__init__()
-        if isinstance(df, bool) or not isinstance(df, (int, float)) or not df > 0 or not math.isfinite(df):
-            raise ValueError(f"df: expected a positive number, got {df!r}")
-        self.df = float(df)
-        self.dim = check_positive_int(dim, "dim")
+        self.df = check_setting(df, "df", positive=True)
+        self.dim = check_setting(dim, "dim", kind="int", positive=True)
 
     # --- priors --------------------------------------------------------------------------------
     def hyperparameters(self, data=None):
@@ -196,7 +198,7 @@ class $Class(ZooModel):
     def simulate(self, n: int, seed: int = 0, params: Mapping[str, torch.Tensor] | None = None):
         """Draw ``n`` rows; the global sites come from the prior unless ``params`` fixes them.
         Returns ``(data (n, D), truth)``, ``truth`` holding the global sites and ``weight``."""
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", positive=True)
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             model = self.model if params is None else pyro.poutine.condition(self.model, data=dict(params))
             trace = pyro.poutine.trace(model).get_trace(None, n=n)

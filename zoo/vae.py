@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.base import ZooModel, as_matrix, check_setting
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -48,8 +48,8 @@ class MLP(nn.Module):
     """``tanh`` multilayer perceptron ``sizes[0] -> ... -> sizes[-1]`` (linear output layer).
 
     The networks are plain torch modules: their weights are parameters, not Pyro sites, so they
-    skip PyroModule's per-call parameter-store scope and attribute hooks (about a tenth of a training
-    step of the default networks, measured in benchmarks/README.md)."""
+    skip PyroModule's per-call parameter-store scope and attribute hooks (their cost per training step:
+    benchmarks/README.md)."""
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
@@ -112,13 +112,13 @@ class VAE(ZooModel):
             hidden = (hidden,)
         if not isinstance(hidden, Sequence) or isinstance(hidden, str):
             raise TypeError(f"hidden: expected a sequence of layer sizes, got {hidden!r}")
-        self.hidden = tuple(check_positive_int(h, "hidden") for h in hidden)
+        self.hidden = tuple(check_setting(h, "hidden", kind="int", positive=True) for h in hidden)
         self.likelihood = check_setting(likelihood, "likelihood", kind="choice", choices=tuple(LIKELIHOODS))
         self.eval_particles = check_setting(eval_particles, "eval_particles", kind="int", positive=True)
         self.init_seed = check_setting(init_seed, "init_seed", kind="int")
         self.input_dim = None
         if input_dim is not None:
-            self._build(check_positive_int(input_dim, "input_dim"))
+            self._build(check_setting(input_dim, "input_dim", kind="int", positive=True))
 
     def _build(self, input_dim: int) -> None:
         self.input_dim = input_dim
@@ -194,28 +194,33 @@ class VAE(ZooModel):
         return binarize
 
     def log_likelihood(self, data, params: Mapping[str, torch.Tensor] | None = None, *,
-                       num_particles: int | None = None, max_elements: int = 2**24) -> torch.Tensor:
+                       num_particles: int | None = None, max_elements: int = 2**24, seed: int = 0) -> torch.Tensor:
         """Importance-sampled log p(x_n) per image, shape (N,): logmeanexp over k draws z ~ q(z | x_n)
         of log p(x_n | z) + log p(z) - log q(z | x_n) (the IWAE bound L_k; k = ``eval_particles``).
+        The draws come from their own generator seeded with ``seed`` (same seed, same estimate).
 
         Work is batched over images and particles so that no (particles, images, D) tensor exceeds
         ``max_elements`` entries. ``params`` (global sites) is empty for a VAE and ignored.
         """
         self._require_networks()
-        k = check_positive_int(num_particles or self.eval_particles, "num_particles")
+        k = check_setting(num_particles or self.eval_particles, "num_particles", kind="int", positive=True)
         x = data
         rows = max(1, min(x.shape[0], max_elements // (self.input_dim * min(k, 64))))
         chunk = max(1, min(k, max_elements // (self.input_dim * rows)))
         out = []
         starts = range(0, x.shape[0], rows)
+        gen = torch.Generator(device=x.device).manual_seed(check_setting(seed, "seed", kind="int"))
         with torch.no_grad():
             for start in tqdm(starts, desc="log p(x) by importance sampling", leave=False,
                               disable=True if len(starts) < 4 else None):   # a bar on a terminal, for long work
                 xb = x[start:start + rows]
-                q = self.posterior(xb)
+                loc, scale = self.encoder(xb)                                            # (B, L)
+                q = dist.Normal(loc, scale).to_event(1)
                 total = torch.full((xb.shape[0],), -math.inf, dtype=xb.dtype, device=xb.device)
                 for first in range(0, k, chunk):
-                    z = q.sample((min(chunk, k - first),))                              # (k', B, L)
+                    eps = torch.randn((min(chunk, k - first), *loc.shape), generator=gen, dtype=loc.dtype,
+                                      device=loc.device)
+                    z = loc + scale * eps                                                # (k', B, L)
                     log_w = self.observation(z).log_prob(xb) + self.prior().log_prob(z) - q.log_prob(z)
                     total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
                 out.append(total - math.log(k))
@@ -223,7 +228,7 @@ class VAE(ZooModel):
 
     def simulate(self, n: int, seed: int = 0):
         """Draw ``n`` images from the generative story (with the current decoder): ``(x (n, D), {"z": (n, L)})``."""
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", positive=True)
         self._require_networks()
         with pyro.poutine.seed(rng_seed=seed), torch.no_grad():
             trace = pyro.poutine.trace(self.model).get_trace(None, n=n)

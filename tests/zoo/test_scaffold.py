@@ -15,7 +15,7 @@ import zoo
 from zoo.cli import main
 from zoo.scaffold import new_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(args, cwd, timeout=300):
@@ -38,7 +38,7 @@ def checkout(tmp_path):
 def test_new_model_fits_and_passes_its_tests_and_the_contract(checkout):
     created = run(["-m", "zoo", "new", "robust_loc"], checkout)
     assert created.returncode == 0, created.stderr
-    model_file, test_file = checkout / "zoo" / "robust_loc.py", checkout / "tests" / "test_robust_loc.py"
+    model_file, test_file = checkout / "zoo" / "robust_loc.py", checkout / "tests" / "zoo" / "test_robust_loc.py"
     assert str(model_file) in created.stdout and str(test_file) in created.stdout
     source = model_file.read_text()
     assert 'name = "robust_loc"' in source and "class RobustLoc(ZooModel)" in source and "TODO" in source
@@ -46,7 +46,7 @@ def test_new_model_fits_and_passes_its_tests_and_the_contract(checkout):
     listed = run(["-m", "zoo", "list"], checkout)
     assert listed.returncode == 0 and "robust_loc" in listed.stdout, listed.stderr
 
-    tests = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_robust_loc.py", "tests/test_contract.py",
+    tests = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/zoo/test_robust_loc.py", "tests/test_contract.py",
                  "-k", "robust_loc"], checkout)
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert " passed" in tests.stdout and "failed" not in tests.stdout

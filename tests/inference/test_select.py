@@ -20,7 +20,8 @@ from scipy.special import logsumexp
 
 import inference
 from inference.posterior import Posterior
-from inference.select import loo, plot_khat, plot_select, select
+from inference.plots import plot_khat, plot_select
+from inference.select import loo, select
 
 PRIOR_MU = (3.0, 1.5)     # mu ~ Normal(3, 1.5); w ~ Beta(2, 2); the other component is N(0, 1)
 

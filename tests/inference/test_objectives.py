@@ -104,3 +104,49 @@ def test_compiled_loss_draws_the_same_random_numbers(data):
     expected = elbo.differentiable_loss(regression, guide, data)
     set_rng_state(state)
     assert float(loss_fn()) == pytest.approx(float(expected), rel=1e-9)
+
+
+# --- importance weights: estimates of log p(x) and the ELBO against the closed form ------------------
+
+
+def local_gaussian(x):
+    """z_n ~ N(0, 1), x_n | z_n ~ N(z_n, 1): p(x_n) = N(0, 2), p(z_n | x_n) = N(x_n / 2, 1 / 2)."""
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def exact_posterior(x):
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(x / 2, 0.5 ** 0.5))
+
+
+def prior_proposal(x):
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+
+
+def test_importance_estimate_and_elbo_against_the_closed_form():
+    from inference.objectives import elbo_estimate, importance_estimate
+
+    x = torch.tensor([-1.5, 0.0, 2.0], dtype=torch.float64)
+    log_px = dist.Normal(torch.zeros_like(x), torch.full_like(x, 2.0).sqrt()).log_prob(x).numpy()
+    kw = dict(max_plate_nesting=1, data_plate="data")
+    pyro.set_rng_seed(0)
+    # the exact posterior as proposal: every log-weight is log p(x), the ESS is k, the ELBO has no gap
+    lp, ess = importance_estimate(local_gaussian, exact_posterior, x, 700, **kw)   # 2 chunks of draws
+    np.testing.assert_allclose(lp, log_px, rtol=1e-12)
+    np.testing.assert_allclose(ess, 700, rtol=1e-9)
+    elbo, se = elbo_estimate(local_gaussian, exact_posterior, x, 700, **kw)
+    np.testing.assert_allclose(elbo, log_px, rtol=1e-12)
+    np.testing.assert_allclose(se, 0, atol=1e-12)
+    # the prior as proposal: ELBO = log p(x) - KL(N(0, 1) || N(x/2, 1/2)), within 4 standard errors
+    kl = np.log(0.5 ** 0.5) + (1 + x.numpy() ** 2 / 4) / (2 * 0.5) - 0.5
+    elbo, se = elbo_estimate(local_gaussian, prior_proposal, x, 4000, **kw)
+    assert np.all(np.abs(np.array(elbo) - (log_px - kl)) < 4 * np.array(se)), (elbo, log_px - kl, se)
+    # ... and log p(x) by importance sampling, within 4 delta-method standard errors sqrt(Var w / (E w)^2 / k),
+    # Var w / (E w)^2 = 2 / sqrt(3) exp(x^2 / 6) - 1 for this proposal
+    lp, ess = importance_estimate(local_gaussian, prior_proposal, x, 4000, **kw)
+    rel_var = 2 / np.sqrt(3) * np.exp(x.numpy() ** 2 / 6) - 1
+    assert np.all(np.abs(np.array(lp) - log_px) < 4 * np.sqrt(rel_var / 4000)), (lp, log_px)
+    assert all(1 < e < 4000 for e in ess)

@@ -77,3 +77,33 @@ def test_bad_csv_content(tmp_path, capsys):
     text.write_text("x,label\n1.0,a\n2.0,b\n")
     assert main(["fit", "gmm", "--data", str(text), "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "non-numeric" in capsys.readouterr().err
+
+
+def test_model_flags_come_from_the_models_constructors(capsys, monkeypatch):
+    """Every simple setting of a model's __init__ is a flag (n_ dropped), with its :param text as help; a
+    model registered at run time gets its own, and its values reach the model through model_config."""
+    import zoo
+    import zoo.gmm
+    from zoo.cli import build_parser, model_config
+
+    class Widgets(zoo.gmm.GaussianMixture):
+        """A mixture with widgets.
+
+        :param n_widgets: how many widgets W (>= 1).
+        """
+
+        def __init__(self, n_components: int = 2, *, n_widgets: int = 3, shiny: bool = False):
+            super().__init__(n_components)
+            self.n_widgets, self.shiny = n_widgets, shiny
+
+    monkeypatch.setitem(zoo._REGISTERED, "widgets", Widgets)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--components", "--states", "--emission", "--latent-dim", "--hidden", "--likelihood", "--widgets",
+                 "--shiny, --no-shiny", "--option KEY=VALUE"):
+        assert flag in text, flag
+    assert "how many widgets W (>= 1). (widgets)" in text and "(gmm, ppca, widgets)" in text
+    args = build_parser().parse_args(["fit", "widgets", "--widgets", "5", "--no-shiny", "--components", "3"])
+    assert model_config(args) == {"n_components": 3, "n_widgets": 5, "shiny": False}
+    assert zoo.get("widgets", **model_config(args)).n_widgets == 5

@@ -10,7 +10,8 @@ import torch
 import inference
 import zoo
 from inference import Posterior
-from inference.diagnostics import energy_bfmi, plot_energy
+from inference.diagnostics import energy_bfmi
+from inference.plots import plot_energy
 from inference.target import Target
 
 
@@ -102,3 +103,22 @@ def test_hmm_nuts_energy_is_healthy_and_plotted():
     fig = plot_energy(post)
     assert fig.axes and "energy" in fig._suptitle.get_text()
     plt.close(fig)
+
+
+def test_diagnose_flags_rhat_ess_and_divergences(fake_posterior):
+    g = torch.Generator().manual_seed(0)
+    good = {"w": torch.distributions.Dirichlet(torch.ones(2)).sample((4, 1000)),
+            "loc": torch.randn(4, 1000, 2, generator=g)}
+    d = inference.diagnose(fake_posterior(good, {"diverging": np.zeros((4, 1000), bool)}))
+    assert d.ok and d.divergences == 0, str(d)
+    assert list(d.summary.columns[:2]) == ["mean", "sd"] and "r_hat" in d.summary
+
+    shifted = dict(good, loc=good["loc"] + torch.tensor([0.0, 0.0, 0.0, 3.0]).view(4, 1, 1))
+    stats = np.zeros((4, 1000), bool)
+    stats[1, 10] = True
+    d = inference.diagnose(fake_posterior(shifted, {"diverging": stats}))
+    assert not d.ok
+    assert any("R-hat" in r for r in d.reasons) and any("divergent" in r for r in d.reasons)
+
+    short = {k: v[:, :50] for k, v in good.items()}
+    assert any("ESS_bulk" in r for r in inference.diagnose(fake_posterior(short)).reasons)

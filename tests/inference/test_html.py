@@ -129,7 +129,7 @@ def test_cli_select_ranks_and_writes_every_file(tmp_path, capsys):
     text, _ = _page(out / "report.html")
     assert "select.csv" in text and "Model choice" in text
     assert main(["select", "gmm", "--components", "3"]) == 2
-    assert "--components/--states: give one range" in capsys.readouterr().err
+    assert "--components: give one range" in capsys.readouterr().err   # the size settings of the gmm
     tiny = ["--samples", "20", "--warmup", "20", "--chains", "2", "--quiet", "--out", str(tmp_path / "hmm")]
     assert main(["select", "hmm", "--states", "2..3", *tiny]) == 2       # the bundled returns: one sequence
     assert "--states 2: PSIS-LOO needs at least 2 data points" in capsys.readouterr().err

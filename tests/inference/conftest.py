@@ -1,0 +1,53 @@
+"""Plain Pyro models written as a user would (not from the zoo), shared by the inference tests."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from inference.posterior import Posterior
+from inference.target import Target
+
+
+def _plain_mixture(y):
+    """A two-component mixture written as a user would, not from the zoo."""
+    w = pyro.sample("w", dist.Dirichlet(torch.ones(2)))
+    with pyro.plate("components", 2):
+        loc = pyro.sample("loc", dist.Normal(0.0, 5.0))
+    with pyro.plate("data", len(y)):
+        z = pyro.sample("z", dist.Categorical(w), infer={"enumerate": "parallel"})
+        pyro.sample("y", dist.Normal(loc[z], 1.0), obs=y)
+
+
+def _plain_regression(data):
+    x, y = data
+    slope = pyro.sample("slope", dist.Normal(0.0, 10.0))
+    noise = pyro.sample("noise", dist.HalfNormal(5.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("y", dist.Normal(slope * x, noise), obs=y)
+
+
+@pytest.fixture(scope="session")
+def plain_mixture():
+    return _plain_mixture
+
+
+@pytest.fixture(scope="session")
+def plain_regression():
+    return _plain_regression
+
+
+@pytest.fixture(scope="module")
+def y():
+    g = torch.Generator().manual_seed(0)
+    return torch.cat([torch.randn(60, generator=g) - 3, torch.randn(40, generator=g) + 3])
+
+
+@pytest.fixture(scope="session")
+def fake_posterior():
+    """``fake(samples, stats=None)``: a NUTS Posterior of the plain mixture holding the given draws."""
+    def fake(samples, stats=None):
+        target = Target(_plain_mixture)
+        y = torch.zeros(4)
+        return Posterior(target, y, samples, method="nuts", wall_time=1.0, sample_stats=stats)
+    return fake
