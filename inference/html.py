@@ -61,6 +61,7 @@ STEM_SECTION = {"trace": "plots", "rank": "plots",
 PREFIX_SECTION = {"ppc": "ppc", "sbc": "sbc", "energy": "plots", "pair": "plots"}
 CSV_SECTION = {"select.csv": "loo", "heldout.csv": "loo"}
 PAIR_MAX = 6     # scalar quantities in the pair plot
+SBC_FILES = {"sbc.png", "sbc.csv"}   # shown by sbc_items with the verdict read from sbc.nc
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1150px;margin:0 auto;
@@ -109,7 +110,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     summary = (folder / "summary.md").read_text() if (folder / "summary.md").exists() else ""
     given = {getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv")
              for items in pieces.values() for item in items}
-    found = _folder_items(folder, skip=given)
+    found = _folder_items(folder, skip=given | (SBC_FILES if (folder / "sbc.nc").is_file() else set()))
     title = title or _first_heading(summary) or "Latent Zoo report"
     body = [f"<h1>{_e(title)}</h1>",
             "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
@@ -121,7 +122,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "ppc": lambda: _ppc(idatas, found["ppc"]),
         "loo": lambda: _loo(posteriors),
         "more": lambda: [],
-        "sbc": lambda: [],
+        "sbc": lambda: sbc_items(folder),
         "files": lambda: _files(folder),
     }
     absent = {
@@ -130,8 +131,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "plots": "No sampled posterior with several chains: nothing to plot (a point estimate has no trace).",
         "ppc": "No predictive check here: no replicated data that match the observed variables.",
         "loo": "No posterior with a pointwise log-likelihood and several draws: no PSIS-LOO.",
-        "sbc": "Not run: `zoo sbc MODEL --simulations N` checks that the fitting method recovers parameters "
-               "drawn from the prior.",
+        "sbc": "Not run: `zoo report MODEL --sbc N` (or `zoo sbc MODEL --simulations N`, then `zoo report MODEL "
+               "--sbc-from DIR`) checks that the fitting method recovers parameters drawn from the prior.",
         "more": "Nothing further for this run.",
         "files": "No files.",
     }
@@ -365,6 +366,32 @@ def _loo(posteriors):
     return items + notes
 
 
+def sbc_items(folder) -> list:
+    """The calibration section of a folder holding ``sbc.nc`` (``zoo sbc``, or a report written with an
+    SBC result): the verdict, the settings, the ECDF plot and the chi-square table. Nothing when the
+    folder has no ``sbc.nc``."""
+    from inference.sbc import SBCResult
+
+    folder = Path(folder)
+    if not (folder / "sbc.nc").is_file():
+        return []
+    result = SBCResult.from_netcdf(folder / "sbc.nc")
+    settings = dict(result.settings)
+    config = settings.pop("model_config", "")
+    draws, divergences = result.stats["num_draws"], int(result.stats["divergences"].sum())
+    items = [_Verdict(str(result)),
+             f"Model: {result.model} ({config}). Fit by {result.method.upper()}: "
+             + ", ".join(f"{k}={v}" for k, v in settings.items())
+             + f". Thinned draws per simulation: {int(draws.min())} to {int(draws.max())}; {divergences} divergences."]
+    if (folder / "sbc.png").is_file():
+        items.append(("ECDF of the fractional ranks minus the uniform CDF, with simultaneous bands (sbc.png)",
+                      folder / "sbc.png"))
+    if (folder / "sbc.csv").is_file():
+        items.append(("Uniformity per quantity: chi-square of the binned fractional ranks, verdict at the "
+                      "Bonferroni level (sbc.csv)", pd.read_csv(folder / "sbc.csv", index_col=0)))
+    return items
+
+
 def _files(folder):
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) \
         if folder.is_dir() else []
@@ -382,6 +409,8 @@ def _folder_items(folder: Path, skip=()) -> dict[str, list]:
     if not folder.is_dir():
         return found
     for png in sorted(folder.glob("*.png")):
+        if png.name in skip:
+            continue
         stem = png.stem
         sid = STEM_SECTION.get(stem) or next((s for p, s in PREFIX_SECTION.items() if stem.startswith(p)), "data")
         if sid == "plots":
@@ -429,7 +458,7 @@ def _render(item) -> str:
     if isinstance(item, _Absent):
         return f'<p class="absent">{_e(item)}</p>'
     if isinstance(item, _Verdict):
-        kind = "pass" if "-> pass" in item else "check"
+        kind = "pass" if "-> pass" in item or "-> calibrated" in item else "check"
         return f'<div class="verdict {kind}">{_e(item)}</div>'
     if isinstance(item, pd.DataFrame):
         head = f"<h3>{_e(caption)}</h3>" if caption else ""

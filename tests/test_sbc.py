@@ -169,7 +169,7 @@ def test_bad_input_names_the_argument():
         sbc(zoo.get("gmm", n_components=2), num_simulations=3)
     with pytest.raises(ValueError, match=r"^model: 'vae' has no global latent sites"):
         sbc(zoo.get("vae"), num_simulations=3)
-    with pytest.raises(ValueError, match=r"^method: expected one of nuts, svi"):
+    with pytest.raises(ValueError, match=r"^method: expected one of 'nuts', 'svi'"):
         sbc(SumOfTwo(), method="map")
     with pytest.raises(ValueError, match=r"^fit_kwargs: 'seed'"):
         sbc(SumOfTwo(), fit_kwargs={"seed": 3})
