@@ -90,7 +90,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     :param posteriors: ``{label: Posterior or az.InferenceData}``; default: the folder's ``posterior_*.nc``.
     :param pieces: ``{section id: [item, ...]}`` added to a section (ids: see :data:`SECTIONS`); an item
         is a matplotlib Figure, the path of a PNG, a DataFrame, a string (a paragraph) or a
-        ``(caption, item)`` pair.
+        ``(caption, item)`` pair. Pieces for "sbc" (e.g. :func:`sbc_items` of another folder) replace the
+        folder's own calibration result.
     :param plots: which of the trace, rank, energy and pair plots to show.
     """
     folder = Path(folder)
@@ -110,7 +111,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     summary = (folder / "summary.md").read_text() if (folder / "summary.md").exists() else ""
     given = {getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv")
              for items in pieces.values() for item in items}
-    found = _folder_items(folder, skip=given | (SBC_FILES if (folder / "sbc.nc").is_file() else set()))
+    own_sbc = (folder / "sbc.nc").is_file() or "sbc" in pieces
+    found = _folder_items(folder, skip=given | (SBC_FILES if own_sbc else set()))
     title = title or _first_heading(summary) or "Latent Zoo report"
     body = [f"<h1>{_e(title)}</h1>",
             "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
@@ -122,7 +124,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "ppc": lambda: _ppc(idatas, found["ppc"]),
         "loo": lambda: _loo(posteriors),
         "more": lambda: [],
-        "sbc": lambda: sbc_items(folder),
+        "sbc": lambda: sbc_items(folder) if "sbc" not in pieces else [],   # given pieces replace the folder's
         "files": lambda: _files(folder),
     }
     absent = {
