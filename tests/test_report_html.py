@@ -195,7 +195,9 @@ def test_cli_select_ranks_and_writes_every_file(tmp_path, capsys):
     assert "--components/--states: give one range" in capsys.readouterr().err
     tiny = ["--samples", "20", "--warmup", "20", "--chains", "2", "--quiet", "--out", str(tmp_path / "hmm")]
     assert main(["select", "hmm", "--states", "2..3", *tiny]) == 2       # the bundled returns: one sequence
-    assert "--states 2: PSIS-LOO needs at least 2 data points" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "--data: PSIS-LOO leaves out one item of the data plate 'sequences'" in captured.err
+    assert "S=2" not in captured.out                                  # refused before any fit
     assert not (tmp_path / "hmm").exists()
     with pytest.raises(SystemExit):
         main(["select", "gmm", "--components", "0..2"])

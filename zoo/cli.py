@@ -455,7 +455,7 @@ def cmd_select(args) -> int:
     marginal log-likelihood, and write select.csv, select.png, khat.png and every candidate's netCDF."""
     import inference
     import zoo
-    from inference.select import plot_khat, plot_select, select
+    from inference.select import check_loo_data, plot_khat, plot_select, select
 
     ranged = [f for f in ("components", "states") if getattr(args, f) is not None and len(getattr(args, f)) > 1]
     if len(ranged) != 1:
@@ -468,6 +468,8 @@ def cmd_select(args) -> int:
         raise ValueError(f"model: {args.model!r} has only local latents; PSIS-LOO model choice needs posterior "
                          "draws of global parameters")
     _, out, dataset, _, coords = _setup(args)
+    setattr(args, flag, sizes[0])
+    check_loo_data(zoo.get(args.model, **model_config(args)), dataset.data)   # before any fit
     candidates = {}
     for k in sizes:
         setattr(args, flag, k)
