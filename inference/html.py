@@ -111,8 +111,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     summary = (folder / "summary.md").read_text() if (folder / "summary.md").exists() else ""
     given = {getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv")
              for items in pieces.values() for item in items}
-    own_sbc = (folder / "sbc.nc").is_file() or "sbc" in pieces
-    found = _folder_items(folder, skip=given | (SBC_FILES if own_sbc else set()))
+    sbc_result = (folder / "sbc.nc").is_file() or "sbc" in pieces     # sbc.png/.csv come with its verdict
+    found = _folder_items(folder, skip=given | (SBC_FILES if sbc_result else set()))
     title = title or _first_heading(summary) or "Latent Zoo report"
     body = [f"<h1>{_e(title)}</h1>",
             "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
