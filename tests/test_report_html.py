@@ -44,7 +44,8 @@ def sbc_result(model="hmm", sims=40, seed=0, spread=1.0):
     return SBCResult(model=model, method="nuts", ranks={"transition": np.floor(u * 100).astype(int)},
                      pit={"transition": u}, truth={"transition": rng.uniform(size=(sims, 2))},
                      stats={"num_draws": draws, "min_ess": draws * 1.0, "divergences": np.zeros(sims, int),
-                            "wall_time": np.ones(sims)}, settings={"model_config": "n_states=2", "fit_num_samples": 100})
+                            "wall_time": np.ones(sims)},
+                     settings={"model_config": "n_states=2", "fit_num_samples": 100})
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def test_cli_report_from_folder_and_its_mistakes(run_dir, tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "report.html"} == before
     cases += [
         (["report", "hmm", "--from", str(folder), "--sbc-from", str(tmp_path), "--force"], "--sbc-from: "),
-        (["report", "hmm", "--from", str(folder), "--sbc-from", str(toy_dir), "--force"], "is of model 'toy', not 'hmm'"),
+        (["report", "hmm", "--from", str(folder), "--sbc-from", str(toy_dir), "--force"],
+         "is of model 'toy', not 'hmm'"),
         (["report", "hmm", "--from", str(folder), "--sbc", "5", "--force"], "--sbc: runs the calibration for a new"),
         (["report", "hmm", "--sbc", "5", "--sbc-from", str(sbc_dir)], "--sbc/--sbc-from: give one"),
     ]
