@@ -48,9 +48,11 @@ SECTIONS = {
                                         "unreliable."),
     "more": ("Further results", "Results particular to this model or command (held-out log-likelihood, "
                                 "amortization gap, ...)."),
-    "sbc": ("Simulation-based calibration", "Rank ECDF differences inside the simultaneous band: the fitting "
-                                            "method recovers parameters drawn from the prior; a U shape means "
-                                            "too narrow, a hump too wide, a slope biased."),
+    "sbc": ("Simulation-based calibration", "Every ECDF difference inside its simultaneous band and the verdict "
+                                            "'calibrated': the fitting method recovers parameters drawn from the "
+                                            "prior. A curve above 0 in the lower half and below it in the upper "
+                                            "half: posteriors too narrow; the mirror image: too wide; above 0 "
+                                            "throughout: posteriors biased upwards."),
     "files": ("Files", "The CSV and netCDF files behind this page (open netCDF with arviz.from_netcdf)."),
 }
 PLOTS = ("trace", "rank", "energy", "pair")
