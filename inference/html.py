@@ -50,9 +50,11 @@ SECTIONS = {
                                         "unreliable."),
     "more": ("Further results", "Results particular to this model or command (held-out log-likelihood, "
                                 "amortization gap, ...)."),
-    "sbc": ("Simulation-based calibration", "Rank ECDF differences inside the simultaneous band: the fitting "
-                                            "method recovers parameters drawn from the prior; a U shape means "
-                                            "too narrow, a hump too wide, a slope biased."),
+    "sbc": ("Simulation-based calibration", "Every ECDF difference inside its simultaneous band and the verdict "
+                                            "'calibrated': the fitting method recovers parameters drawn from the "
+                                            "prior. A curve above 0 in the lower half and below it in the upper "
+                                            "half: posteriors too narrow; the mirror image: too wide; above 0 "
+                                            "throughout: posteriors biased upwards."),
     "files": ("Files", "The CSV and netCDF files behind this page (open netCDF with arviz.from_netcdf)."),
 }
 PLOTS = ("trace", "rank", "energy", "pair")
@@ -62,6 +64,7 @@ STEM_SECTION = {"trace": "plots", "rank": "plots",
                 "amortization": "comparison", "select": "loo", "khat": "loo"}
 PREFIX_SECTION = {"ppc": "ppc", "sbc": "sbc", "energy": "plots", "pair": "plots"}
 CSV_SECTION = {"select.csv": "loo", "heldout.csv": "loo"}
+SBC_FILES = {"sbc.png", "sbc.csv"}   # shown by sbc_items with the verdict read from sbc.nc
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1150px;margin:0 auto;
@@ -90,7 +93,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     :param posteriors: ``{label: Posterior or az.InferenceData}``; default: the folder's ``posterior_*.nc``.
     :param pieces: ``{section id: [item, ...]}`` added to a section (ids: see :data:`SECTIONS`); an item
         is a matplotlib Figure, the path of a PNG, a DataFrame, a string (a paragraph) or a
-        ``(caption, item)`` pair.
+        ``(caption, item)`` pair. Pieces for "sbc" (e.g. :func:`sbc_items` of another folder) replace the
+        folder's own calibration result.
     :param plots: which of the trace, rank, energy and pair plots to show.
     """
     folder = Path(folder)
@@ -110,7 +114,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     summary = (folder / "summary.md").read_text() if (folder / "summary.md").exists() else ""
     given = {getattr(item[-1] if isinstance(item, tuple) else item, "attrs", {}).get("csv")
              for items in pieces.values() for item in items}
-    found = _folder_items(folder, skip=given)
+    sbc_result = (folder / "sbc.nc").is_file() or "sbc" in pieces     # sbc.png/.csv come with its verdict
+    found = _folder_items(folder, skip=given | (SBC_FILES if sbc_result else set()))
     title = title or _first_heading(summary) or "Latent Zoo report"
     body = [f"<h1>{_e(title)}</h1>",
             "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
@@ -122,7 +127,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "ppc": lambda: _ppc(idatas, found["ppc"]),
         "loo": lambda: _loo(posteriors),
         "more": lambda: [],
-        "sbc": lambda: [],
+        "sbc": lambda: sbc_items(folder) if "sbc" not in pieces else [],   # given pieces replace the folder's
         "files": lambda: _files(folder),
     }
     absent = {
@@ -131,8 +136,8 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "plots": "No sampled posterior with several chains: nothing to plot (a point estimate has no trace).",
         "ppc": "No predictive check here: no replicated data that match the observed variables.",
         "loo": "No posterior with a pointwise log-likelihood and several draws: no PSIS-LOO.",
-        "sbc": "Not run: `zoo sbc MODEL --simulations N` checks that the fitting method recovers parameters "
-               "drawn from the prior.",
+        "sbc": "Not run: `zoo report MODEL --sbc N` (or `zoo sbc MODEL --simulations N`, then `zoo report MODEL "
+               "--sbc-from DIR`) checks that the fitting method recovers parameters drawn from the prior.",
         "more": "Nothing further for this run.",
         "files": "No files.",
     }
@@ -336,6 +341,32 @@ def _loo(posteriors):
     return items + notes
 
 
+def sbc_items(folder) -> list:
+    """The calibration section of a folder holding ``sbc.nc`` (``zoo sbc``, or a report written with an
+    SBC result): the verdict, the settings, the ECDF plot and the chi-square table. Nothing when the
+    folder has no ``sbc.nc``."""
+    from inference.sbc import SBCResult
+
+    folder = Path(folder)
+    if not (folder / "sbc.nc").is_file():
+        return []
+    result = SBCResult.from_netcdf(folder / "sbc.nc")
+    settings = dict(result.settings)
+    config = settings.pop("model_config", "")
+    draws, divergences = result.stats["num_draws"], int(result.stats["divergences"].sum())
+    items = [_Verdict(str(result)),
+             f"Model: {result.model} ({config}). Fit by {result.method.upper()}: "
+             + ", ".join(f"{k}={v}" for k, v in settings.items())
+             + f". Thinned draws per simulation: {int(draws.min())} to {int(draws.max())}; {divergences} divergences."]
+    if (folder / "sbc.png").is_file():
+        items.append(("ECDF of the fractional ranks minus the uniform CDF, with simultaneous bands (sbc.png)",
+                      folder / "sbc.png"))
+    if (folder / "sbc.csv").is_file():
+        items.append(("Uniformity per quantity: chi-square of the binned fractional ranks, verdict at the "
+                      "Bonferroni level (sbc.csv)", pd.read_csv(folder / "sbc.csv", index_col=0)))
+    return items
+
+
 def _files(folder):
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")) \
         if folder.is_dir() else []
@@ -353,6 +384,8 @@ def _folder_items(folder: Path, skip=()) -> dict[str, list]:
     if not folder.is_dir():
         return found
     for png in sorted(folder.glob("*.png")):
+        if png.name in skip:
+            continue
         stem = png.stem
         sid = STEM_SECTION.get(stem) or next((s for p, s in PREFIX_SECTION.items() if stem.startswith(p)), "data")
         if sid == "plots":
@@ -400,7 +433,7 @@ def _render(item) -> str:
     if isinstance(item, _Absent):
         return f'<p class="absent">{_e(item)}</p>'
     if isinstance(item, _Verdict):
-        kind = "pass" if "-> pass" in item else "check"
+        kind = "pass" if "-> pass" in item or "-> calibrated" in item else "check"
         return f'<div class="verdict {kind}">{_e(item)}</div>'
     if isinstance(item, pd.DataFrame):
         head = f"<h3>{_e(caption)}</h3>" if caption else ""

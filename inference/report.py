@@ -134,12 +134,14 @@ def check_posteriors(posteriors, name: str = "posteriors") -> dict[str, Posterio
 def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *, dataset=None,
                  comparison: pd.DataFrame | None = None, diagnoses: Mapping[str, Diagnosis] | None = None,
                  title: str = "", force: bool = False, figures: Mapping | None = None,
-                 sections: Mapping[str, str | pd.DataFrame] | None = None) -> Path:
+                 sections: Mapping[str, str | pd.DataFrame] | None = None, sbc=None) -> Path:
     """Write the report folder and return its path.
 
     ``figures`` adds ``{file stem: matplotlib Figure}``; ``sections`` adds summary.md sections
     ``{heading: markdown text or a DataFrame}`` after the runs table (a table is also written as CSV
     when ``df.attrs["csv"]`` names a file, and only there when ``df.attrs["markdown"]`` is False).
+    ``sbc`` (an :class:`inference.sbc.SBCResult`) adds ``sbc.nc``, ``sbc.csv`` and ``sbc.png`` and the
+    calibration section of report.html.
     The folder appears in one rename at the end; if another run created ``out`` meanwhile, that
     folder is left as it is and ``FileExistsError`` is raised.
     """
@@ -148,7 +150,7 @@ def write_report(out: str | os.PathLike, posteriors: Mapping[str, Posterior], *,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, figures or {}, sections or {})
+        _write(tmp, posteriors, dataset, comparison, diagnoses or {}, title, figures or {}, sections or {}, sbc)
         (tmp / MARKER).write_text("written by latent-zoo's inference.write_report\n")
         _move_into_place(tmp, out, force)
     except BaseException:
@@ -181,8 +183,8 @@ def _move_into_place(tmp: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extra_figures, sections):
-    files: list[str] = []
+def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extra_figures, sections, sbc):
+    files: list[str] = sbc.write_files(folder) if sbc is not None else []
     for table in sections.values():
         if isinstance(table, pd.DataFrame) and table.attrs.get("csv"):
             table.to_csv(folder / table.attrs["csv"])
@@ -229,7 +231,7 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
             log.warning("plot %s skipped: %s", stem, e)
             plt.close("all")
     blocks = summary_blocks(posteriors, dataset=dataset, comparison=comparison, diagnoses=diagnoses,
-                            files=files, title=title, sections=sections)
+                            files=files, title=title, sections=sections, sbc=sbc)
     (folder / "summary.md").write_text(render_markdown(blocks))
     (folder / "summary.html").write_text(render_html(blocks))
     write_html(folder, posteriors, title=blocks[0][1], dataset=dataset, diagnoses=diagnoses, comparison=comparison,
@@ -270,7 +272,7 @@ def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
 
 
 def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="",
-                   sections=None):
+                   sections=None, sbc=None):
     """The summary as a list of ``(kind, content)`` blocks: h1, h2, p, table, pre, file."""
     first = next(iter(posteriors.values()))
     model = first.target.model
@@ -301,6 +303,8 @@ def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None,
     loo = loo_table(posteriors)
     if len(loo):
         blocks += [("h2", "PSIS-LOO (marginal pointwise log-likelihood)"), ("table", loo)]
+    if sbc is not None:
+        blocks += [("h2", "Simulation-based calibration"), ("pre", str(sbc)), ("table", sbc.table())]
     if files:
         blocks += [("h2", "Files")] + [("file", f) for f in files]
     return blocks

@@ -170,11 +170,22 @@ class SBCResult:
             raise ValueError(f"var_names: expected names among {sorted(self.pit)}, got {var_names!r}")
         return plot_sbc(self, labels[:max_panels], ci_prob=ci_prob, total=len(labels))
 
-    def write(self, out, *, force: bool = False) -> Path:
-        """Write ``sbc.nc``, ``sbc.csv`` (the table) and ``sbc.png`` (the plot) into the folder ``out``
-        (created; an existing folder is replaced only with ``force``), atomically."""
+    def write_files(self, folder) -> list[str]:
+        """Write ``sbc.nc``, ``sbc.csv`` (the table) and ``sbc.png`` (the plot) into the existing ``folder``
+        (a report folder being written); returns the file names."""
         import matplotlib.pyplot as plt
 
+        folder = Path(folder)
+        self.to_netcdf(folder / "sbc.nc")
+        self.table().to_csv(folder / "sbc.csv")
+        fig = self.plot()
+        fig.savefig(folder / "sbc.png", dpi=110)
+        plt.close(fig)
+        return ["sbc.nc", "sbc.csv", "sbc.png"]
+
+    def write(self, out, *, force: bool = False) -> Path:
+        """Write ``sbc.nc``, ``sbc.csv`` and ``sbc.png`` into the folder ``out`` (created; an existing folder
+        is replaced only with ``force``), atomically."""
         from inference.report import check_output_dir
 
         out = check_output_dir(out, force)
@@ -183,11 +194,7 @@ class SBCResult:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            self.to_netcdf(tmp / "sbc.nc")
-            self.table().to_csv(tmp / "sbc.csv")
-            fig = self.plot()
-            fig.savefig(tmp / "sbc.png", dpi=110)
-            plt.close(fig)
+            self.write_files(tmp)
             if out.exists():
                 shutil.rmtree(out)
             tmp.rename(out)
@@ -210,23 +217,8 @@ def sbc(model, *, num_simulations: int = 100, num_observations: int = 50, method
     :param n_jobs: joblib workers (-1: all cores); the backend is joblib's active one (``loky``
         processes, or ``dask`` inside ``joblib.parallel_backend("dask")``). Same ``seed``, same result.
     """
-    target = as_target(model)
-    simulate = getattr(target.model, "simulate", None)
-    if simulate is None:
-        raise ValueError(f"model: SBC needs a zoo model with simulate(n, seed) -> (data, truth); "
-                         f"{target.name!r} has none")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
-    num_simulations = check_setting(num_simulations, "num_simulations", kind="int", minimum=2)
-    num_observations = check_setting(num_observations, "num_observations", kind="int", minimum=1)
-    if check_setting(n_jobs, "n_jobs", kind="int", minimum=-math.inf) == 0:
-        raise ValueError(f"n_jobs: expected a non-zero integer (-1 for all cores), got {n_jobs!r}")
-    fit_kwargs = dict(fit_kwargs or {})
-    for reserved in ("seed", "progress"):
-        if reserved in fit_kwargs:
-            raise ValueError(f"fit_kwargs: {reserved!r} is set by sbc (per replicate); pass sbc(..., {reserved}=...)")
-    check_fixed_prior(target, num_observations, seed)
-
+    target, fit_kwargs = check_inputs(model, num_simulations=num_simulations, num_observations=num_observations,
+                                      method=method, fit_kwargs=fit_kwargs, seed=seed, n_jobs=n_jobs)
     start = time.perf_counter()
     jobs = (delayed(replicate)(target.model, i, seed=seed, method=method, num_observations=num_observations,
                                fit_kwargs=fit_kwargs) for i in range(num_simulations))
@@ -242,10 +234,36 @@ def sbc(model, *, num_simulations: int = 100, num_observations: int = 50, method
         pit={k: np.stack([r["pit"][k] for r in results]) for k in names},
         truth={k: np.stack([r["truth"][k] for r in results]) for k in names},
         stats={k: np.array([r["stats"][k] for r in results]) for k in results[0]["stats"]},
-        settings=dict(num_simulations=num_simulations, num_observations=num_observations, seed=seed,
+        settings=dict(model_config=", ".join(f"{k}={v}" for k, v in getattr(target.model, "config", dict)().items()),
+                      num_simulations=num_simulations, num_observations=num_observations, seed=seed,
                       n_jobs=n_jobs, **{f"fit_{k}": v for k, v in fit_kwargs.items()}))
     log.info("SBC %s %s: %d simulations in %.1fs", target.name, method, num_simulations, time.perf_counter() - start)
     return result
+
+
+def check_inputs(model, *, num_simulations: int = 100, num_observations: int = 50, method: str = "nuts",
+                 fit_kwargs: Mapping[str, Any] | None = None, seed: int = 0, n_jobs: int = 1) -> tuple[Target, dict]:
+    """The checks :func:`sbc` makes before any fit (so a command can make them before other long work):
+    returns the model's Target and the fit keyword arguments, or raises a one-line error naming the
+    argument (``model`` for a model SBC cannot calibrate: no ``simulate``, no global latent sites, a prior
+    that depends on the data)."""
+    target = as_target(model)
+    simulate = getattr(target.model, "simulate", None)
+    if simulate is None:
+        raise ValueError(f"model: SBC needs a zoo model with simulate(n, seed) -> (data, truth); "
+                         f"{target.name!r} has none")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    check_setting(num_simulations, "num_simulations", kind="int", minimum=2)
+    check_setting(num_observations, "num_observations", kind="int", minimum=1)
+    if check_setting(n_jobs, "n_jobs", kind="int", minimum=-math.inf) == 0:
+        raise ValueError(f"n_jobs: expected a non-zero integer (-1 for all cores), got {n_jobs!r}")
+    fit_kwargs = dict(fit_kwargs or {})
+    for reserved in ("seed", "progress"):
+        if reserved in fit_kwargs:
+            raise ValueError(f"fit_kwargs: {reserved!r} is set by sbc (per replicate); pass sbc(..., {reserved}=...)")
+    check_fixed_prior(target, num_observations, seed)
+    return target, fit_kwargs
 
 
 def replicate(model, index: int, *, seed: int, method: str, num_observations: int,

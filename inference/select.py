@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from inference.posterior import Posterior
+from inference.target import as_target
 
 PARETO_K_MAX = 0.7   # above this a point's importance weights are unreliable (Vehtari et al. 2024)
 
@@ -61,6 +62,19 @@ def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.Dat
     table.index.name = "model"
     table.attrs["loo"] = loos
     return table
+
+
+def check_loo_data(model, data, *, name: str = "data") -> int:
+    """Before any fit: the number of items PSIS-LOO leaves out one at a time (the size of the data plate:
+    points, rows, sequences), or a one-line error naming ``name`` when there are fewer than two (one
+    sequence of a time-series model: nothing is left to predict it from)."""
+    target = as_target(model)
+    info = target.info(target.validate(data), marginal=True)
+    if info.data_size is not None and info.data_size < 2:
+        raise ValueError(f"{name}: PSIS-LOO leaves out one item of the data plate {info.data_plate!r} at a time and "
+                         f"needs at least 2, got {info.data_size}; give data with several independent items "
+                         "(e.g. several sequences, not one)")
+    return info.data_size if info.data_size is not None else 1
 
 
 def _loo_idata(posterior, name: str):

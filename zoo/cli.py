@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(report)
     report.add_argument("--from", dest="source", metavar="DIR", help="a folder written by zoo fit/compare/select")
     report.add_argument("--plots", type=_plot_names, help="plots to show, some of trace,rank,energy,pair (default all)")
+    report.add_argument("--sbc", type=_int(2), metavar="N",
+                        help="also run simulation-based calibration with N simulations (NUTS, one chain of --samples "
+                             "draws after --warmup per simulation)")
+    report.add_argument("--sbc-from", metavar="DIR", help="include the calibration in a folder written by `zoo sbc`")
+    report.add_argument("--observations", type=int, default=50, help="--sbc: data points (time steps) per simulated "
+                                                                     "data set (default 50)")
+    report.add_argument("--jobs", type=int, default=1, help="--sbc: parallel simulations (joblib; -1: all cores)")
     check = sub.add_parser("check", help="check a model/guide pair: shapes, guide, ELBO, log_likelihood, align")
     check.add_argument("model", help="model name (see `zoo list`)")
     check.add_argument("--data", help="dataset name or path to a CSV (default: data simulated by the model)")
@@ -376,7 +383,9 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args, sbc=None) -> int:
+    """SVI vs NUTS on one model and data; ``sbc`` (from ``zoo report --sbc/--sbc-from``): a function returning
+    the SBCResult to include, called after the fits."""
     import inference
     from inference.compare import summary_line
 
@@ -400,40 +409,58 @@ def cmd_compare(args) -> int:
     print()
     for d in diagnoses.values():
         print(d)
+    calibration = sbc() if sbc is not None else None
+    if calibration is not None:
+        print(f"\n{calibration}")
     path = inference.write_report(out, {"svi": svi, "nuts": nuts}, dataset=dataset, comparison=table,
                                   diagnoses=diagnoses, title=f"zoo compare {args.model} ({dataset.name})",
-                                  force=args.force)
+                                  force=args.force, sbc=calibration)
     print(f"\nreport written to {path}/")
     return 0
 
 
 def cmd_sbc(args) -> int:
     """Simulation-based calibration: sbc.nc, sbc.csv and sbc.png in --out (default runs/MODEL-sbc)."""
-    import zoo
-    from inference.sbc import sbc
-
     check_args(args)
-    model = zoo.get(args.model, **model_config(args))
     out, _ = output_folder(args)
     if args.method == "nuts":
         fit = dict(num_samples=args.samples, warmup_steps=args.warmup, num_chains=args.chains)
     else:
         fit = dict(num_steps=args.steps, lr=args.lr or 0.02, num_samples=args.samples, num_particles=args.particles,
                    guide=_svi_guide(args))
-    try:
-        result = sbc(model, num_simulations=args.simulations, num_observations=args.observations, method=args.method,
-                     fit_kwargs=fit, seed=args.seed, n_jobs=args.jobs, progress=not args.quiet)
-    except ValueError as e:   # name the CLI flags, not the Python arguments
-        flags = {"num_simulations:": "--simulations:", "num_observations:": "--observations:", "n_jobs:": "--jobs:",
-                 "model:": f"{args.model}:"}
-        text = str(e)
-        raise ValueError(next((f + text[len(a):] for a, f in flags.items() if text.startswith(a)), text)) from None
+    result = _sbc_runner(args, args.simulations, args.method, fit, f"{args.model}:")()
     print(result.table().round(4).to_string())
     print()
     print(result)
     path = result.write(out, force=args.force)
     print(f"\nSBC written to {path}/ (sbc.nc, sbc.csv, sbc.png)")
     return 0
+
+
+def _sbc_runner(args, simulations: int, method: str, fit: dict, model_flag: str):
+    """Check the SBC inputs now (before other long work) and return a function that runs it. Errors name
+    the CLI flags (``model_flag`` for a model SBC cannot calibrate), not the Python arguments."""
+    import zoo
+    from inference.sbc import check_inputs, sbc
+
+    flags = {"num_simulations:": "--simulations:" if args.command == "sbc" else "--sbc:",
+             "num_observations:": "--observations:", "n_jobs:": "--jobs:", "model:": model_flag}
+    kw = dict(num_simulations=simulations, num_observations=args.observations, method=method, fit_kwargs=fit,
+              seed=args.seed, n_jobs=args.jobs)
+
+    def named(call):
+        try:
+            return call()
+        except ValueError as e:
+            text = str(e)
+            priors = sorted(k for k in model_config_keys(args) if "prior" in k)
+            if "depends on the data" in text and priors:
+                text += f" (e.g. {' '.join(f'--option {k}=VALUE' for k in priors)})"
+            raise ValueError(next((f + text[len(a):] for a, f in flags.items() if text.startswith(a)), text)) from None
+
+    model = zoo.get(args.model, **model_config(args))
+    named(lambda: check_inputs(model, **kw))
+    return lambda: named(lambda: sbc(model, progress=not args.quiet, **kw))
 
 
 def cmd_new(args) -> int:
@@ -454,7 +481,7 @@ def cmd_select(args) -> int:
     import inference
     import zoo
     from inference.plots import plot_khat, plot_select
-    from inference.select import select
+    from inference.select import check_loo_data, select
 
     keys = model_config_keys(args)
     counts = [dest for dest, key in args.model_flags.items() if key.startswith("n_") and key in keys]
@@ -472,6 +499,8 @@ def cmd_select(args) -> int:
         raise ValueError(f"model: {args.model!r} has only local latents; PSIS-LOO model choice needs posterior "
                          "draws of global parameters")
     _, out, dataset, _, coords = _setup(args)
+    setattr(args, dest, sizes[0])
+    check_loo_data(zoo.get(args.model, **model_config(args)), dataset.data)   # before any fit
     candidates = {}
     for k in sizes:
         setattr(args, dest, k)
@@ -507,18 +536,31 @@ def cmd_select(args) -> int:
 
 def cmd_report(args) -> int:
     """report.html for a finished run folder (--from DIR), or `zoo compare` with the same flags (its
-    folder gets report.html like every report folder)."""
+    folder gets report.html like every report folder); with simulation-based calibration run here
+    (--sbc N) or read from a `zoo sbc` folder (--sbc-from DIR)."""
     from pathlib import Path
 
-    from inference.html import read_posteriors, write_html
+    from inference.html import read_posteriors, sbc_items, write_html
 
+    if args.sbc is not None and args.sbc_from is not None:
+        raise ValueError("--sbc/--sbc-from: give one: run the calibration here, or include one run by `zoo sbc`")
+    calibration = _read_sbc(args) if args.sbc_from is not None else None
     if args.source is None:
-        code = cmd_compare(args)
+        if args.sbc is not None:
+            check_args(args)
+            fit = dict(num_samples=args.samples, warmup_steps=args.warmup, num_chains=1)
+            run = _sbc_runner(args, args.sbc, "nuts", fit, "--sbc:")
+        else:
+            run = (lambda: calibration) if calibration is not None else None
+        code = cmd_compare(args, sbc=run)
         out = Path(args.out or os.path.join("runs", f"{args.model}-report"))
         if args.plots:
             write_html(out, plots=args.plots)
         print(f"open {out / 'report.html'}")
         return code
+    if args.sbc is not None:
+        raise ValueError("--sbc: runs the calibration for a new report; with --from, run `zoo sbc MODEL` and pass "
+                         "--sbc-from DIR")
     folder = Path(args.source)
     if not folder.is_dir():
         raise FileNotFoundError(f"--from: {str(folder)!r} is not a folder")
@@ -537,10 +579,31 @@ def cmd_report(args) -> int:
         raise FileNotFoundError(f"--out: {str(out)!r} is not a folder")
     if (out / "report.html").exists() and not args.force:
         raise FileExistsError(f"--out: {str(out / 'report.html')!r} already exists; pass --force to rebuild it")
+    elsewhere = calibration is not None and Path(args.sbc_from).resolve() != folder.resolve()
+    pieces = {"sbc": sbc_items(args.sbc_from)} if elsewhere else None
     path = write_html(folder, posteriors, plots=args.plots or ("trace", "rank", "energy", "pair"),
-                      path=out / "report.html")
+                      path=out / "report.html", pieces=pieces)
     print(f"report written to {path}")
     return 0
+
+
+def _read_sbc(args):
+    """The SBCResult in the folder --sbc-from (written by `zoo sbc`), checked to be of the model reported on."""
+    from pathlib import Path
+
+    from inference.sbc import SBCResult
+
+    path = Path(args.sbc_from) / "sbc.nc"
+    if not path.is_file():
+        raise ValueError(f"--sbc-from: {args.sbc_from!r} holds no sbc.nc (expected a folder written by zoo sbc)")
+    try:
+        result = SBCResult.from_netcdf(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--sbc-from: cannot read {str(path)!r} as an SBC result: {str(e).splitlines()[0]}") from None
+    if result.model != args.model:
+        raise ValueError(f"--sbc-from: the calibration in {args.sbc_from!r} is of model {result.model!r}, "
+                         f"not {args.model!r}")
+    return result
 
 
 def _counts(text: str) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,6 +17,7 @@ import torch
 import inference
 import zoo
 from inference.html import SECTIONS, write_html
+from inference.sbc import SBCResult
 from zoo.cli import main
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,9 +34,24 @@ class _Tags(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
+def sbc_result(model="hmm", sims=40, seed=0, spread=1.0):
+    """An SBC result of fractional ranks drawn at random: uniform (``spread`` 1) or, with a smaller spread,
+    piled at both ends (as for posteriors too narrow). The page's test needs a result, not a calibration."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(size=(sims, 2))
+    u = np.where(u < 0.5, u * spread, 1 - (1 - u) * spread)
+    draws = np.full(sims, 99)
+    return SBCResult(model=model, method="nuts", ranks={"transition": np.floor(u * 100).astype(int)},
+                     pit={"transition": u}, truth={"transition": rng.uniform(size=(sims, 2))},
+                     stats={"num_draws": draws, "min_ess": draws * 1.0, "divergences": np.zeros(sims, int),
+                            "wall_time": np.ones(sims)},
+                     settings={"model_config": "n_states=2", "fit_num_samples": 100})
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A compare-style folder of a 2-state HMM on 6 simulated sequences: SVI and NUTS (closed form: energy)."""
+    """A compare-style folder of a 2-state HMM on 6 simulated sequences: SVI and NUTS (closed form: energy),
+    with an SBC result."""
     m = zoo.get("hmm", n_states=2)
     data, _ = m.simulate(60, seed=3, n_sequences=6)
     data = m.validate(data)
@@ -43,7 +60,7 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("html") / "hmm-compare"
     inference.write_report(out, {"svi": svi, "nuts": nuts}, comparison=inference.compare(svi, nuts),
                            diagnoses={"svi": inference.diagnose(svi), "nuts": inference.diagnose(nuts)},
-                           title="hmm on simulated sequences")
+                           title="hmm on simulated sequences", sbc=sbc_result())
     return out
 
 
@@ -70,7 +87,20 @@ def test_report_html_is_self_contained_with_every_section(run_dir):
     assert "E-BFMI per chain" in text            # the closed-form NUTS records energy
     assert "PSIS-LOO on the marginal pointwise log-likelihood" in text
     sbc = text.split('id="sbc"')[1].split("</section>")[0]
-    assert "Not run" in sbc                       # absent input: one line, no failure
+    assert "SBC hmm NUTS: 40 simulations, 2 quantities" in sbc and "-&gt; calibrated" in sbc
+    assert sbc.count("<img") == 1 and "chi2" in sbc and "Model: hmm (n_states=2)" in sbc
+    assert {"sbc.nc", "sbc.csv", "sbc.png"} <= {p.name for p in run_dir.iterdir()}
+    assert "## Simulation-based calibration" in (run_dir / "summary.md").read_text()
+
+
+def test_sbc_section_without_a_result_says_how_to_get_one(run_dir, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    for name in ("sbc.nc", "sbc.csv", "sbc.png"):
+        (folder / name).unlink()
+    text, _ = _page(write_html(folder))
+    sbc = text.split('id="sbc"')[1].split("</section>")[0]
+    assert "Not run" in sbc and "--sbc N" in sbc and "<img" not in sbc   # absent input: one line, no failure
 
 
 def test_pieces_and_plots_are_checked(run_dir, tmp_path):
@@ -107,6 +137,20 @@ def test_cli_report_from_folder_and_its_mistakes(run_dir, tmp_path, capsys):
         (["report", "hmm", "--from", str(tmp_path)], "is not a zoo run folder"),
         (["report", "hmm", "--from", str(tmp_path / "nope")], "is not a folder"),
     ]
+    sbc_dir = sbc_result(sims=60, seed=1, spread=0.3).write(tmp_path / "sbc")   # piled at both ends
+    toy_dir = sbc_result(model="toy").write(tmp_path / "toy-sbc")
+    assert main(["report", "hmm", "--from", str(folder), "--sbc-from", str(sbc_dir), "--force"]) == 0
+    text, _ = _page(folder / "report.html")
+    sbc = text.split('id="sbc"')[1].split("</section>")[0]
+    assert "SBC hmm NUTS: 60 simulations" in sbc and "-&gt; miscalibrated" in sbc and sbc.count("<img") == 1
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "report.html"} == before
+    cases += [
+        (["report", "hmm", "--from", str(folder), "--sbc-from", str(tmp_path), "--force"], "--sbc-from: "),
+        (["report", "hmm", "--from", str(folder), "--sbc-from", str(toy_dir), "--force"],
+         "is of model 'toy', not 'hmm'"),
+        (["report", "hmm", "--from", str(folder), "--sbc", "5", "--force"], "--sbc: runs the calibration for a new"),
+        (["report", "hmm", "--sbc", "5", "--sbc-from", str(sbc_dir)], "--sbc/--sbc-from: give one"),
+    ]
     for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err
@@ -114,6 +158,27 @@ def test_cli_report_from_folder_and_its_mistakes(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", "hmm", "--from", str(folder), "--plots", "trace,pairs"])
     assert e.value.code == 2 and "--plots: unknown plot 'pairs'" in capsys.readouterr().err
+
+
+def test_cli_report_runs_sbc_into_the_report_or_refuses_before_fitting(tmp_path, capsys):
+    out = tmp_path / "gmm"
+    fixed = ["--components", "2", "--option", "prior_center=0", "--option", "prior_spread=1"]
+    short = ["--steps", "20", "--samples", "10", "--warmup", "10", "--chains", "2", "--quiet"]
+    assert main(["report", "gmm", *fixed, *short, "--sbc", "2", "--observations", "10", "--out", str(out)]) == 0
+    assert "SBC gmm NUTS: 2 simulations, 10 quantities" in capsys.readouterr().out
+    assert {"sbc.nc", "sbc.csv", "sbc.png", "report.html", "posterior_nuts.nc"} <= {p.name for p in out.iterdir()}
+    assert SBCResult.from_netcdf(out / "sbc.nc").settings["fit_num_samples"] == "10"
+    text, _ = _page(out / "report.html")
+    sbc = text.split('id="sbc"')[1].split("</section>")[0]
+    assert "SBC gmm NUTS: 2 simulations" in sbc and sbc.count("<img") == 1 and "prior_center=0" in sbc
+    for model, message in (("gmm", "--sbc: the prior of 'gmm' depends on the data"),
+                           ("vae", "--sbc: 'vae' has no global latent sites")):
+        assert main(["report", model, "--sbc", "3", "--quiet", "--out", str(tmp_path / model / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"zoo: error: {message}") and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / model / "x").exists()
+    assert "--option prior_center=VALUE --option prior_spread=VALUE" in \
+        (main(["report", "gmm", "--sbc", "3", "--quiet"]), capsys.readouterr().err)[1]
 
 
 def test_cli_select_ranks_and_writes_every_file(tmp_path, capsys):
@@ -132,7 +197,9 @@ def test_cli_select_ranks_and_writes_every_file(tmp_path, capsys):
     assert "--components: give one range" in capsys.readouterr().err   # the size settings of the gmm
     tiny = ["--samples", "20", "--warmup", "20", "--chains", "2", "--quiet", "--out", str(tmp_path / "hmm")]
     assert main(["select", "hmm", "--states", "2..3", *tiny]) == 2       # the bundled returns: one sequence
-    assert "--states 2: PSIS-LOO needs at least 2 data points" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "--data: PSIS-LOO leaves out one item of the data plate 'sequences'" in captured.err
+    assert "S=2" not in captured.out                                  # refused before any fit
     assert not (tmp_path / "hmm").exists()
     with pytest.raises(SystemExit):
         main(["select", "gmm", "--components", "0..2"])
@@ -186,6 +253,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert [s[1] for s in page["sections"]] == [h for h, _ in SECTIONS.values()]
     assert page["images"] and all(complete and width > 0 for complete, width, _ in page["images"])
     assert [s[2] > 0 for s in page["sections"][:5]] == [True, True, False, True, True]   # diagnostics: text only
+    assert dict((sid, n) for sid, _, n in page["sections"])["sbc"] == 1               # the ECDF plot
     assert page["resources"] == []                                    # nothing fetched
     assert [m for m in page["console"] if m["level"] in ("SEVERE", "WARNING")] == []
     assert shot.stat().st_size > 10_000

@@ -152,3 +152,49 @@ def test_bad_input_names_the_argument(fits, x):
                                progress=False)
     with pytest.raises(ValueError, match="different data sizes"):
         select({"a": post, "b": short})
+
+
+# --- the HMM: one item per sequence -------------------------------------------------------------
+
+HMM_TRUTH = {"initial": torch.tensor([0.5, 0.5]), "transition": torch.tensor([[0.9, 0.1], [0.2, 0.8]]),
+             "locs": torch.tensor([[-2.0], [2.0]]), "scales": torch.tensor([[1.0], [1.0]])}
+
+
+def forward_log_prob(x: np.ndarray, p) -> float:
+    """log p(x_1..x_T) of one Gaussian-emission sequence by the scaled forward algorithm in numpy."""
+    emit = stats.norm(p["locs"][:, 0], p["scales"][:, 0]).logpdf(x[:, None])        # (T, S)
+    alpha = np.log(p["initial"]) + emit[0]
+    for t in range(1, len(x)):
+        alpha = logsumexp(alpha[:, None] + np.log(p["transition"]), axis=0) + emit[t]
+    return float(logsumexp(alpha))
+
+
+def test_hmm_states_chosen_by_loo_over_sequences():
+    """12 sequences from a 2-state HMM: the pointwise log-likelihood has one entry per sequence (the
+    forward algorithm's log p(sequence | draw), checked in numpy), PSIS-LOO leaves sequences out, and
+    two states beat one by far more than 4 standard errors of the difference, while a third state
+    adds nothing beyond 2 of them. One sequence is refused before any fit."""
+    import zoo
+
+    data, _ = zoo.get("hmm", n_states=2).simulate(30, seed=0, params=HMM_TRUTH, n_sequences=12)
+    fits = {f"S={k}": inference.run_nuts(zoo.get("hmm", n_states=k), data, num_samples=100, warmup_steps=100,
+                                         num_chains=2, seed=0, progress=False) for k in (1, 2, 3)}
+    post = fits["S=2"]
+    ll = post.idata.log_likelihood["obs"].values                                      # (chain, draw, sequence)
+    assert ll.shape == (2, 100, 12)
+    draw = {k: v[1, 7].double().numpy() for k, v in post.samples.items()}
+    expect = [forward_log_prob(post.data.values[b, :, 0].double().numpy(), draw) for b in range(12)]
+    np.testing.assert_allclose(ll[1, 7], expect, rtol=1e-5)
+
+    table = select(fits)
+    assert all(r.n_data_points == 12 for r in table.attrs["loo"].values())
+    assert table.index[-1] == "S=1" and table.loc["S=1", "elpd_diff"] > 4 * table.loc["S=1", "dse"]
+    assert abs(table.loc["S=2", "elpd_loo"] - table.loc["S=3", "elpd_loo"]) < 2 * max(table["dse"].max(), 1.0)
+
+    from inference.select import check_loo_data
+
+    assert check_loo_data(zoo.get("hmm", n_states=2), data) == 12
+    one = zoo.get("hmm", n_states=2).simulate(30, seed=0, params=HMM_TRUTH)[0]
+    with pytest.raises(ValueError, match=r"^data: PSIS-LOO leaves out one item of the data plate 'sequences' at a "
+                                         r"time and needs at least 2, got 1"):
+        check_loo_data(zoo.get("hmm", n_states=2), one)
