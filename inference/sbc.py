@@ -252,8 +252,7 @@ def check_inputs(model, *, num_simulations: int = 100, num_observations: int = 5
     if simulate is None:
         raise ValueError(f"model: SBC needs a zoo model with simulate(n, seed) -> (data, truth); "
                          f"{target.name!r} has none")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    check_setting(method, "method", kind="choice", choices=METHODS)
     check_setting(num_simulations, "num_simulations", kind="int", minimum=2)
     check_setting(num_observations, "num_observations", kind="int", minimum=1)
     if check_setting(n_jobs, "n_jobs", kind="int", minimum=-math.inf) == 0:
