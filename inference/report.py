@@ -12,10 +12,12 @@ from __future__ import annotations
 import errno
 import html
 import logging
+import math
 import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -253,6 +255,39 @@ def plot_losses(posteriors: Mapping[str, Posterior]):
     ax.set_title("SVI training curve")
     fig.tight_layout()
     return fig
+
+
+# --- held-out log-likelihood of a minibatch fit -------------------------------------------------
+
+
+@dataclass
+class HeldOut:
+    """Negative log-likelihood per data element on an evaluation split (minus the mean of the model's
+    ``log_likelihood``: for a VAE the importance-sampled IWAE bound L_k), its standard error over
+    elements, and ``text``: a report paragraph saying how it was computed and how training went."""
+
+    split: str
+    nll: float
+    se: float
+    n: int
+    text: str
+
+
+def heldout_nll(fit, post: Posterior, split: str) -> HeldOut:
+    """Summarize ``post`` (``fit.posterior(evaluation_data)`` of a :class:`inference.train.TrainResult`
+    ``fit``) as a :class:`HeldOut` for a report."""
+    ll = post.log_likelihood.reshape(-1)
+    nll, se = -float(ll.mean()), float(ll.std()) / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
+    k = getattr(post.model, "eval_particles", None)
+    how = (f"importance sampling with k = {k} draws from the guide per data point (the IWAE bound L_k)" if k
+           else "the model's log_likelihood")
+    h = fit.history
+    text = (f"Negative log-likelihood of the {split} split: **{nll:.3f} nats** per data point (± {se:.3f} se over "
+            f"{len(ll)} data points), {how}. Training: {len(h['epoch'])} epochs, {fit.wall_time:.0f} s, objective "
+            f"{fit.settings['elbo']}; last training objective {h['train'][-1]:.3f}"
+            + (f", best validation objective {max(h['valid']):.3f} at epoch {fit.best_epoch}" if fit.best_epoch else "")
+            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
+    return HeldOut(split=split, nll=nll, se=se, n=len(ll), text=text)
 
 
 # --- summary.md / summary.html -------------------------------------------------------------

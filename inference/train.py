@@ -319,35 +319,6 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
                        loss_route=route)
 
 
-@dataclass
-class HeldOut:
-    """Negative log-likelihood per data element on an evaluation split (minus the mean of the model's
-    ``log_likelihood``: for a VAE the importance-sampled IWAE bound L_k), its standard error over
-    elements, and ``text``: a report paragraph saying how it was computed and how training went."""
-
-    split: str
-    nll: float
-    se: float
-    n: int
-    text: str
-
-
-def heldout_nll(fit: TrainResult, post: Posterior, split: str) -> HeldOut:
-    """Summarize ``post`` (``fit.posterior(evaluation_data)``) as a :class:`HeldOut` for a report."""
-    ll = post.log_likelihood.reshape(-1)
-    nll, se = -float(ll.mean()), float(ll.std()) / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
-    k = getattr(post.model, "eval_particles", None)
-    how = (f"importance sampling with k = {k} draws from the guide per data point (the IWAE bound L_k)" if k
-           else "the model's log_likelihood")
-    h = fit.history
-    text = (f"Negative log-likelihood of the {split} split: **{nll:.3f} nats** per data point (± {se:.3f} se over "
-            f"{len(ll)} data points), {how}. Training: {len(h['epoch'])} epochs, {fit.wall_time:.0f} s, objective "
-            f"{fit.settings['elbo']}; last training objective {h['train'][-1]:.3f}"
-            + (f", best validation objective {max(h['valid']):.3f} at epoch {fit.best_epoch}" if fit.best_epoch else "")
-            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
-    return HeldOut(split=split, nll=nll, se=se, n=len(ll), text=text)
-
-
 def evaluate(batch_loss, x, batch_size: int) -> float:
     """The objective per data element on ``x`` (ELBO or IWAE bound, higher is better), in minibatches."""
     N, total = x.shape[0], 0.0
@@ -432,20 +403,3 @@ def _load_state(module, state, payload) -> None:
 
 def _config(target) -> dict:
     return target.model.config() if hasattr(target.model, "config") else {}
-
-
-def plot_history(history: dict[str, list[float]], label: str = "objective"):
-    """Per-epoch training and validation objective (ELBO or IWAE bound per data point)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    ax.plot(history["epoch"], history["train"], label="training (running mean over the epoch)")
-    if any(math.isfinite(v) for v in history["valid"]):
-        ax.plot(history["epoch"], history["valid"], label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{label} per data point (nats)")
-    ax.legend()
-    ax.set_title("training curves")
-    fig.tight_layout()
-    return fig
-

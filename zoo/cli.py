@@ -565,7 +565,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
-    from inference.train import heldout_nll, plot_history, train
+    from inference.plots import plot_history
+    from inference.report import heldout_nll
+    from inference.train import train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":
