@@ -80,7 +80,7 @@ def reparameterized_elbo_loss(model_fn: Callable, guide_fn: Callable, data, num_
 
 def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: list[torch.Tensor], *,
                 num_steps: int, route: str = "auto", subsample: tuple[str, torch.Tensor] | None = None,
-                compile_min_steps: int = COMPILE_MIN_STEPS):
+                compile_min_steps: int = COMPILE_MIN_STEPS, graph_min_steps: int | None = None):
     """Pyro's loss computed by a traced graph, and the route taken: ``(loss_fn, "compiled" | "graph" | "pyro")``.
 
     Full batch: ``loss_fn()`` stands for ``loss_obj.differentiable_loss(model_fn, guide_fn, data)``.
@@ -89,13 +89,15 @@ def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: 
     the indices are a graph input, so any batch of the example's size runs the graph.
 
     :param route: "auto" ("compiled" for at least ``compile_min_steps`` steps with a C++ compiler and
-        the data on the CPU, else "pyro"), "compiled", "graph" or "pyro" (Pyro's ELBO at every step).
+        the data on the CPU, else "graph" for at least ``graph_min_steps`` steps when given, else
+        "pyro"), "compiled", "graph" or "pyro" (Pyro's ELBO at every step).
     """
     if route not in ("auto", "compiled", "graph", "pyro"):
         raise ValueError(f"route: expected 'auto', 'compiled', 'graph' or 'pyro', got {route!r}")
     if route == "auto":
         on_cpu = all(t.device.type == "cpu" for t in flatten_data(data)[0])
-        route = "compiled" if num_steps >= compile_min_steps and has_compiler() and on_cpu else "pyro"
+        route = ("compiled" if num_steps >= compile_min_steps and has_compiler() and on_cpu
+                 else "graph" if graph_min_steps is not None and num_steps >= graph_min_steps else "pyro")
     plate, example = subsample if subsample is not None else (None, None)
 
     def fixed(fn, indices):

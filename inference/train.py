@@ -54,9 +54,11 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("trace", "iwae")
 #: evaluation data (validation, test) get the training transform once, with this seed, in every run
 EVAL_SEED = 0
-#: with ``loss_route="auto"``, Inductor compiles the loss for runs of at least this many steps (a
-#: network's loss takes tens of seconds to compile and saves milliseconds per step: benchmarks/README.md)
+#: with ``loss_route="auto"``, Inductor compiles the loss for runs of at least this many steps, and the
+#: traced graph runs it for at least GRAPH_MIN_STEPS (a network's loss traces in about a second and
+#: compiles in 5-25 s; each saves about a millisecond per step: benchmarks/README.md)
 COMPILE_MIN_STEPS = 20_000
+GRAPH_MIN_STEPS = 2_000
 #: the per-epoch record: epoch, training objective, validation objective, learning rate, wall and CPU seconds
 HISTORY = ("epoch", "train", "valid", "lr", "seconds", "cpu_seconds")
 
@@ -211,8 +213,9 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
         unless ``resume=True``, which continues from it.
     :param device: "cpu", "cuda", ... (default: where the data is).
     :param loss_route: "auto", "compiled", "graph" or "pyro": how a ``Trace_ELBO`` step is computed
-        (:func:`inference.objectives.traced_loss`, the batch's indices an input of the graph; "auto"
-        compiles it for runs of ``COMPILE_MIN_STEPS`` steps or more on the CPU). IWAE runs as written.
+        (:func:`inference.objectives.traced_loss`, the batch's indices an input of the graph; "auto":
+        compiled for runs of ``COMPILE_MIN_STEPS`` steps or more on the CPU, the traced graph from
+        ``GRAPH_MIN_STEPS``, else Pyro's). The IWAE bound runs as Pyro computes it.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("num_particles", num_particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -265,11 +268,12 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     elif resume:
         raise ValueError(f"resume: no checkpoint at {str(path) if path else '(none given)'} to resume from")
     loop.losses, loop.steps = state["losses"], state["step"]
-    # the batch's indices are an input of the traced loss: one graph serves every batch of B
+    # the batch's indices are an input of the traced loss: one graph serves every batch of B. The route
+    # depends on the planned steps only, so that a resumed run takes the route of the uninterrupted one
     step_loss, route = traced_loss(objective, target.model_fn, guide_fn, data, params, route=loss_route,
-                                   num_steps=(epochs - state["epoch"]) * steps_per_epoch,
+                                   num_steps=epochs * steps_per_epoch,
                                    subsample=(info.data_plate, torch.arange(B, device=device)),
-                                   compile_min_steps=COMPILE_MIN_STEPS)
+                                   compile_min_steps=COMPILE_MIN_STEPS, graph_min_steps=GRAPH_MIN_STEPS)
 
     start = time.perf_counter() - state["wall_time"]
     stopped = False
