@@ -4,11 +4,12 @@
     >>> fit = train_lightning(m, x, accelerator="gpu", devices=4)        # 4 GPUs (nccl)
 
 The objective, the fixed-subsample data plate, the per-epoch transform and the optimisation step
-(:class:`inference.svi.Optimization`: Adam, schedule, clipping, NaN rollback; Lightning's manual
-optimization) are those of ``inference.train``; Lightning supplies the processes, the
+(:class:`inference.svi.Optimization`: Adam, schedule, clipping, NaN rollback, run by Lightning's
+manual optimization) are those of ``inference.train``; Lightning supplies the processes, the
 ``DistributedSampler`` (each process sees its share of every epoch), the gradient averaging (in
-``manual_backward``), which keeps the loss an estimate of the whole data set's ELBO, and the progress bar. Processes are forked (strategy ``"ddp_fork"``: works from scripts, notebooks and
-tests; CUDA must not be initialized before). For several nodes pass ``strategy="ddp"`` and
+``manual_backward``; it keeps the loss an estimate of the whole data set's ELBO) and the progress
+bar. Processes are forked (strategy ``"ddp_fork"``: works from scripts, notebooks and tests; CUDA
+must not be initialized before). For several nodes pass ``strategy="ddp"`` and
 ``num_nodes`` and start the script with a launcher (torchrun, SLURM); the calling script then runs
 in every process, so only ``global_rank == 0`` should write results.
 """
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace", num_particles: int = 1,
                     epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, lr_decay: float = 0.1,
-                    clip_norm: float | None = None, seed: int = 0, accelerator: str = "cpu", devices: int = 2, num_nodes: int = 1,
-                    strategy: str | None = None, transform="auto", progress: bool = True) -> TrainResult:
+                    clip_norm: float | None = None, seed: int = 0, accelerator: str = "cpu", devices: int = 2,
+                    num_nodes: int = 1, strategy: str | None = None, transform="auto",
+                    progress: bool = True) -> TrainResult:
     """Fit an amortized model with Lightning's ``Trainer`` on ``devices`` processes; see the module docstring."""
     try:
         import lightning as L
@@ -117,7 +119,7 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
                "lr": [], "seconds": []}
     losses = (-metrics["train_step"].dropna()).tolist() if "train_step" in metrics else []
     settings = dict(elbo=elbo, num_particles=num_particles, epochs=epochs, batch_size=B, lr=lr, lr_decay=lr_decay,
-                    clip_norm=clip_norm, seed=seed, trainer="lightning", strategy=str(strategy), devices=devices, num_nodes=num_nodes,
-                    accelerator=accelerator)
+                    clip_norm=clip_norm, seed=seed, trainer="lightning", strategy=str(strategy), devices=devices,
+                    num_nodes=num_nodes, accelerator=accelerator)
     return TrainResult(model=module, guide=guide_fn, losses=losses, history=history,
                        wall_time=time.perf_counter() - start, settings=settings, transform=transform, target=target)

@@ -251,7 +251,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
             return loss_module(data)
 
         start = time.perf_counter()
-        modules = [loss_module, target.model, guide_fn]   # and the modules behind bound methods (m.model, m.guide)
+        modules = [loss_module, target.model, guide_fn]   # and the modules of bound methods (m.model, m.guide)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
             try:
@@ -265,9 +265,10 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
             raise ValueError("guide: has no trainable parameters")
         loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
                                           route=loss_route)
+        names = _parameter_names([target.model, target.model_fn, guide_fn])
         with Optimization(params, lr=lr, lr_decay=lr_decay, num_steps=num_steps, clip_norm=clip_norm,
-                          model=target.source, guide=guide_fn, names=_parameter_names([target.model, target.model_fn, guide_fn]),
-                          desc=f"SVI {target.name}", progress=progress) as loop:
+                          model=target.source, guide=guide_fn, names=names, desc=f"SVI {target.name}",
+                          progress=progress) as loop:
             for _ in range(num_steps):
                 loop.step(loss_fn)
         losses = loop.losses

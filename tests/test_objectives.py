@@ -137,7 +137,8 @@ class Factor(PyroModule):
 
 def _rows(dtype, n=30):
     z = torch.tensor(np.random.default_rng(1).normal(size=(n, 1)))
-    return (z * torch.tensor([1.5, -1.0, 0.5]) + 0.3 * torch.tensor(np.random.default_rng(2).normal(size=(n, 3)))).to(dtype)
+    noise = torch.tensor(np.random.default_rng(2).normal(size=(n, 3)))
+    return (z * torch.tensor([1.5, -1.0, 0.5]) + 0.3 * noise).to(dtype)
 
 
 def _vae(dtype):
