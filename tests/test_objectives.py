@@ -153,7 +153,7 @@ CASES = [("factor", "graph", torch.float64), ("factor", "graph", torch.float32),
          ("vae", "graph", torch.float32)] + ([("factor", "compiled", torch.float64)] if has_compiler() else [])
 
 
-@pytest.mark.parametrize("which, route, dtype", CASES)
+@pytest.mark.parametrize("which, route, dtype", CASES, ids=[f"{w}-{r}-{str(d)[6:]}" for w, r, d in CASES])
 def test_minibatch_traced_loss_equals_pyro_on_given_indices(which, route, dtype):
     """On batches other than the one traced, from the same random state: Pyro's Trace_ELBO with the plate
     fixed to those indices, value and every gradient (the same ATen operations in the same order: float64
