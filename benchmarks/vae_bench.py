@@ -1,8 +1,10 @@
 """VAE benchmarks on real MNIST (see benchmarks/README.md for the recorded numbers and commands).
 
-    # Pyro overhead: seconds per epoch of the zoo VAE trained by inference.train against a plain
-    # PyTorch VAE of the same architecture, same data, batch size, optimizer and threads, in one run
-    python benchmarks/vae_bench.py overhead --data-dir ../shared/datasets --epochs 5 --threads 1
+    # Pyro overhead: seconds per epoch of the zoo VAE trained by inference.train (each loss route)
+    # against a plain PyTorch VAE of the same architecture, same data, batch size, optimizer and
+    # threads, in one run, epochs interleaved
+    python benchmarks/vae_bench.py overhead --data-dir ../shared/datasets --epochs 5 --threads 1 \
+        --routes pyro,graph,compiled
 
     # test NLL on the fixed binarized MNIST with the default recipe (resumable: kill and --resume)
     python benchmarks/vae_bench.py nll --data-dir ../shared/datasets --checkpoint runs/bench/nll.pt
@@ -19,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -77,22 +80,34 @@ def overhead(args):
     m.validate(x)
     net = PlainVAE(x.shape[1], RECIPE["latent_dim"], RECIPE["hidden"])
     opt = torch.optim.Adam(net.parameters(), lr=TRAIN["lr"])
-    plain, pyro_times, plain_cpu, pyro_cpu = [], [], [], []
-    for rep in range(args.epochs):   # interleaved, so both see the same machine load
+    routes = args.routes.split(",")
+    out = {"task": "overhead", "plain_s_per_epoch": [], "plain_cpu_s_per_epoch": []}
+    for route in routes:
+        out.update({f"{route}_s_per_epoch": [], f"{route}_cpu_s_per_epoch": [], f"{route}_setup_cpu_s": []})
+    for rep in range(args.epochs):   # interleaved, so every side sees the same machine load
         t0, c0 = time.perf_counter(), time.process_time()
         plain_epoch(net, opt, x, TRAIN["batch_size"], torch.Generator().manual_seed(rep))
-        plain.append(time.perf_counter() - t0)
-        plain_cpu.append(time.process_time() - c0)
-        c0 = time.process_time()
-        res = train(m, x, epochs=1, batch_size=TRAIN["batch_size"], lr=TRAIN["lr"], seed=rep, progress=False)
-        pyro_cpu.append(time.process_time() - c0)   # the whole call: also validation, copy, first trace
-        pyro_times.append(res.history["seconds"][0])
+        out["plain_s_per_epoch"].append(time.perf_counter() - t0)
+        out["plain_cpu_s_per_epoch"].append(time.process_time() - c0)
+        for route in routes:
+            c0 = time.process_time()
+            res = train(m, x, epochs=1, batch_size=TRAIN["batch_size"], lr=TRAIN["lr"], seed=rep, loss_route=route,
+                        progress=False)
+            whole = time.process_time() - c0   # also validation, copy, first trace, building the route
+            if res.loss_route != route:
+                raise RuntimeError(f"loss route {route!r} was not used (got {res.loss_route!r}); see the log")
+            out[f"{route}_s_per_epoch"].append(res.history["seconds"][0])         # the epoch loop alone
+            out[f"{route}_cpu_s_per_epoch"].append(res.history["cpu_seconds"][0])
+            out[f"{route}_setup_cpu_s"].append(whole - res.history["cpu_seconds"][0])
     # wall seconds of the epoch loop; and CPU seconds of this process, which a shared machine's load
     # disturbs far less (with --threads 1 they are the work done)
-    return {"task": "overhead", "plain_s_per_epoch": plain, "pyro_s_per_epoch": pyro_times,
-            "ratio_median": statistics.median(pyro_times) / statistics.median(plain),
-            "plain_cpu_s_per_epoch": plain_cpu, "pyro_cpu_s_per_epoch": pyro_cpu,
-            "cpu_ratio_median": statistics.median(pyro_cpu) / statistics.median(plain_cpu)}
+    for route in routes:
+        out[f"{route}_ratio_median"] = statistics.median(out[f"{route}_s_per_epoch"]) / statistics.median(
+            out["plain_s_per_epoch"])
+        out[f"{route}_cpu_ratio_median"] = statistics.median(out[f"{route}_cpu_s_per_epoch"]) / statistics.median(
+            out["plain_cpu_s_per_epoch"])
+    out["load_average"] = os.getloadavg()
+    return out
 
 
 def nll(args):
@@ -150,6 +165,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None)
+    p.add_argument("--routes", default="pyro,compiled",
+                   help="overhead: loss routes of inference.train to time, comma-separated (pyro, graph, compiled)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:

@@ -3,11 +3,13 @@
     >>> fit = train_lightning(m, x, valid=v, devices=2)                  # 2 CPU processes (gloo)
     >>> fit = train_lightning(m, x, accelerator="gpu", devices=4)        # 4 GPUs (nccl)
 
-The objective, the fixed-subsample data plate and the per-epoch transform are those of
-``inference.train``; Lightning supplies the processes, the ``DistributedSampler`` (each process sees
-its share of every epoch) and the gradient averaging, which keeps the loss an estimate of the whole
-data set's ELBO. Processes are forked (strategy ``"ddp_fork"``: works from scripts, notebooks and
-tests; CUDA must not be initialized before). For several nodes pass ``strategy="ddp"`` and
+The objective, the fixed-subsample data plate, the per-epoch transform and the optimisation step
+(:class:`inference.svi.Optimization`: Adam, schedule, clipping, NaN rollback, run by Lightning's
+manual optimization) are those of ``inference.train``; Lightning supplies the processes, the
+``DistributedSampler`` (each process sees its share of every epoch), the gradient averaging (in
+``manual_backward``; it keeps the loss an estimate of the whole data set's ELBO) and the progress
+bar. Processes are forked (strategy ``"ddp_fork"``: works from scripts, notebooks and tests; CUDA
+must not be initialized before). For several nodes pass ``strategy="ddp"`` and
 ``num_nodes`` and start the script with a launcher (torchrun, SLURM); the calling script then runs
 in every process, so only ``global_rank == 0`` should write results.
 """
@@ -23,16 +25,19 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from inference.objectives import make_objective
+from inference.svi import Optimization
 from inference.target import chain_seed, inspect_model
-from inference.train import FixedSubsample, TrainResult, make_objective, prepare_eval, training_target
+from inference.train import TrainResult, minibatch_loss, prepare_eval, training_parameters, training_target
 
 log = logging.getLogger(__name__)
 
 
 def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace", num_particles: int = 1,
                     epochs: int = 10, batch_size: int = 100, lr: float = 1e-3, lr_decay: float = 0.1,
-                    seed: int = 0, accelerator: str = "cpu", devices: int = 2, num_nodes: int = 1,
-                    strategy: str | None = None, transform="auto", progress: bool = True) -> TrainResult:
+                    clip_norm: float | None = None, seed: int = 0, accelerator: str = "cpu", devices: int = 2,
+                    num_nodes: int = 1, strategy: str | None = None, transform="auto",
+                    progress: bool = True) -> TrainResult:
     """Fit an amortized model with Lightning's ``Trainer`` on ``devices`` processes; see the module docstring."""
     try:
         import lightning as L
@@ -50,17 +55,17 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
     guide_fn = guide if guide is not None else module.guide
     info = inspect_model(target.model_fn, data[:2])
     objective = make_objective(elbo, num_particles, info.max_plate_nesting, info.data_plate)
+    batch_loss = minibatch_loss(objective, target.model_fn, guide_fn, info.data_plate)
     N, B = data.shape[0], min(batch_size, data.shape[0])
-    gamma = lr_decay ** (1.0 / (epochs * math.ceil(N / (B * devices * num_nodes)))) if lr_decay else 1.0
+    L.seed_everything(seed, verbose=False)
+    params = training_parameters(batch_loss, data, B, module)
+    num_steps = epochs * math.ceil(N / (B * devices * num_nodes))
 
     class Amortized(L.LightningModule):
         def __init__(self):
             super().__init__()
             self.net = module
-
-        def loss(self, x, idx):
-            fix = FixedSubsample(info.data_plate, idx)
-            return objective(fix(target.model_fn), fix(guide_fn), x)
+            self.automatic_optimization = False   # the step is inference.svi.Optimization's
 
         def on_fit_start(self):
             torch.manual_seed(chain_seed(seed, 1000 + self.global_rank))   # different noise per process
@@ -70,9 +75,8 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
             self.x_epoch = (transform(data, gen) if transform is not None else data).to(self.device)
 
         def training_step(self, batch, batch_idx):
-            loss = self.loss(self.x_epoch, batch[0])
-            self.log("train", -loss.detach() / N, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
-            return loss
+            loss = self.loop.step(lambda: batch_loss(self.x_epoch, batch[0]), backward=self.manual_backward)
+            self.log("train", -loss / N, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
 
         def on_validation_epoch_start(self):
             self.x_valid = valid.to(self.device)
@@ -80,13 +84,17 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
         def validation_step(self, batch, batch_idx):
             idx = batch[0]
             # the plate scaled the batch by len(valid) / len(idx): this is its share of the per-point mean
-            self.log("valid", -self.loss(self.x_valid, idx) * len(idx) / len(valid) ** 2, reduce_fx="sum",
+            self.log("valid", -batch_loss(self.x_valid, idx) * len(idx) / len(valid) ** 2, reduce_fx="sum",
                      on_epoch=True, sync_dist=True)
 
         def configure_optimizers(self):
-            opt = torch.optim.Adam(self.net.parameters(), lr=lr)
-            schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+            self.loop = Optimization(params, lr=lr, lr_decay=lr_decay, num_steps=num_steps, clip_norm=clip_norm,
+                                     model=target.source, guide=guide_fn, progress=False,
+                                     names={id(p): k for k, p in module.named_parameters()})
+            return [self.loop.optimizer], [self.loop.schedule]
+
+        def on_train_start(self):
+            self.loop.optimizer = self.optimizers()   # Lightning's wrapper: counts the steps, as its loop needs
 
     def loader(n, shuffle):
         ds = torch.utils.data.TensorDataset(torch.arange(n))
@@ -95,7 +103,6 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
 
     if strategy is None:
         strategy = "ddp_fork" if devices * num_nodes > 1 else "auto"
-    L.seed_everything(seed, verbose=False)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
@@ -112,7 +119,7 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
                "lr": [], "seconds": []}
     losses = (-metrics["train_step"].dropna()).tolist() if "train_step" in metrics else []
     settings = dict(elbo=elbo, num_particles=num_particles, epochs=epochs, batch_size=B, lr=lr, lr_decay=lr_decay,
-                    seed=seed, trainer="lightning", strategy=str(strategy), devices=devices, num_nodes=num_nodes,
-                    accelerator=accelerator)
+                    clip_norm=clip_norm, seed=seed, trainer="lightning", strategy=str(strategy), devices=devices,
+                    num_nodes=num_nodes, accelerator=accelerator)
     return TrainResult(model=module, guide=guide_fn, losses=losses, history=history,
                        wall_time=time.perf_counter() - start, settings=settings, transform=transform, target=target)

@@ -17,8 +17,14 @@ can be traced once, random draws included, into one ATen graph and compiled by I
 as :mod:`inference.potential` does for NUTS. Inductor is told to draw random numbers with ATen's
 generator (``fallback_random``), so a seed gives the same draws with or without compilation.
 
+Minibatches (``subsample=``): the indices the data plate covers are an input of the graph, like the
+data and the parameters (:class:`FixedSubsample` puts the traced indices into the plate), so one
+trace serves every batch of that size and every epoch's data; a batch of another size (the last
+one of an epoch) runs Pyro's ELBO.
+
 The traced loss is checked against Pyro's own ``Trace_ELBO`` (value and every gradient, from the same
-random state) before it is used; any other pair, or a pair that fails the check, keeps Pyro's ELBO.
+random state, on the same batch) before it is used; any other pair, or a pair that fails the check,
+keeps Pyro's ELBO, and the log says why.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
 
@@ -80,15 +87,32 @@ def log_weights(model, guide, data, num_particles: int, *, max_plate_nesting: in
 
 class IWAE:
     """The importance-weighted bound as a differentiable loss ``loss(model, guide, data)``: minus
-    ``N / B * sum_b logmeanexp_k log w[k, b]`` (see the module docstring)."""
+    ``N / B * sum_b logmeanexp_k log w[k, b]`` (see the module docstring); ``differentiable_loss`` is the
+    same, named as Pyro's ELBOs name it."""
 
     def __init__(self, num_particles: int, max_plate_nesting: int, data_plate: str):
         self.num_particles, self.max_plate_nesting, self.data_plate = num_particles, max_plate_nesting, data_plate
 
-    def __call__(self, model, guide, data):
+    def differentiable_loss(self, model, guide, data):
         log_w, scale = log_weights(model, guide, data, self.num_particles,
                                    max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate)
         return -scale * (torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
+
+    __call__ = differentiable_loss
+
+
+#: the objectives of the minibatch trainer (``inference.train``)
+OBJECTIVES = ("trace", "iwae")
+
+
+def make_objective(elbo: str, num_particles: int, max_plate_nesting: int, data_plate: str):
+    """The objective: an object whose ``differentiable_loss(model, guide, data)`` is the loss."""
+    if elbo == "trace":
+        return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                          max_plate_nesting=max_plate_nesting)
+    if elbo == "iwae":
+        return IWAE(num_particles, max_plate_nesting, data_plate)
+    raise ValueError(f"elbo: expected one of {', '.join(OBJECTIVES)}, got {elbo!r}")
 
 
 def _chunked_log_weights(model, guide, data, k: int, chunk: int = 500, **kw) -> torch.Tensor:
@@ -113,6 +137,18 @@ def importance_estimate(model, proposal, data, k: int, **kw) -> tuple[list[float
 
 #: with ``route="auto"``, Inductor compiles the loss for runs of at least this many steps
 COMPILE_MIN_STEPS = 1000
+
+
+class FixedSubsample(Messenger):
+    """Make the plate ``name`` cover exactly ``indices`` (it then scales its sites by size / len(indices))."""
+
+    def __init__(self, name: str, indices: torch.Tensor):
+        super().__init__()
+        self.name, self.indices = name, indices
+
+    def _pyro_sample(self, msg):
+        if msg["name"] == self.name and site_is_subsample(msg):
+            msg["value"] = self.indices
 
 
 class _KnownGradient(torch.autograd.Function):
@@ -141,22 +177,34 @@ def reparameterized_elbo_loss(model_fn: Callable, guide_fn: Callable, data, num_
 
 
 def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: list[torch.Tensor], *,
-                num_steps: int, route: str = "auto"):
-    """A drop-in for ``lambda: loss_obj.differentiable_loss(model_fn, guide_fn, data)`` computed by a
-    traced graph, and the route taken: ``(loss_fn, "compiled" | "graph" | "pyro")``.
+                num_steps: int, route: str = "auto", subsample: tuple[str, torch.Tensor] | None = None,
+                compile_min_steps: int = COMPILE_MIN_STEPS, graph_min_steps: int | None = None):
+    """Pyro's loss computed by a traced graph, and the route taken: ``(loss_fn, "compiled" | "graph" | "pyro")``.
 
-    :param route: "auto" ("compiled" for at least ``COMPILE_MIN_STEPS`` steps with a C++ compiler,
-        else "pyro"), "compiled", "graph" or "pyro" (Pyro's ELBO at every step).
+    Full batch: ``loss_fn()`` stands for ``loss_obj.differentiable_loss(model_fn, guide_fn, data)``.
+    Minibatch, ``subsample=(plate name, example indices)``: ``loss_fn(x, indices)`` stands for that loss
+    on data ``x`` (of ``data``'s shapes) with the plate fixed to ``indices`` (:class:`FixedSubsample`);
+    the indices are a graph input, so any batch of the example's size runs the graph.
+
+    :param route: "auto" ("compiled" for at least ``compile_min_steps`` steps with a C++ compiler and
+        the data on the CPU, else "graph" for at least ``graph_min_steps`` steps when given, else
+        "pyro"), "compiled", "graph" or "pyro" (Pyro's ELBO at every step).
     """
     if route not in ("auto", "compiled", "graph", "pyro"):
         raise ValueError(f"route: expected 'auto', 'compiled', 'graph' or 'pyro', got {route!r}")
     if route == "auto":
-        route = "compiled" if num_steps >= COMPILE_MIN_STEPS and has_compiler() else "pyro"
+        on_cpu = all(t.device.type == "cpu" for t in flatten_data(data)[0])
+        route = ("compiled" if num_steps >= compile_min_steps and has_compiler() and on_cpu
+                 else "graph" if graph_min_steps is not None and num_steps >= graph_min_steps else "pyro")
+    plate, example = subsample if subsample is not None else (None, None)
 
-    def pyro_loss():
-        return loss_obj.differentiable_loss(model_fn, guide_fn, data)
+    def fixed(fn, indices):
+        return FixedSubsample(plate, indices)(fn) if plate is not None else fn
 
-    why = _untraceable(loss_obj, guide_fn, data) if route != "pyro" else "asked for"
+    def pyro_loss(x=data, indices=example):
+        return loss_obj.differentiable_loss(fixed(model_fn, indices), fixed(guide_fn, indices), x)
+
+    why = _untraceable(loss_obj, fixed(guide_fn, example), data) if route != "pyro" else "asked for"
     if why:
         log.info("SVI loss: Pyro's %s at every step (%s)", type(loss_obj).__name__, why)
         return pyro_loss, "pyro"
@@ -164,22 +212,27 @@ def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: 
 
     def value_and_grads(*_):
         with torch.enable_grad():
-            loss = reparameterized_elbo_loss(model_fn, guide_fn, data, particles)
+            loss = reparameterized_elbo_loss(fixed(model_fn, example), fixed(guide_fn, example), data, particles)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         return (loss.detach(), *[g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
 
-    # the data's tensors are inputs of the graph (the same objects the closures use), not constants:
-    # Inductor's cache then serves another fit of the same shapes (SBC, model choice) without recompiling
+    # the data's tensors and the indices are inputs of the graph (the same objects the closures use), not
+    # constants: every batch runs one graph, and Inductor's cache serves another fit of the same shapes
+    # (SBC, model choice, the next epoch) without recompiling
     leaves, _ = flatten_data(data)
+    batch = [example] if plate is not None else []
     start = time.perf_counter()
     state = get_rng_state()
     try:
         with pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fn = trace_graph(value_and_grads, *params, *leaves)
+            fn = trace_graph(value_and_grads, *params, *leaves, *batch)
             if route == "compiled":
-                fn = compile_graph(fn, [*(p.detach() for p in params), *leaves], fallback_random=True)
-        _check(fn, pyro_loss, params, leaves)
+                fn = compile_graph(fn, [*(p.detach() for p in params), *leaves, *batch], fallback_random=True,
+                                   vectorize=True)   # no enumerated contraction here (TraceEnum keeps Pyro's)
+        _check(fn, pyro_loss, params, leaves, batch)
+        if plate is not None and len(example) > 1:   # another batch: the indices were not baked into the graph
+            _check(fn, lambda: pyro_loss(data, example.flip(0)), params, leaves, [example.flip(0)])
     except Exception as e:  # noqa: BLE001 - a pair that cannot be traced keeps Pyro's ELBO, with the reason
         log.warning("SVI loss: the %s route is not usable for this model and guide (%s: %s); using Pyro's ELBO",
                     route, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
@@ -188,8 +241,11 @@ def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: 
         set_rng_state(state)   # the fit draws the same random numbers whichever route it takes
     log.info("SVI loss: %s route, built in %.1fs", route, time.perf_counter() - start)
 
-    def loss_fn():
-        value, *grads = fn(*[p.detach() for p in params], *leaves)
+    def loss_fn(x=data, indices=example):
+        if plate is not None and len(indices) != len(example):
+            return pyro_loss(x, indices)   # a batch of another size (an epoch's last): Pyro's ELBO
+        inputs = leaves if x is data else flatten_data(x)[0]
+        value, *grads = fn(*[p.detach() for p in params], *inputs, *([indices] if plate is not None else []))
         return _KnownGradient.apply(value, tuple(grads), *params)
 
     return loss_fn, route
@@ -213,7 +269,7 @@ def _untraceable(loss_obj, guide_fn, data) -> str:
     return ""
 
 
-def _check(fn, pyro_loss, params, leaves) -> None:
+def _check(fn, pyro_loss, params, leaves, batch) -> None:
     """The traced loss and gradients equal Pyro's from the same random state (to 1e-6 relative, 1e3
     machine epsilons for float32)."""
     state = get_rng_state()
@@ -221,7 +277,7 @@ def _check(fn, pyro_loss, params, leaves) -> None:
         expected = pyro_loss()
         expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
     set_rng_state(state)
-    value, *grads = fn(*[p.detach() for p in params], *leaves)
+    value, *grads = fn(*[p.detach() for p in params], *leaves, *batch)
     eps = max(1e-6, 1e3 * max(torch.finfo(p.dtype).eps for p in params))
     expected = expected.detach()
     if not abs(float(value) - float(expected)) <= eps * max(1.0, abs(float(expected))):

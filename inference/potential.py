@@ -224,9 +224,10 @@ def trace_graph(fn: Callable, *example):
     return make_fx(fn, tracing_mode="real")(*example)
 
 
-def compile_graph(graph, example: list, *, fallback_random: bool = False):
+def compile_graph(graph, example: list, *, fallback_random: bool = False, vectorize: bool = False):
     """An ATen graph compiled by Inductor into C++ for the CPU: single-threaded kernels (chains run in
-    parallel processes), no vectorization (faster on the small reductions of enumerated models).
+    parallel processes), no vectorization unless ``vectorize`` (it slows the small reductions of
+    enumerated models and speeds up the large elementwise work of networks, benchmarks/README.md).
     ``fallback_random``: random numbers from ATen's generator, as the graph draws them uncompiled."""
     import torch._inductor
     import torch._inductor.config as config
@@ -238,7 +239,8 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False):
     # A tracing context with a (static) ShapeEnv, as torch.compile provides: without one Inductor
     # bypasses its FX graph cache ("No shape env") and every new process generates the code again.
     context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
-    with config.patch({"cpp.threads": 1, "cpp.simdlen": 0, "fallback_random": fallback_random}), tracing(context):
+    simd = {} if vectorize else {"cpp.simdlen": 0}
+    with config.patch({"cpp.threads": 1, **simd, "fallback_random": fallback_random}), tracing(context):
         return torch._inductor.compile(graph, example)
 
 

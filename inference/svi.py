@@ -1,9 +1,12 @@
 """Stochastic variational inference for any Pyro model.
 
-The loop is PyTorch-style (as in Pyro's ``examples/svi_torch.py``): the ELBO's differentiable
-loss, ``torch.optim.Adam`` over the parameters of the model/guide modules plus any global
-``pyro.param`` the guide declares, and a learning-rate schedule. Zoo models are deep-copied first,
-so a fit never mutates the object it was given; the fitted copy is ``Posterior.model``.
+The loop is PyTorch-style (as in Pyro's ``examples/svi_torch.py``): the ELBO's module form
+``elbo(model, guide)``, ``torch.optim.Adam`` over the parameters of the model/guide modules plus any
+global ``pyro.param`` the guide declares, and a learning-rate schedule. :class:`Optimization` is that
+step (with gradient clipping, NaN rollback and the progress bar), shared by :func:`fit_svi`, the
+minibatch trainer (:mod:`inference.train`) and the Lightning module (:mod:`inference.lightning`).
+Zoo models are deep-copied first, so a fit never mutates the object it was given; the fitted copy is
+``Posterior.model``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
     init_to_value,
 )
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from inference.objectives import traced_loss
 from inference.posterior import Posterior
@@ -98,7 +101,13 @@ def make_elbo(elbo, info, num_particles: int, vectorize_particles: bool):
 
 
 def collect_parameters(loss_fn: Callable[[], torch.Tensor], modules) -> list[torch.Tensor]:
-    """Run the loss once (creating lazy parameters) and gather every trainable tensor."""
+    """Run the loss once (creating lazy parameters) and gather every trainable tensor of ``modules`` and
+    of the ``pyro.param`` statements the run met.
+
+    Pass Pyro's ELBO module (``elbo(model, guide)``) among ``modules``: its ``parameters()`` are those of
+    a model and a guide that are modules. What it cannot see is gathered here by hand: the module
+    behind a bound method (``guide=m.guide``; the ELBO module registers module attributes only) and
+    ``pyro.param`` statements (a classic guide's parameters live in Pyro's store, in no module)."""
     with poutine.trace(param_only=True) as capture:
         loss_fn()
     params = {}
@@ -112,6 +121,86 @@ def collect_parameters(loss_fn: Callable[[], torch.Tensor], modules) -> list[tor
         if p.requires_grad and p.is_leaf:
             params[id(p)] = p
     return list(params.values())
+
+
+class Optimization:
+    """The one optimisation step of :func:`fit_svi`, :func:`inference.train.train` and
+    :func:`inference.lightning.train_lightning`, and the progress bar of the run.
+
+    Adam on ``params``; the learning rate decays exponentially, per step, to ``lr * lr_decay`` at step
+    ``num_steps``; gradients are clipped to norm ``clip_norm`` (None: not clipped). A non-finite loss
+    (or a distribution refusing a non-finite argument) restores the parameters of the last finite step
+    and raises :class:`SVIDivergedError` naming them (``names``: ``id(tensor) -> name``) and carrying
+    ``model`` and ``guide``; any other exception of the model or guide propagates unchanged.
+
+    Recorded losses (``losses``, a list that a resumed run hands back in) are divided by ``per``
+    (the minibatch trainer records them per data element); ``steps`` counts the steps taken.
+    Use as a context manager: the bar (tqdm, ``desc``; none unless ``progress``) closes on exit.
+    """
+
+    def __init__(self, params, *, lr: float, lr_decay: float | None, num_steps: int, clip_norm: float | None,
+                 model=None, guide=None, names: dict[int, str] | None = None, per: float = 1,
+                 desc: str = "", progress: bool = True):
+        self.params = list(params)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        gamma = lr_decay ** (1.0 / max(1, num_steps)) if lr_decay else 1.0
+        self.schedule = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=gamma)
+        self.clip_norm, self.per, self.num_steps = clip_norm, per, num_steps
+        self.model, self.guide, self.names = model, guide, names or {}
+        self.desc, self.progress, self.bar, self.postfix = desc, progress, None, {}
+        self.losses: list[float] = []
+        self.steps = 0
+        self._last_good = [p.detach().clone() for p in self.params]
+
+    def __enter__(self):
+        self.bar = tqdm(total=self.num_steps, initial=self.steps, desc=self.desc, leave=False,
+                        disable=None if self.progress else True)
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def step(self, loss_fn: Callable[[], torch.Tensor], backward: Callable | None = None) -> torch.Tensor:
+        """One step on ``loss_fn()``; returns the loss (detached). ``backward(loss)`` replaces
+        ``loss.backward()`` (Lightning's ``manual_backward``)."""
+        self.optimizer.zero_grad()
+        try:
+            loss = loss_fn()
+        except Exception as e:
+            if not _nonfinite_unchecked(loss_fn):
+                raise   # the model's or guide's own error: unchanged, with its traceback
+            self.losses.append(float("nan"))   # a distribution refused a NaN/inf argument: the loss is non-finite
+            raise self._diverged(str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from e
+        value = float(loss.detach())
+        self.losses.append(value / self.per)
+        if not math.isfinite(value):
+            raise self._diverged()
+        with torch.no_grad():
+            for p, good in zip(self.params, self._last_good):
+                good.copy_(p)
+        if backward is None:
+            loss.backward()
+        else:
+            backward(loss)
+        if self.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        self.steps += 1
+        if self.bar is not None:
+            self.bar.update()
+            if self.steps % 25 == 1 or self.steps == self.num_steps:
+                recent = self.losses[-25:]
+                self.bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}", **self.postfix)
+        return loss.detach()
+
+    def _diverged(self, cause: str = "") -> SVIDivergedError:
+        """Restore the last finite parameters and build the error that carries them."""
+        with torch.no_grad():
+            for p, good in zip(self.params, self._last_good):
+                p.copy_(good)
+        restored = {self.names.get(id(p), f"param_{i}"): p for i, p in enumerate(self.params)}
+        return SVIDivergedError(self.steps, self.losses, self.model, cause, guide=self.guide, params=restored)
 
 
 def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: float = 0.01,
@@ -156,11 +245,13 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         model_fn = target.form(marginal)
         loss_obj = make_elbo(elbo, info, num_particles, vectorize_particles)
 
+        loss_module = loss_obj(model_fn, guide_fn)   # Pyro's ELBO module: loss_module(data) is the loss
+
         def loss_fn():
-            return loss_obj.differentiable_loss(model_fn, guide_fn, data)
+            return loss_module(data)
 
         start = time.perf_counter()
-        modules = [target.model, target.model_fn, guide_fn]
+        modules = [loss_module, target.model, guide_fn]   # and the modules of bound methods (m.model, m.guide)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
             try:
@@ -174,18 +265,13 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
             raise ValueError("guide: has no trainable parameters")
         loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
                                           route=loss_route)
-
-        def diverged(step, losses, last_good, cause=""):
-            """Restore the last finite parameters and build the error that carries them."""
-            with torch.no_grad():
-                for p, good in zip(params, last_good):
-                    p.copy_(good)
-            names = _parameter_names(modules)
-            restored = {names.get(id(p), f"param_{i}"): p for i, p in enumerate(params)}
-            return SVIDivergedError(step, losses, target.source, cause, guide=guide_fn, params=restored)
-
-        losses = _optimize(loss_fn, params, num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm,
-                           desc=f"SVI {target.name}", progress=progress, diverged=diverged)
+        names = _parameter_names([target.model, target.model_fn, guide_fn])
+        with Optimization(params, lr=lr, lr_decay=lr_decay, num_steps=num_steps, clip_norm=clip_norm,
+                          model=target.source, guide=guide_fn, names=names, desc=f"SVI {target.name}",
+                          progress=progress) as loop:
+            for _ in range(num_steps):
+                loop.step(loss_fn)
+        losses = loop.losses
         log.info("SVI %s: %d steps, final loss %.4g", target.name, num_steps, losses[-1])
         samples = sample_guide(guide_fn, data, info.latent, 1 if method == "map" else num_samples)
     return Posterior(
@@ -195,47 +281,6 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
                       seed=seed, loss_route=loss_route),
     )
-
-
-def _optimize(loss_fn, params, *, num_steps, lr, lr_decay, clip_norm, desc, progress, diverged) -> list[float]:
-    """Adam on ``loss_fn`` with an exponentially decaying learning rate. A non-finite loss (or a
-    distribution refusing a non-finite argument) raises ``diverged(step, losses, last_good, cause)``,
-    which restores the last finite parameters; any other exception of the model or guide propagates
-    unchanged, with its traceback."""
-    optimizer = torch.optim.Adam(params, lr=lr)
-    gamma = lr_decay ** (1.0 / max(1, num_steps)) if lr_decay else 1.0
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    losses: list[float] = []
-    last_good = [p.detach().clone() for p in params]
-    bar = tqdm(range(num_steps), desc=desc, disable=None if progress else True, leave=False)
-    try:
-        for step in bar:
-            optimizer.zero_grad()
-            try:
-                loss = loss_fn()
-            except Exception as e:
-                if not _nonfinite_unchecked(loss_fn):
-                    raise   # the model's or guide's own error: unchanged, with its traceback
-                losses.append(float("nan"))   # a distribution refused a NaN/inf argument: the loss is non-finite
-                raise diverged(step, losses, last_good,
-                               str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from e
-            value = float(loss.detach())
-            losses.append(value)
-            if not math.isfinite(value):
-                raise diverged(step, losses, last_good)
-            with torch.no_grad():
-                for p, good in zip(params, last_good):
-                    good.copy_(p)
-            loss.backward()
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            optimizer.step()
-            schedule.step()
-            if step % 25 == 0 or step == num_steps - 1:
-                bar.set_postfix(loss=f"{value:.4g}")
-    finally:
-        bar.close()
-    return losses
 
 
 def _nonfinite_unchecked(loss_fn) -> bool:

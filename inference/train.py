@@ -4,7 +4,10 @@ Works for any Pyro model whose data plate yields the indices it covers and whose
 the data with them (the Pyro idiom ``with pyro.plate("data", len(data)) as idx: x = data[idx]``).
 Each step fixes those indices to the next minibatch (:class:`FixedSubsample`), so the plate scales
 the batch's terms by N / B and the loss estimates the ELBO of the whole data set. The guide is the
-model's own (amortized) guide or any guide whose parameters live in the model's module.
+model's own (amortized) guide or any guide whose parameters live in the model's module. The step is
+:class:`inference.svi.Optimization` (Adam, schedule, clipping, NaN rollback, progress), as in
+``fit_svi``; ``Trace_ELBO`` of long runs is traced and compiled with the batch's indices as an input
+of the graph (:func:`inference.objectives.traced_loss`).
 
 Objectives:
 
@@ -25,6 +28,7 @@ continues with the same losses as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import os
@@ -35,96 +39,53 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO
-from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
-from tqdm.auto import tqdm
 
+from inference.objectives import OBJECTIVES, FixedSubsample, make_objective, traced_loss
 from inference.posterior import Posterior
-from inference.svi import SVIDivergedError, collect_parameters
+from inference.svi import Optimization, collect_parameters
 from inference.target import Target, as_target, chain_seed, inspect_model, is_zoo_model, set_seed
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("trace", "iwae")
 #: evaluation data (validation, test) get the training transform once, with this seed, in every run
 EVAL_SEED = 0
+#: with ``loss_route="auto"``, Inductor compiles the loss for runs of at least this many steps, and the
+#: traced graph runs it for at least GRAPH_MIN_STEPS (a network's loss traces in about a second and
+#: compiles in 5-25 s; each saves about a millisecond per step: benchmarks/README.md)
+COMPILE_MIN_STEPS = 20_000
+GRAPH_MIN_STEPS = 2_000
+#: the per-epoch record: epoch, training objective, validation objective, learning rate, wall and CPU seconds
+HISTORY = ("epoch", "train", "valid", "lr", "seconds", "cpu_seconds")
 
 
-class FixedSubsample(Messenger):
-    """Make the plate ``name`` cover exactly ``indices`` (it then scales its sites by size / len(indices))."""
-
-    def __init__(self, name: str, indices: torch.Tensor):
-        super().__init__()
-        self.name, self.indices = name, indices
-
-    def _pyro_sample(self, msg):
-        if msg["name"] == self.name and site_is_subsample(msg):
-            msg["value"] = self.indices
+def minibatch_loss(objective, model_fn, guide_fn, data_plate: str):
+    """``loss(x, indices)``: the objective on data ``x`` with the data plate fixed to ``indices``."""
+    def loss(x, indices):
+        fix = FixedSubsample(data_plate, indices)
+        return objective.differentiable_loss(fix(model_fn), fix(guide_fn), x)
+    return loss
 
 
-def log_weights(model, guide, data, num_particles: int, *, max_plate_nesting: int, data_plate: str):
-    """Importance log-weights per particle and element of the data plate, shape (k, B).
-
-    ``log w[k, b] = log p(x_b, z_kb) - log q(z_kb | x_b)`` with the guide's draws (particles
-    vectorized in a plate left of the model's plates), every site's terms summed over all dims but
-    the data plate's, the plate's subsample scale N / B undone. Also returns that scale.
-    Every latent site must lie inside the data plate (an amortized model); a global one raises.
-    """
-    particles = pyro.plate("_particles", num_particles, dim=-1 - max_plate_nesting)
-    with particles:
-        guide_trace = poutine.trace(guide).get_trace(data)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(data)
-    ndim = max_plate_nesting + 1
-    total, scale = 0.0, 1.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            frame = next((f for f in site["cond_indep_stack"] if f.name == data_plate), None)
-            if frame is None:
-                raise ValueError(f"elbo: the importance-weighted bound needs every site inside the data plate "
-                                 f"{data_plate!r}; site {site['name']!r} is outside it (a global latent)")
-            scale = frame.full_size / frame.size
-            lp = site["log_prob"] / scale
-            lp = lp.reshape((1,) * (ndim - lp.dim()) + tuple(lp.shape))
-            keep = (0, ndim + frame.dim)
-            other = [d for d in range(ndim) if d not in keep]
-            if other:  # (sum over an empty dim list would sum everything)
-                lp = lp.sum(other, keepdim=True)
-            total = total + sign * lp.reshape(lp.shape[0], lp.shape[keep[1]])
-    return total.expand(num_particles, -1), scale
-
-
-class IWAE:
-    """The importance-weighted bound as a differentiable loss ``loss(model, guide, data)`` (see the module docstring)."""
-
-    def __init__(self, num_particles: int, max_plate_nesting: int, data_plate: str):
-        self.num_particles, self.max_plate_nesting, self.data_plate = num_particles, max_plate_nesting, data_plate
-
-    def __call__(self, model, guide, data):
-        log_w, scale = log_weights(model, guide, data, self.num_particles,
-                                   max_plate_nesting=self.max_plate_nesting, data_plate=self.data_plate)
-        return -scale * (torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
-
-
-def make_objective(elbo: str, num_particles: int, max_plate_nesting: int, data_plate: str):
-    if elbo == "trace":
-        return Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                          max_plate_nesting=max_plate_nesting).differentiable_loss
-    if elbo == "iwae":
-        return IWAE(num_particles, max_plate_nesting, data_plate)
-    raise ValueError(f"elbo: expected one of {', '.join(OBJECTIVES)}, got {elbo!r}")
+def training_parameters(loss, data, batch_size: int, module) -> list[torch.Tensor]:
+    """The trainable tensors of a fit, found by one evaluation of ``loss(x, indices)`` (which creates
+    lazy parameters); every one must live in ``module``, which checkpoints save. (Pyro's ELBO module,
+    ``elbo(model, guide)``, would hold none of them: the model and guide are methods of ``module``.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
+        params = collect_parameters(lambda: loss(data, torch.arange(batch_size, device=data.device)), [module])
+    owned = {id(p) for p in module.parameters()}
+    if not params or any(id(p) not in owned for p in params):
+        raise ValueError("guide: every trainable parameter must live in the model's module (for checkpoints)")
+    return params
 
 
 @dataclass
 class TrainResult:
     """What :func:`train` returns. ``model`` is the fitted copy (the best epoch's parameters when a
     validation split was given); ``losses`` are per step, ``history`` per epoch, both
-    per data element (negative objective / positive objective)."""
+    per data element (negative objective / positive objective); ``loss_route`` is how the
+    training loss was computed (:func:`inference.objectives.traced_loss`)."""
 
     model: Any
     guide: Callable
@@ -137,6 +98,7 @@ class TrainResult:
     stopped_early: bool = False
     checkpoint: Path | None = None
     target: Any = field(default=None, repr=False)
+    loss_route: str = "pyro"
 
     def prepare(self, data) -> torch.Tensor:
         """Evaluation data as training saw it: validated, and transformed once with ``EVAL_SEED``."""
@@ -171,7 +133,7 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
           epochs: int = 100, batch_size: int = 100, lr: float = 1e-3, lr_decay: float = 0.1,
           clip_norm: float | None = None, patience: int | None = None, seed: int = 0,
           checkpoint: str | os.PathLike | None = None, resume: bool = False, device: str | None = None,
-          transform="auto", progress: bool = True) -> TrainResult:
+          transform="auto", loss_route: str = "auto", progress: bool = True) -> TrainResult:
     """Fit an amortized model by minibatch SVI; returns a :class:`TrainResult`.
 
     :param model: a zoo model or a PyroModule with ``model``/``guide`` methods; the fit works on a deep copy.
@@ -187,6 +149,10 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     :param checkpoint: file written (atomically) after every epoch. An existing file is refused
         unless ``resume=True``, which continues from it.
     :param device: "cpu", "cuda", ... (default: where the data is).
+    :param loss_route: "auto", "compiled", "graph" or "pyro": how a ``Trace_ELBO`` step is computed
+        (:func:`inference.objectives.traced_loss`, the batch's indices an input of the graph; "auto":
+        compiled for runs of ``COMPILE_MIN_STEPS`` steps or more on the CPU, the traced graph from
+        ``GRAPH_MIN_STEPS``, else Pyro's). The IWAE bound runs as Pyro computes it.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("num_particles", num_particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -217,23 +183,15 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     if info.data_plate is None:
         raise ValueError("model: no data plate found (the observed site must sit in a pyro.plate over the data)")
     objective = make_objective(elbo, num_particles, info.max_plate_nesting, info.data_plate)
-
-    def batch_loss(x, idx):
-        fix = FixedSubsample(info.data_plate, idx)
-        return objective(fix(target.model_fn), fix(guide_fn), x)
+    batch_loss = minibatch_loss(objective, target.model_fn, guide_fn, info.data_plate)
 
     set_seed(seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*was not registered in the param store.*")
-        params = collect_parameters(lambda: batch_loss(data, torch.arange(B, device=device)), [module])
-    owned = {id(p) for p in module.parameters()}
-    if not params or any(id(p) not in owned for p in params):
-        raise ValueError("guide: every trainable parameter must live in the model's module (for checkpoints)")
+    params = training_parameters(batch_loss, data, B, module)
     steps_per_epoch = math.ceil(N / B)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    gamma = lr_decay ** (1.0 / (epochs * steps_per_epoch)) if lr_decay else 1.0
-    schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    state = {"epoch": 0, "step": 0, "losses": [], "history": {k: [] for k in ("epoch", "train", "valid", "lr", "seconds")},
+    loop = Optimization(params, lr=lr, lr_decay=lr_decay, num_steps=epochs * steps_per_epoch, clip_norm=clip_norm,
+                        model=target.source, guide=guide_fn, names={id(p): k for k, p in module.named_parameters()},
+                        per=N, desc=f"train {target.name}", progress=progress)
+    state = {"epoch": 0, "step": 0, "losses": [], "history": {k: [] for k in HISTORY},
              "best_metric": -math.inf, "best_epoch": None, "bad_epochs": 0, "best_state": None, "wall_time": 0.0}
     settings = dict(elbo=elbo, num_particles=num_particles, epochs=epochs, batch_size=B, lr=lr, lr_decay=lr_decay,
                     patience=patience, seed=seed, device=str(device))
@@ -242,103 +200,64 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
         if not resume:
             raise FileExistsError(f"checkpoint: {str(path)!r} exists; pass resume=True (--resume) to continue it "
                                   "or choose another path")
-        state = load_checkpoint(path, module, optimizer, schedule, settings)
+        state = load_checkpoint(path, module, loop.optimizer, loop.schedule, settings)
         log.info("resumed %s at epoch %d (step %d)", path, state["epoch"], state["step"])
     elif resume:
         raise ValueError(f"resume: no checkpoint at {str(path) if path else '(none given)'} to resume from")
+    loop.losses, loop.steps = state["losses"], state["step"]
+    # the batch's indices are an input of the traced loss: one graph serves every batch of B. The route
+    # depends on the planned steps only, so that a resumed run takes the route of the uninterrupted one
+    step_loss, route = traced_loss(objective, target.model_fn, guide_fn, data, params, route=loss_route,
+                                   num_steps=epochs * steps_per_epoch,
+                                   subsample=(info.data_plate, torch.arange(B, device=device)),
+                                   compile_min_steps=COMPILE_MIN_STEPS, graph_min_steps=GRAPH_MIN_STEPS)
 
     start = time.perf_counter() - state["wall_time"]
-    bar = tqdm(total=epochs * steps_per_epoch, initial=state["step"], desc=f"train {target.name}",
-               disable=not progress, leave=False)
     stopped = False
-    # Pyro's shape and support checks ran on the first evaluation of the loss (collect_parameters);
+    # Pyro's shape and support checks ran on the first evaluation of the loss (training_parameters);
     # the loop skips them: they cost about a tenth of a step of a small network
-    with pyro.validation_enabled(False):
-        try:
-            for epoch in range(state["epoch"], epochs):
-                t0 = time.perf_counter()
-                gen = torch.Generator().manual_seed(chain_seed(seed, epoch))
-                x_epoch = transform(data, gen) if transform is not None else data
-                perm = torch.randperm(N, generator=gen).to(device)
-                module.train()
-                epoch_losses = []
-                for b in range(steps_per_epoch):
-                    optimizer.zero_grad()
-                    loss = batch_loss(x_epoch, perm[b * B:(b + 1) * B])
-                    value = float(loss.detach()) / N
-                    state["losses"].append(value)
-                    if not math.isfinite(value):
-                        raise SVIDivergedError(state["step"], state["losses"], target.source)
-                    loss.backward()
-                    if clip_norm:
-                        torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                    optimizer.step()
-                    schedule.step()
-                    state["step"] += 1
-                    epoch_losses.append(value)
-                    bar.update()
-                    if b % 20 == 0:
-                        recent = epoch_losses[-50:]
-                        bar.set_postfix(epoch=epoch + 1, elbo=f"{-sum(recent) / len(recent):.3f}",
-                                        valid=f"{state['history']['valid'][-1]:.3f}" if state["history"]["valid"] else "-")
-                module.eval()
-                metric = evaluate(batch_loss, valid, B) if valid is not None else float("nan")
-                h = state["history"]
-                for key, v in (("epoch", epoch + 1), ("train", -sum(epoch_losses) / len(epoch_losses)), ("valid", metric),
-                               ("lr", optimizer.param_groups[0]["lr"]), ("seconds", time.perf_counter() - t0)):
-                    h[key].append(v)
-                state["epoch"] = epoch + 1
-                if valid is not None:
-                    if metric > state["best_metric"]:
-                        state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0,
-                                     best_state={k: v.detach().clone() for k, v in module.state_dict().items()})
-                    else:
-                        state["bad_epochs"] += 1
-                    stopped = patience is not None and state["bad_epochs"] >= patience
-                log.info("epoch %d: train %.4f, valid %.4f per data point", epoch + 1, h["train"][-1], metric)
-                state["wall_time"] = time.perf_counter() - start
-                if path is not None:
-                    save_checkpoint(path, module, optimizer, schedule, state, settings, target)
-                if stopped:
-                    log.info("early stop after epoch %d (best epoch %d)", epoch + 1, state["best_epoch"])
-                    break
-        finally:
-            bar.close()
+    with pyro.validation_enabled(False), loop:
+        for epoch in range(state["epoch"], epochs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            gen = torch.Generator().manual_seed(chain_seed(seed, epoch))
+            x_epoch = transform(data, gen) if transform is not None else data
+            perm = torch.randperm(N, generator=gen).to(device)
+            module.train()
+            first = len(loop.losses)
+            loop.postfix = dict(epoch=epoch + 1, valid=f"{state['history']['valid'][-1]:.3f}"
+                                if state["history"]["valid"] else "-")
+            for b in range(steps_per_epoch):
+                loop.step(functools.partial(step_loss, x_epoch, perm[b * B:(b + 1) * B]))
+            module.eval()
+            metric = evaluate(batch_loss, valid, B) if valid is not None else float("nan")
+            h = state["history"]
+            epoch_losses = loop.losses[first:]
+            for key, v in (("epoch", epoch + 1), ("train", -sum(epoch_losses) / len(epoch_losses)), ("valid", metric),
+                           ("lr", loop.optimizer.param_groups[0]["lr"]), ("seconds", time.perf_counter() - t0),
+                           ("cpu_seconds", time.process_time() - c0)):
+                h.setdefault(key, []).append(v)   # (a checkpoint of an older version has no cpu_seconds)
+            state.update(epoch=epoch + 1, step=loop.steps)
+            if valid is not None:
+                if metric > state["best_metric"]:
+                    state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0,
+                                 best_state={k: v.detach().clone() for k, v in module.state_dict().items()})
+                else:
+                    state["bad_epochs"] += 1
+                stopped = patience is not None and state["bad_epochs"] >= patience
+            log.info("epoch %d: train %.4f, valid %.4f per data point", epoch + 1, h["train"][-1], metric)
+            state["wall_time"] = time.perf_counter() - start
+            if path is not None:
+                save_checkpoint(path, module, loop.optimizer, loop.schedule, state, settings, target)
+            if stopped:
+                log.info("early stop after epoch %d (best epoch %d)", epoch + 1, state["best_epoch"])
+                break
     if state["best_state"] is not None:
         module.load_state_dict(state["best_state"])
     module.eval()
     return TrainResult(model=module, guide=guide_fn, losses=state["losses"], history=state["history"],
                        wall_time=time.perf_counter() - start, settings=settings, transform=transform,
-                       best_epoch=state["best_epoch"], stopped_early=stopped, checkpoint=path, target=target)
-
-
-@dataclass
-class HeldOut:
-    """Negative log-likelihood per data element on an evaluation split (minus the mean of the model's
-    ``log_likelihood``: for a VAE the importance-sampled IWAE bound L_k), its standard error over
-    elements, and ``text``: a report paragraph saying how it was computed and how training went."""
-
-    split: str
-    nll: float
-    se: float
-    n: int
-    text: str
-
-
-def heldout_nll(fit: TrainResult, post: Posterior, split: str) -> HeldOut:
-    """Summarize ``post`` (``fit.posterior(evaluation_data)``) as a :class:`HeldOut` for a report."""
-    ll = post.log_likelihood.reshape(-1)
-    nll, se = -float(ll.mean()), float(ll.std()) / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
-    k = getattr(post.model, "eval_particles", None)
-    how = (f"importance sampling with k = {k} draws from the guide per data point (the IWAE bound L_k)" if k
-           else "the model's log_likelihood")
-    h = fit.history
-    text = (f"Negative log-likelihood of the {split} split: **{nll:.3f} nats** per data point (± {se:.3f} se over "
-            f"{len(ll)} data points), {how}. Training: {len(h['epoch'])} epochs, {fit.wall_time:.0f} s, objective "
-            f"{fit.settings['elbo']}; last training objective {h['train'][-1]:.3f}"
-            + (f", best validation objective {max(h['valid']):.3f} at epoch {fit.best_epoch}" if fit.best_epoch else "")
-            + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
-    return HeldOut(split=split, nll=nll, se=se, n=len(ll), text=text)
+                       best_epoch=state["best_epoch"], stopped_early=stopped, checkpoint=path, target=target,
+                       loss_route=route)
 
 
 def evaluate(batch_loss, x, batch_size: int) -> float:
@@ -425,20 +344,3 @@ def _load_state(module, state, payload) -> None:
 
 def _config(target) -> dict:
     return target.model.config() if hasattr(target.model, "config") else {}
-
-
-def plot_history(history: dict[str, list[float]], label: str = "objective"):
-    """Per-epoch training and validation objective (ELBO or IWAE bound per data point)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    ax.plot(history["epoch"], history["train"], label="training (running mean over the epoch)")
-    if any(math.isfinite(v) for v in history["valid"]):
-        ax.plot(history["epoch"], history["valid"], label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{label} per data point (nats)")
-    ax.legend()
-    ax.set_title("training curves")
-    fig.tight_layout()
-    return fig
-

@@ -659,9 +659,10 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
+    from inference.plots import plot_history
     from inference.posterior import heldout
     from inference.report import training_text
-    from inference.train import plot_history, train
+    from inference.train import train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":

@@ -1,12 +1,16 @@
-"""Plain Pyro models written as a user would (not from the zoo), shared by the inference tests."""
+"""Fixtures shared by the inference tests: plain Pyro models written as a user would (not from the zoo),
+and one small VAE fit for the tests of inference.train, inference.report and inference.amortization."""
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
+import zoo
 from inference.posterior import Posterior
 from inference.target import Target
+from inference.train import train
+from zoo import datasets
 
 
 def _plain_mixture(y):
@@ -51,3 +55,28 @@ def fake_posterior():
         y = torch.zeros(4)
         return Posterior(target, y, samples, method="nuts", wall_time=1.0, sample_stats=stats)
     return fake
+
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks: intra-op threads only add contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_fit():
+    """A small VAE trained 40 epochs on the bundled digits (one thread), shared by every test that reads a fit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds = datasets.load("digits")
+        m = zoo.get("vae", latent_dim=2, hidden=(64,))
+        x = m.validate(ds.data)
+        fit = train(m, x, valid=ds.splits["valid"], epochs=40, batch_size=50, lr=3e-3, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return ds, fit

@@ -1,11 +1,14 @@
 """Every documented model variant writes a full report through `zoo fit` and `zoo compare`, and its
 netCDF opens with ArviZ with the posterior, the log-likelihood and the posterior predictive."""
 
+import math
+
 import arviz as az
 import numpy as np
 import pytest
 
-from inference.report import MARKER
+from inference.posterior import heldout
+from inference.report import MARKER, training_text
 from zoo.cli import main
 
 rng = np.random.default_rng(0)
@@ -77,3 +80,19 @@ def test_every_variant_writes_a_full_report(tmp_path, capsys, variant, command):
             assert {"posterior", "posterior_predictive", "observed_data"} <= set(idata.groups())
     if command == "compare" and not vae:
         assert (out / "comparison.csv").is_file()
+
+
+def test_heldout_nll_of_a_minibatch_fit_is_the_mean_importance_sampled_log_likelihood(digits_fit, one_thread):
+    """The held-out NLL of a minibatch fit and its se (``inference.posterior.heldout``, the paragraph of
+    ``inference.report.training_text``) are minus the mean and the se of the model's own per-image
+    estimate, recomputed here with numpy from an independent call (same seed, same draws)."""
+    ds, fit = digits_fit
+    x = fit.prepare(ds.splits["test"])
+    post = fit.posterior(ds.splits["test"])
+    table = heldout(post, {"test": post.data})
+    text = training_text(fit, table, "test", eval_particles=fit.model.eval_particles)
+    ll = fit.model.log_likelihood(x).numpy()
+    row = table.loc["test"]
+    np.testing.assert_allclose([row.nll_per_observation, row.se], [-ll.mean(), ll.std(ddof=1) / math.sqrt(len(ll))],
+                               rtol=1e-5)
+    assert row.points == 270 and "k = 5000" in text and "40 epochs" in text
