@@ -188,10 +188,11 @@ def _data(idatas, dataset, summary):
         items.append(("Observed data", _observed_table(first.observed_data)))
     runs = {}
     for label, idata in idatas.items():
-        post = idata.posterior
-        attrs = dict(post.attrs)
-        runs[label] = {"method": attrs.get("inference_method", label), "chains": post.sizes.get("chain", 1),
-                       "draws": post.sizes.get("draw", 1), "wall time (s)": float(attrs.get("wall_time_s", np.nan)),
+        post = _draws_group(idata)
+        attrs = {**dict(post.attrs), **dict(idata.attrs)} if post is not None else dict(idata.attrs)
+        sizes = post.sizes if post is not None else {}
+        runs[label] = {"method": attrs.get("inference_method", label), "chains": sizes.get("chain", 1),
+                       "draws": sizes.get("draw", 1), "wall time (s)": float(attrs.get("wall_time_s", np.nan)),
                        "settings": ", ".join(f"{k[8:]}={v}" for k, v in attrs.items() if k.startswith("setting_"))}
     if runs:
         items.append(("Runs", pd.DataFrame.from_dict(runs, orient="index").rename_axis("label")))
@@ -269,7 +270,17 @@ def _plots(posteriors, idatas, plots, found):
 def _sampled(idatas) -> list[str]:
     """Labels of the fits with several chains, in order: the first is the one plotted (as in report.py:
     NUTS in a compare folder, the best candidate in a select folder)."""
-    return [label for label, idata in idatas.items() if idata.posterior.sizes.get("chain", 1) > 1]
+    return [label for label, idata in idatas.items() if "posterior" in idata.groups()
+            and idata.posterior.sizes.get("chain", 1) > 1]
+
+
+def _draws_group(idata):
+    """The group that holds a run's draws and attributes: ``posterior``, else (an amortized model with no
+    global latents keeps only per-point quantities) the first group with chain and draw dims; or None."""
+    for group in ("posterior", *idata.groups()):
+        if group in idata.groups() and {"chain", "draw"} <= set(getattr(idata, group).sizes):
+            return getattr(idata, group)
+    return None
 
 
 def _trace_or_rank(name, posteriors, idatas, sampled):

@@ -353,3 +353,5 @@ def plot_history(history: dict[str, list[float]], label: str = "objective"):
     ax.set_ylabel(f"{label} per data point (nats)")
     ax.legend()
     ax.set_title("training curves")
+    fig.tight_layout()
+    return fig

@@ -242,8 +242,3 @@ def as_matrix(data, *, name: str = "data", allow_nan: bool = False, dtype=None) 
     if t.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D array of shape (N, D), got shape {tuple(t.shape)}")
     return t
-
-
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """``check_setting(value, name, kind="int", minimum=minimum)``: for callers not yet moved to it."""
-    return check_setting(value, name, kind="int", minimum=minimum)

@@ -53,7 +53,7 @@ import pyro.distributions as dist
 import torch
 
 from zoo import baselines
-from zoo.base import ZooModel, as_matrix, check_positive_int, check_setting
+from zoo.base import ZooModel, as_matrix, check_setting
 from zoo.ppca_guide import RotationAveragedGuide, haar
 from zoo.ppca_marginal import MarginalNormal, marginal_log_prob, observed_marginal, zero_filled
 
@@ -92,7 +92,7 @@ class PPCA(ZooModel):
         self.marginalize = check_setting(marginalize, "marginalize", kind="bool")
         self.prior_center = check_setting(prior_center, "prior_center", shape=(0, 1), allow_none=True)
         self.prior_spread = check_setting(prior_spread, "prior_spread", shape=(0, 1), positive=True, allow_none=True)
-        self.dim = check_positive_int(dim, "dim", minimum=2)
+        self.dim = check_setting(dim, "dim", kind="int", minimum=2)
         self.own_guide = None   # a RotationAveragedGuide, built from the data on the first call of guide
 
     @property
@@ -235,7 +235,7 @@ class PPCA(ZooModel):
     def simulate(self, n: int, seed: int = 0, params: Mapping[str, torch.Tensor] | None = None):
         """Draw ``n`` rows; parameters from the prior unless ``params`` fixes them (then D is taken from
         ``params["loadings"]``). Returns ``(data (n, D), truth)`` with the global sites and ``z``."""
-        n = check_positive_int(n, "n")
+        n = check_setting(n, "n", kind="int", minimum=1)
         model = self
         if params is not None:
             D = params["loadings"].shape[-2]

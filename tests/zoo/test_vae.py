@@ -195,6 +195,8 @@ def test_cli_fit_then_compare_from_the_checkpoint(tmp_path, capsys):
     assert "amortization_gap" in printed and "approximation_gap" in printed
     assert {"amortization_gap.csv", "amortization_compare.csv", "amortization.png"} <= {p.name for p in cmp.iterdir()}
     assert read_checkpoint(checkpoint)["epoch"] == 3   # resumed a finished run: no further training
+    for folder in (out, cmp):   # a model without global latents still gets every section of report.html
+        assert "could not be built" not in (folder / "report.html").read_text()
 
 def test_cli_lightning_trainer(tmp_path, capsys):
     from zoo.cli import main
