@@ -63,12 +63,12 @@ class SVIDivergedError(RuntimeError):
         self.step, self.losses, self.model, self.guide, self.params = step, losses, model, guide, dict(params or {})
 
 
-def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False, seed: int = 0):
+def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False):
     """Resolve ``guide``: None or a callable (the target's guide: the model's own or the one the target was
     built with; AutoNormal when there is none), or a name in GUIDES.
 
-    Autoguides start at ``init`` (constrained values), else the model's ``initial_values`` (seeded with
-    ``seed``), else the prior median. They are built on ``target.model_fn``, or on ``target.marginal_fn`` when
+    Autoguides start at ``init`` (constrained values), else the model's ``initial_values`` (seeded by a
+    draw from the RNG that ``fit_svi`` seeds), else the prior median. They are built on ``target.model_fn``, or on ``target.marginal_fn`` when
     ``marginal`` (MAP)."""
     if guide is None or callable(guide):
         guide = target.guide or "normal"
@@ -78,7 +78,7 @@ def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False
         raise ValueError(f"guide: expected a callable or one of {', '.join(GUIDES)}, got {guide!r}")
     info = target.info(data, marginal=marginal)
     model_fn = target.form(marginal)
-    values = init if init is not None else target.initial_values(data, seed=seed)
+    values = init if init is not None else target.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     init = init_to_value(values=dict(values), fallback=init_to_median_any) if values else init_to_median_any
     hidden = poutine.block(model_fn, hide=list(info.enumerated)) if info.enumerated else model_fn
     return GUIDES[guide](hidden) if guide == "iaf" else GUIDES[guide](hidden, init_loc_fn=init)
@@ -239,7 +239,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     set_seed(seed)
     method = "map" if guide == "delta" else "svi"
     with target.scope():   # parameters live in the target's own store
-        guide_fn = make_guide(target, guide, data, init, marginal=method == "map", seed=seed)
+        guide_fn = make_guide(target, guide, data, init, marginal=method == "map")
         marginal = method == "map" or target.fits_marginal(guide_fn, data)
         info = target.info(data, marginal=marginal)
         model_fn = target.form(marginal)

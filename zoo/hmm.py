@@ -80,19 +80,17 @@ class HiddenMarkovModel(ZooModel):
     :param n_symbols: vocabulary size V (categorical); default: the largest symbol in the data + 1.
     :param prior: "data" (emission priors on the scale of the observed steps, empirical Bayes) or
         "fixed" (center 0, spread 1, mean count 1 whatever the data: standardize the data first; SBC).
-    :param init_seed: seed of the k-means fit the guide's parameters start from.
     """
 
     name = "hmm"
     default_dataset = "goog-returns"
 
     def __init__(self, n_states: int = 2, *, emission: str = "gaussian", dim: int | None = None,
-                 n_symbols: int | None = None, prior: str = "data", init_seed: int = 0):
+                 n_symbols: int | None = None, prior: str = "data"):
         super().__init__()
         self.n_states = check_setting(n_states, "n_states", kind="int", positive=True)
         self.emission = check_setting(emission, "emission", kind="choice", choices=tuple(EMISSIONS))
         self.prior = check_setting(prior, "prior", kind="choice", choices=PRIORS)
-        self.init_seed = check_setting(init_seed, "init_seed", kind="int")
         self.family = EMISSIONS[emission](dim=dim, n_symbols=n_symbols)
         self.dim, self.n_symbols = self.family.dim, self.family.n_symbols
         self.global_sites = ("initial", "transition", *self.family.sites)
@@ -161,7 +159,7 @@ class HiddenMarkovModel(ZooModel):
         """Start q at the posterior given the k-means labels of :meth:`initial_values` (counts + 1)."""
         if data is None:
             raise ValueError("data: the HMM guide is initialized from data; got None")
-        emission, first, pairs, visits = kmeans_start(self, data, seed=self.init_seed)
+        emission, first, pairs, visits = kmeans_start(self, data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
         self.q_initial = PyroParam(first, constraints.positive)
         self.q_transition = PyroParam(pairs, constraints.positive)
         for name, param in self.family.guide_params(emission, visits).items():
