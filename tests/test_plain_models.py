@@ -26,14 +26,7 @@ from scipy import special, stats
 import inference
 from inference.target import inspect_model
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models' tensors are tiny: on a loaded machine torch's thread synchronisation, not arithmetic,
-    dominates each reduction (a 2x2 max took 30 ms with 2 threads, 5 us with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST_NUTS = dict(num_samples=100, warmup_steps=100, num_chains=2, chain_method="sequential", progress=False)

@@ -58,13 +58,6 @@ def fake_posterior():
 
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny networks: intra-op threads only add contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -29,14 +29,7 @@ TRUTH = {  # two strong directions (variances 6.5 and 3.5 with the noise), noise
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices (D <= 13): one intra-op thread is faster, and on a shared machine two spinning
-    OpenMP threads per process made the SVI tests ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_params(D, K, seed, batch=()):

@@ -10,13 +10,7 @@ from zoo import datasets
 from zoo.ppca_guide import Layout, RotationAveragedGuide, haar, log_lq_jacobian
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices: one intra-op thread is faster on a shared machine (as in test_ppca.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
