@@ -1,10 +1,12 @@
 """NUTS for any Pyro model, discrete latents summed out.
 
 One sampler, :mod:`inference.nuts` (multinomial NUTS with Stan's warmup on a flat vector), for every
-model. Its log density is the model's closed form when it has one (``ZooModel.log_density``, checked
-against the Pyro log joint first), else the model's own Pyro log joint with enumerated sites summed
-out, traced once with its gradient and compiled (:class:`inference.potential.Potential`): no Pyro
-trace and no autograd per leapfrog step. Chains run in forked worker processes with per-chain seeds
+model. Its log density (:class:`inference.potential.Potential`) is the model's closed form when it has
+one (``ZooModel.log_density``), else the model's own Pyro log joint with enumerated sites summed out,
+traced once with its gradient and compiled when the run is long enough to pay: no Pyro trace and no
+autograd per leapfrog step. Every route is checked against Pyro's potential before and while it runs;
+a chain that finds its route wrong is run again on the next route, with a warning. A chain starts, as
+Pyro's do, at the first of up to 100 draws where the log density is finite. Chains run in forked worker processes with per-chain seeds
 derived from one user seed; per-draw statistics carry ArviZ's names (``energy``, ``lp``,
 ``diverging``, ``tree_depth``, ...). Enumerated sites are recovered on request with
 ``infer_discrete``. Pyro's own NUTS kernel remains as ``engine="pyro"``, the reference.
@@ -31,8 +33,9 @@ from tqdm import tqdm
 
 from inference import nuts
 from inference.posterior import Posterior
-from inference.potential import Potential, has_compiler
+from inference.potential import MAX_TRIES, Potential
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
+from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
 from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,6 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("zoo", "pyro")
 POTENTIALS = ("auto", "closed_form", "compiled", "graph", "eager")
-#: with ``potential="auto"``, Inductor compiles the traced potential when the run has at least this
-#: many NUTS iterations over all chains: enough leapfrog steps for the time saved per step to pay for
-#: the compile (the measurements behind it: benchmarks/README.md, "Numbers behind the code")
-COMPILE_MIN_ITERATIONS = 2000
 
 
 def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, num_chains: int = 4,
@@ -58,13 +57,15 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
         joint traced and compiled once (:class:`inference.potential.Potential`). "pyro": Pyro's NUTS
         kernel on the traced model (the reference; also what ``dense_mass=True`` uses).
-    :param potential: for ``engine="zoo"``: "auto" (the closed form if any, else "compiled" for runs of
-        at least ``COMPILE_MIN_ITERATIONS`` iterations when a C++ compiler is present, else "graph"),
-        "closed_form", "compiled" (Inductor), "graph" (the traced graph, no compile) or "eager".
+    :param potential: for ``engine="zoo"``: "auto" (the closed form if any, else the traced graph,
+        compiled by Inductor in the background and taken when ready, where the run is long enough to
+        pay: :mod:`inference.tracing`), "closed_form", "compiled" (compiled before sampling), "graph"
+        (the traced graph, never compiled) or "eager" (Pyro's potential at every step). The route that
+        produced the draws is ``settings["potential"]``.
     :param jit: ``torch.jit`` for Pyro's kernel (``engine="pyro"`` only).
     :param init: starting values (constrained), one dict for all chains or one per chain. Default:
         the zoo model's data-driven ``initial_values`` (seeded per chain), else uniform in (-2, 2)
-        on the unconstrained scale.
+        on the unconstrained scale, drawn again (up to 100 times) until the log density is finite.
     :param recover_discrete: also draw every enumerated site from its conditional posterior
         (``infer_discrete``, one draw per posterior draw).
     :param chain_method: "parallel" runs chains in forked worker processes, one per CPU core (on the
@@ -90,13 +91,12 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     start = time.perf_counter()
     density = None
     if engine == "zoo":
-        if potential in ("auto", "closed_form"):
-            density = checked_log_density(target, data)
-            if density is None and potential == "closed_form":
-                raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
-        if density is None:
-            route = potential_route(potential, (warmup_steps + num_samples) * num_chains)
-            density = Potential(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting, route=route)
+        closed_form = target.log_density(data) if potential in ("auto", "closed_form") else None
+        if closed_form is None and potential == "closed_form":
+            raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
+        density = Potential(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting,
+                            route="auto" if potential == "closed_form" else potential, closed_form=closed_form,
+                            calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION, name=target.name)
 
     def chain(c: int, position: int = 0):
         cseed = chain_seed(seed, c)
@@ -121,15 +121,17 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     else:
         results = [chain(c) for c in range(num_chains)]
     chains, stats = zip(*results)
+    routes = [s.pop("route", "pyro kernel") for s in stats]
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     sample_stats = {k: np.stack([s[k] for s in stats]) for k in stats[0]}
-    route = "pyro kernel" if density is None else getattr(density, "route", "closed form")
+    route = ", ".join(dict.fromkeys(r.split(" (")[0] for r in routes))   # the route(s) the draws came from
     posterior = Posterior(
         target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
         sample_stats=sample_stats, coords=coords,
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
-                      potential=route, compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2)),
+                      potential=route, routes=routes,
+                      compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2)),
     )
     divergences = int(sample_stats["diverging"].sum())
     log.info("NUTS %s: %d chains x %d draws in %.1fs (%s), %d divergences", target.name, num_chains,
@@ -139,103 +141,57 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     return posterior
 
 
-def potential_route(potential: str, iterations: int) -> str:
-    """The route of a traced potential: "auto" compiles for runs of ``COMPILE_MIN_ITERATIONS`` or more
-    (all chains) when a C++ compiler is present, and runs the traced graph otherwise."""
-    if potential not in ("auto", "closed_form"):
-        return potential
-    return "compiled" if iterations >= COMPILE_MIN_ITERATIONS and has_compiler() else "graph"
+def _flat_chain(density: Potential, values, seed: int, **options):
+    """One chain of :func:`inference.nuts.sample` on ``density``; constrained draws in the model's dtype.
 
-
-class ClosedForm:
-    """A model's closed-form log density (``ZooModel.log_density``) on the flat vector that
-    :mod:`inference.nuts` samples: the same interface as :class:`inference.potential.Potential`."""
-
-    route = "closed form"
-    compile_seconds = 0.0
-
-    def __init__(self, transforms, fn, prototypes):
-        self.names = tuple(transforms)
-        self.transforms, self.fn, self.prototypes = transforms, fn, prototypes
-        self.shapes = {k: tuple(transforms[k].inverse_shape(prototypes[k].shape)) for k in self.names}
-        self.sizes = [math.prod(self.shapes[k]) for k in self.names]
-
-    def unflatten(self, theta):
-        splits = np.cumsum(self.sizes)[:-1]
-        return {k: part.reshape(tuple(theta.shape[:-1]) + self.shapes[k])
-                for k, part in zip(self.names, np.split(theta, splits, -1))}
-
-    def flatten(self, values) -> np.ndarray:
-        return np.concatenate([self.transforms[k].inv(torch.as_tensor(values[k], dtype=torch.float64))
-                               .numpy().reshape(-1) for k in self.names])
-
-    def constrain(self, draws: np.ndarray) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return {k: self.transforms[k](torch.from_numpy(np.ascontiguousarray(v))).to(self.prototypes[k].dtype)
-                    for k, v in self.unflatten(draws).items()}
-
-    def __call__(self, theta):
-        value, grad = self.fn(self.unflatten(theta))
-        return value, np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in self.names])
-
-
-def checked_log_density(target, data) -> ClosedForm | None:
-    """The model's closed-form log density, or None when it has none.
-
-    Checked first: it must cover the latent sites of the marginal model and equal its Pyro log joint
-    plus the log Jacobians, at a draw from the prior, to 1e-6 (relative; 1000 machine epsilons for a
-    float32 model); a model whose closed form disagrees with its own Pyro model is an error, not a
-    silent change of target.
-    """
-    density = target.log_density(data)
-    if density is None:
-        return None
-    transforms, fn = density
-    latent = target.info(data, marginal=True).latent
-    if set(transforms) != set(latent):
-        raise ValueError(f"{target.name}.log_density: covers {sorted(transforms)}, but the latent sites are "
-                         f"{sorted(latent)}")
-    with torch.no_grad():
-        values = {k: v for k, v in _prior_draw(target, data).items() if k in transforms}   # the model's dtype
-        u = {k: transforms[k].inv(v.double()) for k, v in values.items()}
-        trace = poutine.trace(poutine.condition(target.marginal_fn, data=values)).get_trace(data)
-        expected = float(trace.log_prob_sum()) + sum(
-            float(transforms[k].log_abs_det_jacobian(u[k], values[k].double()).sum()) for k in u)
-    got = fn({k: v.numpy() for k, v in u.items()})[0]
-    tolerance = max(1e-6, 1e3 * max(torch.finfo(v.dtype).eps for v in values.values()))
-    if not abs(got - expected) <= tolerance * max(1.0, abs(expected)):
-        raise RuntimeError(f"{target.name}.log_density: {got!r} at a prior draw, but the Pyro log joint "
-                           f"there is {expected!r}; the closed form does not match the model")
-    return ClosedForm(transforms, fn, values)
-
-
-def _prior_draw(target, data) -> dict[str, torch.Tensor]:
-    """One draw of every latent site from the marginal model's prior (seeded, RNG left untouched)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trace = poutine.trace(poutine.seed(target.marginal_fn, rng_seed=0)).get_trace(data)
-    return {k: s["value"] for k, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
-
-
-def _flat_chain(density, values, seed: int, **options):
-    """One chain of :func:`inference.nuts.sample` on ``density`` (a :class:`ClosedForm` or a
-    :class:`~inference.potential.Potential`); constrained draws in the model's dtype. The start is
-    ``values`` where given, else uniform in (-2, 2) on the unconstrained scale."""
-    rng = np.random.default_rng([seed, 1])
-    given = {k: values[k] for k in density.names if values and k in values}
+    The start is ``values`` where given, else uniform in (-2, 2) on the unconstrained scale, drawn again
+    until the log density is finite there (:func:`start_point`). After sampling, the route is checked
+    at the last draw; a route found wrong before or then steps aside (:class:`~inference.tracing.Mismatch`)
+    and the chain runs again, from the same seed, on the next route."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (benchmarks/README.md)
     try:
-        start = density.flatten({**density.prototypes, **given})
-        first = 0
-        for k, n in zip(density.names, density.sizes):
-            if k not in given:
-                start[first:first + n] = rng.uniform(-2, 2, n)
-            first += n
-        draws, stats = nuts.sample(density, start, seed=seed, **options)
+        while True:
+            try:
+                start = start_point(density, values, np.random.default_rng([seed, 1]))
+                draws, stats = nuts.sample(density, start, seed=seed, **options)
+                density.verify(draws[-1])
+                break
+            except Mismatch:
+                continue   # the route stepped aside (with a warning): this chain again, on the next route
     finally:
         torch.set_num_threads(threads)
+    stats["route"] = density.guard.describe()
     return density.constrain(draws), stats
+
+
+def start_point(density: Potential, values, rng: np.random.Generator) -> np.ndarray:
+    """A starting point where the log density and its gradient are finite, as Pyro's ``initialize_model``
+    finds one: the given ``values`` (constrained) and, for the other sites, uniform draws in (-2, 2) on the
+    unconstrained scale, drawn again up to ``MAX_TRIES`` times. A point where the model raises counts as
+    not finite (its exception is named if no point is found)."""
+    given = {k: values[k] for k in density.names if values and k in values}
+    base = density.flatten({**density.prototypes, **given})
+    free = np.concatenate([np.full(n, k not in given) for k, n in zip(density.names, density.sizes)])
+    error = None
+    for _ in range(MAX_TRIES if free.any() else 1):
+        theta = base.copy()
+        theta[free] = rng.uniform(-2, 2, int(free.sum()))
+        try:
+            value, grad = density(theta)
+        except Mismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - the model refused this point: try another
+            error = e
+            continue
+        if math.isfinite(value) and np.all(np.isfinite(grad)):
+            return theta
+    free_sites = [k for k in density.names if k not in given]
+    where = (f"uniform draws in (-2, 2) on the unconstrained scale of {free_sites}" if free_sites
+             else "the given init")
+    cause = f"; the model raised {type(error).__name__}: {error}" if error is not None else ""
+    raise ValueError(f"init: the log density is not finite at {where} ({MAX_TRIES if free.any() else 1} "
+                     f"tried){cause}; pass init= with values inside the support")
 
 
 def _num_workers(num_chains: int, chain_method: str, data) -> int:

@@ -23,8 +23,9 @@ trace serves every batch of that size and every epoch's data; a batch of another
 one of an epoch) runs Pyro's ELBO.
 
 The traced loss is checked against Pyro's own ``Trace_ELBO`` (value and every gradient, from the same
-random state, on the same batch) before it is used; any other pair, or a pair that fails the check,
-keeps Pyro's ELBO, and the log says why.
+random state) before it is used, at the current parameters, at perturbed ones with other draws and on
+another batch, and again while it runs (:class:`TracedLoss`, :mod:`inference.tracing`); any other pair,
+or a pair that fails a check, keeps Pyro's ELBO, and the log says why.
 """
 
 from __future__ import annotations
@@ -43,7 +44,19 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from pyro.util import get_rng_state, set_rng_state
 
-from inference.potential import compile_graph, flatten_data, has_compiler, trace_graph
+from inference.tracing import (
+    Guard,
+    Mismatch,
+    compile_graph,
+    flatten_data,
+    mismatch,
+    on_cpu,
+    operations,
+    trace_graph,
+    unused_inputs,
+    worth_compiling,
+    worth_tracing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +148,6 @@ def importance_estimate(model, proposal, data, k: int, **kw) -> tuple[list[float
     ess = torch.exp(2 * lse - torch.logsumexp(2 * log_w, 0))
     return (lse - math.log(k)).tolist(), ess.tolist()
 
-#: with ``route="auto"``, Inductor compiles the loss for runs of at least this many steps
-COMPILE_MIN_STEPS = 1000
-
-
 class FixedSubsample(Messenger):
     """Make the plate ``name`` cover exactly ``indices`` (it then scales its sites by size / len(indices))."""
 
@@ -177,113 +186,223 @@ def reparameterized_elbo_loss(model_fn: Callable, guide_fn: Callable, data, num_
 
 
 def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: list[torch.Tensor], *,
-                num_steps: int, route: str = "auto", subsample: tuple[str, torch.Tensor] | None = None,
-                compile_min_steps: int = COMPILE_MIN_STEPS, graph_min_steps: int | None = None):
-    """Pyro's loss computed by a traced graph, and the route taken: ``(loss_fn, "compiled" | "graph" | "pyro")``.
+                num_steps: int, route: str = "auto", subsample: tuple[str, torch.Tensor] | None = None):
+    """Pyro's loss computed by the fastest route that agrees with it: ``(loss_fn, route)``, the
+    :class:`TracedLoss` and the route it starts on ("compiled", "graph" or "pyro").
 
     Full batch: ``loss_fn()`` stands for ``loss_obj.differentiable_loss(model_fn, guide_fn, data)``.
     Minibatch, ``subsample=(plate name, example indices)``: ``loss_fn(x, indices)`` stands for that loss
     on data ``x`` (of ``data``'s shapes) with the plate fixed to ``indices`` (:class:`FixedSubsample`);
     the indices are a graph input, so any batch of the example's size runs the graph.
 
-    :param route: "auto" ("compiled" for at least ``compile_min_steps`` steps with a C++ compiler and
-        the data on the CPU, else "graph" for at least ``graph_min_steps`` steps when given, else
-        "pyro"), "compiled", "graph" or "pyro" (Pyro's ELBO at every step).
+    :param num_steps: the planned number of steps (the route policy's input, and the last check).
+    :param route: "auto" (Pyro's ELBO for runs too short for tracing to pay, else the traced graph,
+        compiled in the background when the run is long enough: :mod:`inference.tracing`), "compiled"
+        (compiled now), "graph" or "pyro" (Pyro's ELBO at every step).
     """
     if route not in ("auto", "compiled", "graph", "pyro"):
         raise ValueError(f"route: expected 'auto', 'compiled', 'graph' or 'pyro', got {route!r}")
-    if route == "auto":
-        on_cpu = all(t.device.type == "cpu" for t in flatten_data(data)[0])
-        route = ("compiled" if num_steps >= compile_min_steps and has_compiler() and on_cpu
-                 else "graph" if graph_min_steps is not None and num_steps >= graph_min_steps else "pyro")
-    plate, example = subsample if subsample is not None else (None, None)
-
-    def fixed(fn, indices):
-        return FixedSubsample(plate, indices)(fn) if plate is not None else fn
-
-    def pyro_loss(x=data, indices=example):
-        return loss_obj.differentiable_loss(fixed(model_fn, indices), fixed(guide_fn, indices), x)
-
-    why = _untraceable(loss_obj, fixed(guide_fn, example), data) if route != "pyro" else "asked for"
+    loss = TracedLoss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps, subsample=subsample)
+    why, sites = _untraceable(loss_obj, loss.fixed(guide_fn, loss.example), data) if route != "pyro" else ("asked for", 0)
+    if not why and route == "auto" and not worth_tracing(num_steps, sites):
+        why = f"a run of {num_steps} steps is too short for tracing to pay"
     if why:
         log.info("SVI loss: Pyro's %s at every step (%s)", type(loss_obj).__name__, why)
-        return pyro_loss, "pyro"
-    particles = loss_obj.num_particles
+        return loss, "pyro"
+    loss.build(route)
+    return loss, loss.route
 
-    def value_and_grads(*_):
+
+class TracedLoss:
+    """A loss of a model/guide pair by the fastest route that agrees with Pyro's ELBO (see
+    :func:`traced_loss`), checked against it when built (at the current parameters and random state, at
+    perturbed parameters with other random draws, on another batch) and while it runs (the calls of
+    :class:`~inference.tracing.Guard`, the last planned step included). On a mismatch it steps aside to
+    the next route from the current parameters, with a warning; ``redo`` then counts the steps taken
+    since the last check that passed, for a caller who wants them taken again. ``describe()`` names
+    the route that produced the fit."""
+
+    def __init__(self, loss_obj, model_fn, guide_fn, data, params, *, num_steps: int, subsample=None):
+        self.loss_obj, self.model_fn, self.guide_fn, self.data = loss_obj, model_fn, guide_fn, data
+        self.params, self.num_steps = list(params), num_steps
+        self.plate, self.example = subsample if subsample is not None else (None, None)
+        self.leaves = flatten_data(data)[0]
+        self.dtype = torch.float32 if any(p.dtype == torch.float32 for p in self.params) else torch.float64
+        self.guard = Guard("SVI loss", ("pyro", None))
+        self.verified_at = 0
+        self.redo = 0
+        self.compile_seconds = 0.0
+
+    @property
+    def route(self) -> str:
+        return self.guard.route
+
+    def describe(self) -> str:
+        return self.guard.describe()
+
+    def fixed(self, fn, indices):
+        return FixedSubsample(self.plate, indices)(fn) if self.plate is not None else fn
+
+    def pyro_loss(self, x=None, indices=None):
+        x, indices = (self.data if x is None else x), (self.example if indices is None else indices)
+        return self.loss_obj.differentiable_loss(self.fixed(self.model_fn, indices), self.fixed(self.guide_fn, indices), x)
+
+    def reference(self, x=None, indices=None):
+        """Pyro's loss and its gradient with respect to every parameter (detached)."""
         with torch.enable_grad():
-            loss = reparameterized_elbo_loss(fixed(model_fn, example), fixed(guide_fn, example), data, particles)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return (loss.detach(), *[g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)])
+            loss = self.pyro_loss(x, indices)
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        return loss.detach(), [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
 
-    # the data's tensors and the indices are inputs of the graph (the same objects the closures use), not
-    # constants: every batch runs one graph, and Inductor's cache serves another fit of the same shapes
-    # (SBC, model choice, the next epoch) without recompiling
-    leaves, _ = flatten_data(data)
-    batch = [example] if plate is not None else []
-    start = time.perf_counter()
-    state = get_rng_state()
-    try:
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn = trace_graph(value_and_grads, *params, *leaves, *batch)
-            if route == "compiled":
-                fn = compile_graph(fn, [*(p.detach() for p in params), *leaves, *batch], fallback_random=True,
-                                   vectorize=True)   # no enumerated contraction here (TraceEnum keeps Pyro's)
-        _check(fn, pyro_loss, params, leaves, batch)
-        if plate is not None and len(example) > 1:   # another batch: the indices were not baked into the graph
-            _check(fn, lambda: pyro_loss(data, example.flip(0)), params, leaves, [example.flip(0)])
-    except Exception as e:  # noqa: BLE001 - a pair that cannot be traced keeps Pyro's ELBO, with the reason
-        log.warning("SVI loss: the %s route is not usable for this model and guide (%s: %s); using Pyro's ELBO",
-                    route, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-        return pyro_loss, "pyro"
-    finally:
-        set_rng_state(state)   # the fit draws the same random numbers whichever route it takes
-    log.info("SVI loss: %s route, built in %.1fs", route, time.perf_counter() - start)
+    # --- routes ----------------------------------------------------------------------------------
+    def _inputs(self, x, indices):
+        inputs = self.leaves if x is None or x is self.data else flatten_data(x)[0]
+        return [*(p.detach() for p in self.params), *inputs, *([indices] if self.plate is not None else [])]
 
-    def loss_fn(x=data, indices=example):
-        if plate is not None and len(indices) != len(example):
-            return pyro_loss(x, indices)   # a batch of another size (an epoch's last): Pyro's ELBO
-        inputs = leaves if x is data else flatten_data(x)[0]
-        value, *grads = fn(*[p.detach() for p in params], *inputs, *([indices] if plate is not None else []))
-        return _KnownGradient.apply(value, tuple(grads), *params)
+    def _route(self, graph):
+        def fn(x, indices):
+            value, *grads = graph(*self._inputs(x, indices))
+            return value, grads
+        return fn
 
-    return loss_fn, route
+    def build(self, route: str) -> None:
+        """Trace the loss and its gradients into one graph, check it, and compile it (for
+        ``route="compiled"``, and for "auto" when the run is long enough to pay)."""
+        particles = self.loss_obj.num_particles
+        model_fn, guide_fn = self.fixed(self.model_fn, self.example), self.fixed(self.guide_fn, self.example)
+
+        def value_and_grads(*_):
+            with torch.enable_grad():
+                loss = reparameterized_elbo_loss(model_fn, guide_fn, self.data, particles)
+                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            return (loss.detach(), *[g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)])
+
+        # the parameters, the data's tensors and the indices are inputs of the graph (the same objects the
+        # closures use, which is how the tracer knows them), not constants: every batch runs one graph, and
+        # Inductor's cache serves another fit of the same shapes
+        example = self._inputs(None, self.example)
+        start = time.perf_counter()
+        state = get_rng_state()
+        try:
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = trace_graph(value_and_grads, *self.params, *example[len(self.params):])
+            fn = self._route(graph)
+            why = self._unread(graph) or self._disagreement(fn)
+            if why:
+                raise Mismatch(why + " (Python control flow on a latent value, or an operation the tracer cannot "
+                               "see such as numpy inside the model)")
+        except Exception as e:  # noqa: BLE001 - a pair that cannot be traced keeps Pyro's ELBO, with the reason
+            log.warning("SVI loss: the graph route is not usable for this model and guide (%s: %s); using Pyro's ELBO",
+                        type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+            return
+        finally:
+            set_rng_state(state)   # the fit draws the same random numbers whichever route it takes
+        self.guard.add("graph", fn)
+        if route == "compiled" or route == "auto" and worth_compiling(self.num_steps, operations(graph),
+                                                                      on_cpu=on_cpu(self.leaves)):
+            try:   # no enumerated contraction here (TraceEnum keeps Pyro's): vectorized C++
+                compiled = self._route(compile_graph(graph, example, fallback_random=True, vectorize=True))
+                why = self._disagreement(compiled)
+                if why:
+                    raise Mismatch(why)
+                self.guard.add("compiled", compiled)
+            except Exception as e:  # noqa: BLE001
+                log.warning("SVI loss: the compiled route is not usable for this model and guide (%s: %s); "
+                            "using the graph", type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+        self.compile_seconds = time.perf_counter() - start
+        log.info("SVI loss: %s route, built in %.1fs", self.route, self.compile_seconds)
+
+    # --- checks ----------------------------------------------------------------------------------
+    def _unread(self, graph) -> str:
+        """The parameters the graph never reads although Pyro's loss has a gradient for them."""
+        unread = [i for i in unused_inputs(graph) if i < len(self.params)]
+        if unread:
+            state = get_rng_state()
+            try:
+                _, grads = self.reference()
+            finally:
+                set_rng_state(state)
+            unread = [i for i in unread if bool(grads[i].abs().max() > 0)]
+        return f"the traced loss does not read parameter(s) {unread}, which Pyro's loss depends on" if unread else ""
+
+    def _compare(self, fn, x, indices) -> str:
+        """``fn`` against Pyro's ELBO from the same random state; the state is left where ``fn`` left it."""
+        state = get_rng_state()
+        value, grads = fn(x, indices)
+        after = get_rng_state()
+        set_rng_state(state)
+        try:
+            expected = self.reference(x, indices)
+        finally:
+            set_rng_state(after)
+        return mismatch((value, grads), expected, self.dtype)
+
+    def _disagreement(self, fn) -> str:
+        """``fn`` against Pyro's ELBO at the build points: the current parameters and random state; the
+        parameters perturbed (by 10 % of their size and 0.01), with other random draws; another batch."""
+        state = get_rng_state()
+        saved = [p.detach().clone() for p in self.params]
+        generator = torch.Generator().manual_seed(0)
+        try:
+            why = self._compare(fn, None, self.example)
+            if not why:
+                with torch.no_grad():
+                    for p in self.params:
+                        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+                        p.add_(0.1 * (p.abs() + 0.1) * noise)
+                torch.manual_seed(1)
+                why = self._compare(fn, None, self.example)
+            if not why and self.plate is not None and len(self.example) > 1:   # the indices were not baked in
+                with torch.no_grad():
+                    for p, v in zip(self.params, saved):
+                        p.copy_(v)
+                why = self._compare(fn, None, self.example.flip(0))
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self.params, saved):
+                    p.copy_(v)
+            set_rng_state(state)
+        return why
+
+    # --- the loss ----------------------------------------------------------------------------------
+    def __call__(self, x=None, indices=None):
+        indices = self.example if indices is None else indices
+        if self.plate is not None and len(indices) != len(self.example):
+            return self.pyro_loss(x, indices)   # a batch of another size (an epoch's last): Pyro's ELBO
+        check = self.guard.due() or (self.guard.calls == self.num_steps and not self.guard.on_reference)
+        if self.guard.on_reference:
+            self.redo = max(0, self.redo - 1)
+            return self.pyro_loss(x, indices)
+        if check:
+            state = get_rng_state()
+            why = self._compare(self.guard.fn, x, indices)
+            if why:
+                self.redo = self.guard.calls - self.verified_at
+                self.guard.step_aside(why)
+                set_rng_state(state)
+                self.guard.calls -= 1   # this call again, on the next route
+                return self(x, indices)
+            self.verified_at = self.guard.calls
+            set_rng_state(state)
+        value, grads = self.guard.fn(x, indices)
+        return _KnownGradient.apply(value, tuple(grads), *self.params)
 
 
-def _untraceable(loss_obj, guide_fn, data) -> str:
-    """Why the loss of this pair cannot be traced ("" when it can)."""
+def _untraceable(loss_obj, guide_fn, data) -> tuple[str, int]:
+    """Why the loss of this pair cannot be traced ("" when it can), and the guide's sample sites."""
     if type(loss_obj) is not Trace_ELBO:
-        return f"{type(loss_obj).__name__}, not Trace_ELBO"
+        return f"{type(loss_obj).__name__}, not Trace_ELBO", 0
     if loss_obj.vectorize_particles:
-        return "vectorized particles"
+        return "vectorized particles", 0
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         state = get_rng_state()
         trace = poutine.trace(guide_fn).get_trace(data)
         set_rng_state(state)
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site) \
-                and not getattr(site["fn"], "has_rsample", False):
-            return f"guide site {name!r} is not reparameterized"
-    return ""
-
-
-def _check(fn, pyro_loss, params, leaves, batch) -> None:
-    """The traced loss and gradients equal Pyro's from the same random state (to 1e-6 relative, 1e3
-    machine epsilons for float32)."""
-    state = get_rng_state()
-    with torch.enable_grad():
-        expected = pyro_loss()
-        expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
-    set_rng_state(state)
-    value, *grads = fn(*[p.detach() for p in params], *leaves, *batch)
-    eps = max(1e-6, 1e3 * max(torch.finfo(p.dtype).eps for p in params))
-    expected = expected.detach()
-    if not abs(float(value) - float(expected)) <= eps * max(1.0, abs(float(expected))):
-        raise RuntimeError(f"traced loss {float(value)!r} where Pyro's ELBO gives {float(expected)!r}")
-    for p, g, e in zip(params, grads, expected_grads):
-        e = torch.zeros_like(p) if e is None else e
-        scale = max(1.0, float(e.abs().max()))
-        if not float((g - e).abs().max()) <= 10 * eps * scale:
-            raise RuntimeError(f"traced gradient differs from Pyro's by {float((g - e).abs().max()):.3g}")
+    sites = [(name, site) for name, site in trace.nodes.items()
+             if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)]
+    for name, site in sites:
+        if not getattr(site["fn"], "has_rsample", False):
+            return f"guide site {name!r} is not reparameterized", 0
+    return "", len(sites)

@@ -5,29 +5,27 @@ bijections of their supports, as Pyro's HMC does (``biject_to(support)``); the l
 model's log joint at the constrained values plus the log Jacobians, with enumerated sites summed
 out by Pyro's own ``TraceEinsumEvaluator`` (the contraction Pyro's NUTS kernel uses).
 
-Evaluated as Pyro evaluates it, every call re-runs the model under a trace and autograd: a fixed cost
-in Python per leapfrog step whatever the model's size (measured: benchmarks/README.md). Here the value AND its gradient
-are traced once, down to ATen operations, into one graph (``make_fx``), and that graph is compiled
-by Inductor into C++: what remains per call is one function call on a few tensors. Three routes:
+Evaluated as Pyro evaluates it (the "eager" route, the reference), every call re-runs the model under a
+trace and autograd: a fixed cost in Python per leapfrog step whatever the model's size. The faster
+routes (:mod:`inference.tracing`):
 
-- ``"compiled"``: the graph compiled by Inductor (needs a C++ compiler; seconds to compile, cached
-  on disk by Inductor across processes). Data tensors are inputs of the graph, not constants, so the
-  compiled code is reused for new data of the same shapes.
-- ``"graph"``: the traced graph run by PyTorch's interpreter (no compile time, no compiler needed).
-- ``"eager"``: the model traced at every call (the reference the other two are checked against).
+- ``"closed form"``: the model's own log density and gradient (``ZooModel.log_density``), when it has one;
+- ``"graph"``: the value AND its gradient traced once, down to ATen operations, into one graph
+  (``make_fx``), with the data as inputs of the graph;
+- ``"compiled"``: that graph compiled by Inductor into C++; with ``route="auto"``, when the run is long
+  enough to pay (the one policy of :mod:`inference.tracing`).
 
-Every route is checked against Pyro's own potential (``initialize_model``'s ``potential_fn``) and
-its autograd gradient at a few points before sampling; a graph that disagrees (e.g. a model whose
-Python control flow depends on latent values, which a trace freezes) is not used.
+Each route is checked against Pyro's own potential (``initialize_model``'s ``potential_fn``) and its
+autograd gradient at the point it was built from and at other points before it is used, and again while
+it runs (:class:`inference.tracing.Guard`); a route that disagrees (a model whose Python control flow
+depends on latent values, an operation in numpy that the tracer saw as a constant) steps aside.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import math
-import shutil
 import time
 import warnings
 from typing import Callable
@@ -41,40 +39,69 @@ from pyro.infer.mcmc.util import TraceEinsumEvaluator, initialize_model
 from torch.distributions import biject_to
 
 from inference.target import InitMessenger, init_to_uniform_any
+from inference.tracing import (
+    Guard,
+    Mismatch,
+    compile_graph,
+    flatten_data,
+    mismatch,
+    on_cpu,
+    operations,
+    trace_graph,
+    unused_inputs,
+    unvalidated,
+    worth_compiling,
+)
 
 log = logging.getLogger(__name__)
 
 ROUTES = ("compiled", "graph", "eager")
+#: how many points an initial point or a check point is looked for among (Pyro's initialize_model: 100)
+MAX_TRIES = 100
 
 
 class Potential:
-    """``log p(theta)`` and its gradient for a model on given data, as numpy float64.
+    """``log p(theta)`` and its gradient for a model on given data, as numpy float64, by the fastest
+    route that agrees with Pyro's potential.
 
     :param model_fn: a Pyro callable ``model(data)`` (discrete latent sites are enumerated).
     :param max_plate_nesting: as Pyro's ``max_plate_nesting``.
-    :param route: "compiled", "graph", "eager", or "auto" ("compiled" when a C++ compiler is found,
-        else "graph"). A route that fails to build or to match Pyro's potential falls back to the next.
+    :param route: "compiled" (compiled now), "graph", "eager" (Pyro's potential at every call), or "auto"
+        (the closed form when given, else the graph, compiled in the background when ``calls`` make it
+        pay). A route that fails to build or to agree with Pyro's potential falls back to the next.
+    :param calls: the expected number of calls (the policy's input for "auto").
+    :param closed_form: the model's ``(transforms, fn)`` (``ZooModel.log_density``): ``fn`` maps
+        ``{site: unconstrained numpy value}`` to ``(log p, {site: gradient})``. It must cover the latent
+        sites and agree with the model; a closed form that does not is an error in the model.
     """
 
-    def __init__(self, model_fn: Callable, data, *, max_plate_nesting: int, route: str = "auto"):
+    def __init__(self, model_fn: Callable, data, *, max_plate_nesting: int, route: str = "auto",
+                 calls: int = 0, closed_form=None, name: str = "model"):
         if route not in (*ROUTES, "auto"):
             raise ValueError(f"route: expected 'auto' or one of {', '.join(ROUTES)}, got {route!r}")
-        self.data = data
-        self.max_plate_nesting = max_plate_nesting
-        self.model_fn = model_fn
+        self.data, self.max_plate_nesting, self.model_fn = data, max_plate_nesting, model_fn
         self.model = poutine.enum(config_enumerate(model_fn), first_available_dim=-1 - max_plate_nesting)
         with torch.no_grad(), pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             seeded = poutine.seed(InitMessenger(init_to_uniform_any)(self.model), rng_seed=0)
             trace = poutine.trace(seeded).get_trace(data)
-        latent = {name: site for name, site in trace.nodes.items()
-                  if site["type"] == "sample" and not site["is_observed"] and type(site["fn"]).__name__ != "_Subsample"}
+        latent = {k: s for k, s in trace.nodes.items()
+                  if s["type"] == "sample" and not s["is_observed"] and type(s["fn"]).__name__ != "_Subsample"}
         self.enumerated = tuple(k for k, s in latent.items() if s["fn"].has_enumerate_support)
         sites = {k: s for k, s in latent.items() if k not in self.enumerated}
+        discrete = [f"{k!r} ({type(s['fn']).__name__})" for k, s in sites.items() if s["fn"].support.is_discrete]
+        if discrete:
+            raise ValueError(f"model: latent discrete site(s) {', '.join(discrete)} cannot be summed out; NUTS "
+                             "needs continuous latents, or discrete ones of finite support marked for enumeration "
+                             "(infer={'enumerate': 'parallel'})")
         if not sites:
             raise ValueError("model: has no continuous latent sites for NUTS to sample")
+        if closed_form is not None and set(closed_form[0]) != set(sites):
+            raise ValueError(f"{name}.log_density: covers {sorted(closed_form[0])}, but the latent sites are "
+                             f"{sorted(sites)}")
         self.names = tuple(sites)
-        self.transforms = {k: biject_to(s["fn"].support) for k, s in sites.items()}
+        self.transforms = (dict(closed_form[0]) if closed_form is not None
+                           else {k: biject_to(s["fn"].support) for k, s in sites.items()})
         self.prototypes = {k: s["value"].detach() for k, s in sites.items()}   # shapes and dtypes of the sites
         self.shapes = {k: tuple(self.transforms[k].inv(v).shape) for k, v in self.prototypes.items()}
         self.sizes = [math.prod(self.shapes[k]) for k in self.names]
@@ -82,25 +109,24 @@ class Potential:
         self.dim = sum(self.sizes)
         self._evaluator = TraceEinsumEvaluator(trace, bool(self.enumerated), max_plate_nesting)
         self.leaves, self._rebuild = flatten_data(data)
-        self.route, self._fn = "eager", self._value_and_grad
         self.compile_seconds = 0.0
-        if route == "auto":
-            route = "compiled" if has_compiler() else "graph"
-        for candidate in ROUTES[ROUTES.index(route):]:
-            if candidate == "eager":
-                break
-            try:
-                start = time.perf_counter()
-                fn = self._build(candidate)
-                self.compile_seconds = time.perf_counter() - start
-                self._check(fn)
-            except Exception as e:  # noqa: BLE001 - any failure to trace or compile falls back, with the reason
-                log.warning("potential: the %s route is not usable for this model (%s: %s); falling back",
-                            candidate, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-                continue
-            self.route, self._fn = candidate, fn
-            break
+        self._reference = None
+        self._points = self._check_points()
+        self.guard = Guard(f"{name}: potential", ("eager", self._route(self._value_and_grad)))
+        if closed_form is not None:
+            fn = self._closed_form(closed_form[1])
+            why = self._disagreement(fn)
+            if why:
+                raise RuntimeError(f"{name}.log_density: {why}; the closed form does not match the model")
+            self.guard.add("closed form", fn)
+        elif route != "eager":
+            self._build(route, calls)
         log.info("potential: %s route, %d coordinates, built in %.1fs", self.route, self.dim, self.compile_seconds)
+
+    @property
+    def route(self) -> str:
+        """The route in use."""
+        return self.guard.route
 
     # --- coordinates -------------------------------------------------------------------------
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -131,7 +157,7 @@ class Potential:
         trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(data)
         for site in trace.nodes.values():
             if site["type"] == "sample":
-                site["fn"] = _unvalidated(site["fn"])
+                site["fn"] = unvalidated(site["fn"])
         return self._evaluator.log_prob(trace) + log_det
 
     def _value_and_grad(self, theta: torch.Tensor, *leaves):
@@ -142,42 +168,111 @@ class Potential:
         return value.detach(), grad
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(log p, gradient)`` at a flat float64 vector, computed in the model's dtype."""
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            value, grad = self._fn(torch.from_numpy(np.asarray(theta)).to(self.dtype), *self.leaves)
-        return float(value), grad.double().numpy()
+        """``(log p, gradient)`` at a flat float64 vector, computed in the model's dtype by the route in
+        use; on the calls the guard picks, also by Pyro's potential, which it must agree with (else the
+        route steps aside and :class:`~inference.tracing.Mismatch` is raised: draws made so far came
+        from a wrong density)."""
+        check = self.guard.due()
+        out = self.guard.fn(theta)
+        if check:
+            why = mismatch(out, self.reference(theta), self.dtype)
+            if why:
+                self.guard.step_aside(why)
+                raise Mismatch(why)
+        return out
+
+    def verify(self, theta: np.ndarray) -> None:
+        """Check the route in use at ``theta`` (e.g. a chain's last draw) against Pyro's potential;
+        on a mismatch it steps aside and :class:`~inference.tracing.Mismatch` is raised."""
+        if self.guard.on_reference:
+            return
+        why = mismatch(self.guard.fn(theta), self.reference(theta), self.dtype)
+        if why:
+            self.guard.step_aside(why)
+            raise Mismatch(why)
+
+    def reference(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Pyro's own potential and its autograd gradient, negated: the reference of every route."""
+        if self._reference is None:
+            self._reference = pyro_potential(self.model_fn, self.data, self)
+        try:
+            return self._reference(theta)
+        except (ValueError, RuntimeError):   # a point outside the support (validation): not a point to compare at
+            return -math.inf, np.zeros(self.dim)
 
     # --- routes ------------------------------------------------------------------------------
-    def _build(self, route: str):
-        theta = torch.from_numpy(self.flatten(self.prototypes)).to(self.dtype)
-        with pyro.validation_enabled(False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = trace_graph(self._value_and_grad, theta, *self.leaves)
-            return compile_graph(graph, [theta, *self.leaves]) if route == "compiled" else graph
-
-    def _check(self, fn, points: int = 3) -> None:
-        """``fn`` must give Pyro's potential and gradient (negated) at the prototype and two points
-        around it: to 1e-6 relative in float64, 1e3 machine epsilons in float32."""
-        pe = pyro_potential(self.model_fn, self.data, self)
-        rng = np.random.default_rng(0)
-        base = self.flatten(self.prototypes)
-        tol = max(1e-6, 1e3 * torch.finfo(self.dtype).eps)
-        for i in range(points):
-            theta = base + (rng.normal(0, 0.3, base.size) if i else 0)
-            expected, expected_grad = pe(theta)
-            if not math.isfinite(expected):
-                continue
+    def _route(self, fn) -> Callable:
+        """A route's function of torch ``(theta, *leaves)`` as a function of a flat numpy vector."""
+        def call(theta):
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                value, grad = fn(torch.from_numpy(theta).to(self.dtype), *self.leaves)
-            value, grad = float(value), grad.double().numpy()
-            scale = max(1.0, abs(expected))
-            if not abs(value - expected) <= tol * scale:
-                raise RuntimeError(f"log density {value!r} where Pyro's potential gives {expected!r}")
-            gscale = max(1.0, float(np.abs(expected_grad).max()))
-            if not np.abs(grad - expected_grad).max() <= tol * gscale * 10:
-                raise RuntimeError(f"gradient differs from Pyro's by {np.abs(grad - expected_grad).max():.3g}")
+                value, grad = fn(torch.from_numpy(np.asarray(theta)).to(self.dtype), *self.leaves)
+            return float(value), grad.double().numpy()
+        return call
+
+    def _closed_form(self, fn) -> Callable:
+        def call(theta):
+            value, grad = fn({k: v.numpy() for k, v in self.unflatten(torch.from_numpy(np.asarray(theta))).items()})
+            return float(value), np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1)
+                                                 for k in self.names])
+        return call
+
+    def _build(self, route: str, calls: int) -> None:
+        theta = torch.from_numpy(self.flatten(self.prototypes)).to(self.dtype)
+        example = [theta, *self.leaves]
+        for name in ("graph", "compiled"):
+            if name == "compiled" and not (route == "compiled" or route == "auto" and worth_compiling(
+                    calls, operations(graph), on_cpu=on_cpu(self.leaves))):
+                return
+            start = time.perf_counter()
+            try:
+                with pyro.validation_enabled(False), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if name == "graph":
+                        graph = fn = trace_graph(self._value_and_grad, *example)
+                    else:
+                        fn = compile_graph(graph, example)
+                fn = self._route(fn)
+                why = ("the traced log density does not read the point" if 0 in unused_inputs(graph)
+                       else self._disagreement(fn))
+                if why:
+                    raise Mismatch(why + " (Python control flow on a latent value, or an operation the tracer "
+                                   "cannot see such as numpy inside the model)")
+            except Exception as e:  # noqa: BLE001 - any failure to trace or compile falls back, with the reason
+                log.warning("potential: the %s route is not usable for this model (%s: %s); using the %s route",
+                            name, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", self.route)
+                return
+            finally:
+                self.compile_seconds += time.perf_counter() - start
+            self.guard.add(name, fn)
+
+    def _check_points(self) -> list[tuple[np.ndarray, tuple]]:
+        """Up to three points where Pyro's potential is finite, with its value and gradient there: the
+        point the graph is traced from, one near it and one drawn as NUTS draws its starts (uniform in
+        (-2, 2)), searched among ``MAX_TRIES`` draws."""
+        rng = np.random.default_rng(0)
+        base = self.flatten(self.prototypes)
+        points = []
+        for i in range(MAX_TRIES):
+            theta = (base if i == 0 else base + rng.normal(0, 0.3, base.size) if i == 1
+                     else rng.uniform(-2, 2, base.size))
+            ref = self.reference(theta)
+            if math.isfinite(ref[0]) and np.all(np.isfinite(ref[1])):
+                points.append((theta, ref))
+                if len(points) == 3:
+                    break
+        if len(points) < 2:
+            log.info("potential: Pyro's potential is finite at %d of %d points tried; routes are checked while "
+                     "they run", len(points), MAX_TRIES)
+        return points
+
+    def _disagreement(self, fn, extra: np.ndarray | None = None) -> str:
+        points = list(self._points) + ([(extra, self.reference(extra))] if extra is not None else [])
+        for theta, ref in points:
+            why = mismatch(fn(theta), ref, self.dtype)
+            if why:
+                return why
+        return ""
 
 
 def pyro_potential(model_fn, data, potential: "Potential"):
@@ -192,8 +287,9 @@ def pyro_potential(model_fn, data, potential: "Potential"):
 
     def fn(theta: np.ndarray):
         params = {k: v.to(potential.prototypes[k].dtype).detach().requires_grad_(True)
-                  for k, v in potential.unflatten(torch.from_numpy(theta)).items()}
-        with torch.enable_grad():
+                  for k, v in potential.unflatten(torch.from_numpy(np.asarray(theta, dtype=np.float64))).items()}
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             energy = potential_fn(params)
             grads = torch.autograd.grad(energy, list(params.values()), allow_unused=True)
         grad = np.concatenate([(-g if g is not None else torch.zeros_like(p)).reshape(-1).double().numpy()
@@ -201,79 +297,3 @@ def pyro_potential(model_fn, data, potential: "Potential"):
         return -float(energy.detach()), grad
 
     return fn
-
-
-def has_compiler() -> bool:
-    """Whether Inductor can build C++ here (it needs a C++ compiler on PATH, or ``$CXX``)."""
-    import os
-
-    return bool(os.environ.get("CXX") and shutil.which(os.environ["CXX"])) or any(
-        shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-# --- the places where this module touches PyTorch internals ---------------------------------------
-# ``make_fx`` lives in torch.fx.experimental, ``torch._inductor.compile`` is Inductor's entry for an
-# ATen graph (run inside ``torch._guards.tracing`` so that its FX graph cache serves a new process),
-# and ``_unvalidated`` sets a distribution's private ``_validate_args``;
-# tests/inference/test_potential.py fails loudly when any of them changes.
-
-def trace_graph(fn: Callable, *example):
-    """``fn`` traced once, down to ATen operations (autograd included), into a ``torch.fx.GraphModule``."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    return make_fx(fn, tracing_mode="real")(*example)
-
-
-def compile_graph(graph, example: list, *, fallback_random: bool = False, vectorize: bool = False):
-    """An ATen graph compiled by Inductor into C++ for the CPU: single-threaded kernels (chains run in
-    parallel processes), no vectorization unless ``vectorize`` (it slows the small reductions of
-    enumerated models and speeds up the large elementwise work of networks, benchmarks/README.md).
-    ``fallback_random``: random numbers from ATen's generator, as the graph draws them uncompiled."""
-    import torch._inductor
-    import torch._inductor.config as config
-
-    from torch._guards import TracingContext, tracing
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
-    # A tracing context with a (static) ShapeEnv, as torch.compile provides: without one Inductor
-    # bypasses its FX graph cache ("No shape env") and every new process generates the code again.
-    context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
-    simd = {} if vectorize else {"cpp.simdlen": 0}
-    with config.patch({"cpp.threads": 1, **simd, "fallback_random": fallback_random}), tracing(context):
-        return torch._inductor.compile(graph, example)
-
-
-def _unvalidated(fn):
-    """A shallow copy of distribution ``fn`` (and of the distributions it wraps) with argument
-    validation off. Priors built before sampling (``PyroSample``, a module attribute) keep the
-    validation they were built with, and a support check is data-dependent control flow, which the
-    tracer refuses; the supports are checked once, by Pyro's potential. ``_validate_args`` is
-    private to torch.distributions: tests/inference/test_potential.py's PyroModule case fails if it changes."""
-    if not isinstance(fn, torch.distributions.Distribution):
-        return fn
-    fn = copy.copy(fn)
-    fn._validate_args = False
-    if isinstance(getattr(fn, "base_dist", None), torch.distributions.Distribution):
-        fn.base_dist = _unvalidated(fn.base_dist)
-    return fn
-
-
-def flatten_data(data):
-    """Tensor leaves of ``data`` (a tensor, or a tuple/list/dict of tensors and other values) and a
-    function rebuilding ``data`` from new leaves: the leaves become inputs of the traced graph."""
-    if torch.is_tensor(data):
-        return [data], lambda leaves: leaves[0]
-    if isinstance(data, (tuple, list)) and not hasattr(data, "_fields"):
-        idx = [i for i, v in enumerate(data) if torch.is_tensor(v)]
-
-        def rebuild(leaves):
-            out = list(data)
-            for i, v in zip(idx, leaves):
-                out[i] = v
-            return type(data)(out)
-        return [data[i] for i in idx], rebuild
-    if isinstance(data, dict):
-        keys = [k for k, v in data.items() if torch.is_tensor(v)]
-        return [data[k] for k in keys], lambda leaves: {**data, **dict(zip(keys, leaves))}
-    return [], lambda leaves: data

@@ -225,8 +225,10 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         data-driven ``initial_values``, else the prior median.
     :param num_samples: draws taken from the fitted guide (1 for "delta").
     :param loss_route: "auto", "compiled", "graph" or "pyro": how ``Trace_ELBO`` of a reparameterized
-        guide is computed (:func:`inference.objectives.traced_loss`; "auto" compiles it for runs of
-        1000 steps or more). Other ELBOs always run as Pyro computes them.
+        guide is computed (:func:`inference.objectives.traced_loss`; "auto" traces it when the run is
+        long enough to pay and compiles it in the background when longer still, checking it against
+        Pyro's ELBO while it runs). Other ELBOs always run as Pyro computes them. The route that
+        produced the fit is ``settings["loss_route"]``.
     :raises SVIDivergedError: when the loss becomes NaN/inf (parameters rolled back first).
     """
     _check_positive("num_steps", num_steps)
@@ -263,13 +265,14 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
                     params = collect_parameters(loss_fn, modules)
         if not params:
             raise ValueError("guide: has no trainable parameters")
-        loss_fn, loss_route = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps,
-                                          route=loss_route)
+        loss_fn, _ = traced_loss(loss_obj, model_fn, guide_fn, data, params, num_steps=num_steps, route=loss_route)
         names = _parameter_names([target.model, target.model_fn, guide_fn])
         with Optimization(params, lr=lr, lr_decay=lr_decay, num_steps=num_steps, clip_norm=clip_norm,
                           model=target.source, guide=guide_fn, names=names, desc=f"SVI {target.name}",
                           progress=progress) as loop:
             for _ in range(num_steps):
+                loop.step(loss_fn)
+            for _ in range(loss_fn.redo):   # steps a fast route found wrong at the end took: again, on Pyro's ELBO
                 loop.step(loss_fn)
         losses = loop.losses
         log.info("SVI %s: %d steps, final loss %.4g", target.name, num_steps, losses[-1])
@@ -279,7 +282,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         guide=guide_fn, coords=coords,
         settings=dict(guide=guide if isinstance(guide, str) else "model's own" if guide is None else "custom",
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
-                      seed=seed, loss_route=loss_route),
+                      seed=seed, loss_route=loss_fn.describe()),
     )
 
 

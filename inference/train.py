@@ -50,11 +50,6 @@ log = logging.getLogger(__name__)
 
 #: evaluation data (validation, test) get the training transform once, with this seed, in every run
 EVAL_SEED = 0
-#: with ``loss_route="auto"``, Inductor compiles the loss for runs of at least this many steps, and the
-#: traced graph runs it for at least GRAPH_MIN_STEPS (a network's loss traces in about a second and
-#: compiles in 5-25 s; each saves about a millisecond per step: benchmarks/README.md)
-COMPILE_MIN_STEPS = 20_000
-GRAPH_MIN_STEPS = 2_000
 #: the per-epoch record: epoch, training objective, validation objective, learning rate, wall and CPU seconds
 HISTORY = ("epoch", "train", "valid", "lr", "seconds", "cpu_seconds")
 
@@ -151,8 +146,8 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     :param device: "cpu", "cuda", ... (default: where the data is).
     :param loss_route: "auto", "compiled", "graph" or "pyro": how a ``Trace_ELBO`` step is computed
         (:func:`inference.objectives.traced_loss`, the batch's indices an input of the graph; "auto":
-        compiled for runs of ``COMPILE_MIN_STEPS`` steps or more on the CPU, the traced graph from
-        ``GRAPH_MIN_STEPS``, else Pyro's). The IWAE bound runs as Pyro computes it.
+        the route policy of :mod:`inference.tracing` on the planned steps, checked while it runs).
+        The IWAE bound runs as Pyro computes it.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("num_particles", num_particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -207,10 +202,9 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     loop.losses, loop.steps = state["losses"], state["step"]
     # the batch's indices are an input of the traced loss: one graph serves every batch of B. The route
     # depends on the planned steps only, so that a resumed run takes the route of the uninterrupted one
-    step_loss, route = traced_loss(objective, target.model_fn, guide_fn, data, params, route=loss_route,
-                                   num_steps=epochs * steps_per_epoch,
-                                   subsample=(info.data_plate, torch.arange(B, device=device)),
-                                   compile_min_steps=COMPILE_MIN_STEPS, graph_min_steps=GRAPH_MIN_STEPS)
+    step_loss, _ = traced_loss(objective, target.model_fn, guide_fn, data, params, route=loss_route,
+                               num_steps=epochs * steps_per_epoch,
+                               subsample=(info.data_plate, torch.arange(B, device=device)))
 
     start = time.perf_counter() - state["wall_time"]
     stopped = False
@@ -257,7 +251,7 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
     return TrainResult(model=module, guide=guide_fn, losses=state["losses"], history=state["history"],
                        wall_time=time.perf_counter() - start, settings=settings, transform=transform,
                        best_epoch=state["best_epoch"], stopped_early=stopped, checkpoint=path, target=target,
-                       loss_route=route)
+                       loss_route=step_loss.describe())
 
 
 def evaluate(batch_loss, x, batch_size: int) -> float:

@@ -14,7 +14,7 @@ from pyro.util import get_rng_state, set_rng_state
 
 import inference
 from inference.objectives import FixedSubsample, traced_loss
-from inference.potential import has_compiler
+from inference.tracing import has_compiler
 from inference.svi import collect_parameters
 
 

@@ -16,7 +16,8 @@ from pyro.nn import PyroModule, PyroSample
 from scipy import stats
 
 import inference
-from inference.potential import Potential, compile_graph, has_compiler, trace_graph
+from inference.potential import Potential
+from inference.tracing import compile_graph, has_compiler, trace_graph
 
 matplotlib.use("Agg")
 
