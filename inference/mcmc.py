@@ -1,6 +1,6 @@
 """NUTS for any Pyro model, discrete latents summed out.
 
-One sampler, :mod:`inference.nuts` (multinomial NUTS with Stan's warmup on a flat vector), for every
+One sampler, :mod:`inference.sampling.nuts` (multinomial NUTS with Stan's warmup on a flat vector), for every
 model. Its log density is the model's closed form when it has one (``ZooModel.log_density``, checked
 against the Pyro log joint first), else the model's own Pyro log joint with enumerated sites summed
 out, traced once with its gradient and compiled (:class:`inference.potential.Potential`): no Pyro
@@ -29,7 +29,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.ops.integrator import potential_grad
 from tqdm import tqdm
 
-from inference import nuts
+from inference.sampling import nuts
 from inference.posterior import Posterior
 from inference.potential import Potential, has_compiler
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
@@ -54,10 +54,14 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     """Sample the posterior of ``model`` given ``data`` with NUTS.
 
     :param model: a zoo model or a plain Pyro callable ``model(data)``.
-    :param engine: "zoo" (default): :mod:`inference.nuts` on a flat vector, whose log density is the
-        model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
+    :param engine: "zoo" (default): :mod:`inference.sampling.nuts` on a flat vector, whose log density is
+        the model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
         joint traced and compiled once (:class:`inference.potential.Potential`). "pyro": Pyro's NUTS
-        kernel on the traced model (the reference; also what ``dense_mass=True`` uses).
+        kernel on the traced model (the reference).
+    :param dense_mass: adapt a dense metric (the posterior covariance of the unconstrained vector)
+        instead of a diagonal one: fewer leapfrog steps on strongly correlated posteriors, at O(d^2)
+        per step. The adapted step size and inverse metric of each chain are in
+        ``posterior.adaptation``.
     :param potential: for ``engine="zoo"``: "auto" (the closed form if any, else "compiled" for runs of
         at least ``COMPILE_MIN_ITERATIONS`` iterations when a C++ compiler is present, else "graph"),
         "closed_form", "compiled" (Inductor), "graph" (the traced graph, no compile) or "eager".
@@ -85,8 +89,6 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     target = as_target(model)
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
-    if dense_mass:
-        engine = "pyro"
     start = time.perf_counter()
     density = None
     if engine == "zoo":
@@ -107,8 +109,9 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         desc = f"NUTS chain {c + 1}/{num_chains}"
         if density is not None:
             return _flat_chain(density, values, cseed, num_samples=num_samples, warmup_steps=warmup_steps,
-                               target_accept=target_accept, max_tree_depth=max_tree_depth, desc=desc,
-                               progress=progress, position=position)
+                               target_accept=target_accept, max_tree_depth=max_tree_depth,
+                               metric="dense" if dense_mass else "diag", desc=desc, progress=progress,
+                               position=position)
         strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
         kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
                       ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
@@ -120,13 +123,15 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         results = _parallel(chain, num_chains, workers)
     else:
         results = [chain(c) for c in range(num_chains)]
-    chains, stats = zip(*results)
+    chains, stats, adapted = zip(*results)
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     sample_stats = {k: np.stack([s[k] for s in stats]) for k in stats[0]}
     route = "pyro kernel" if density is None else getattr(density, "route", "closed form")
+    # the zoo engine's warmup: step size (chain,) and inverse metric (chain, d) or (chain, d, d)
+    adaptation = {k: np.stack([a[k] for a in adapted]) for k in adapted[0]} if density is not None else {}
     posterior = Posterior(
         target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
-        sample_stats=sample_stats, coords=coords,
+        sample_stats=sample_stats, coords=coords, adaptation=adaptation,
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
                       potential=route, compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2)),
@@ -149,7 +154,7 @@ def potential_route(potential: str, iterations: int) -> str:
 
 class ClosedForm:
     """A model's closed-form log density (``ZooModel.log_density``) on the flat vector that
-    :mod:`inference.nuts` samples: the same interface as :class:`inference.potential.Potential`."""
+    :mod:`inference.sampling.nuts` samples: the same interface as :class:`inference.potential.Potential`."""
 
     route = "closed form"
     compile_seconds = 0.0
@@ -217,10 +222,12 @@ def _prior_draw(target, data) -> dict[str, torch.Tensor]:
     return {k: s["value"] for k, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
 
 
-def _flat_chain(density, values, seed: int, **options):
-    """One chain of :func:`inference.nuts.sample` on ``density`` (a :class:`ClosedForm` or a
-    :class:`~inference.potential.Potential`); constrained draws in the model's dtype. The start is
-    ``values`` where given, else uniform in (-2, 2) on the unconstrained scale."""
+def _flat_chain(density, values, seed: int, *, desc: str, progress: bool, position: int, **options):
+    """One chain of :func:`inference.sampling.nuts.sample` on ``density`` (a :class:`ClosedForm` or a
+    :class:`~inference.potential.Potential`): constrained draws in the model's dtype, per-draw statistics
+    and the adapted step size and inverse metric (on the flat unconstrained vector, sites in
+    ``density.names`` order). The start is ``values`` where given, else uniform in (-2, 2) on the
+    unconstrained scale."""
     rng = np.random.default_rng([seed, 1])
     given = {k: values[k] for k in density.names if values and k in values}
     threads = torch.get_num_threads()
@@ -232,10 +239,27 @@ def _flat_chain(density, values, seed: int, **options):
             if k not in given:
                 start[first:first + n] = rng.uniform(-2, 2, n)
             first += n
-        draws, stats = nuts.sample(density, start, seed=seed, **options)
+        total = options["warmup_steps"] + options["num_samples"]
+        with tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, position=position) as bar:
+            chain = nuts.sample(density, start, seed=seed, callback=_progress(bar, options["warmup_steps"]), **options)
     finally:
         torch.set_num_threads(threads)
-    return density.constrain(draws), stats
+    adapted = {"step_size": chain.step_size, "inverse_metric": chain.metric.inverse}
+    return density.constrain(chain.draws), chain.stats, adapted
+
+
+def _progress(bar, warmup_steps: int):
+    """A :data:`inference.sampling.nuts.Callback` that moves ``bar`` on: phase, step size, divergences."""
+    divergences = [0]
+
+    def callback(i: int, step: float, info: dict) -> None:
+        if i >= warmup_steps and info["diverging"]:
+            divergences[0] += 1
+        if i % 10 == 0 or i == bar.total - 1:
+            bar.set_postfix(phase="warmup" if i < warmup_steps else "sample", step=f"{step:.3g}", div=divergences[0])
+        bar.update()
+
+    return callback
 
 
 def _num_workers(num_chains: int, chain_method: str, data) -> int:
@@ -284,17 +308,17 @@ def _parallel(chain, num_chains: int, workers: int):
                 for _, other, _ in procs:
                     other.terminate()
                 raise RuntimeError(f"NUTS chain {c} failed: {payload}")
-            draws, stats = payload
-            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats)
+            draws, stats, adapted = payload
+            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats, adapted)
     return results
 
 
 def _worker(chain, c, position, sender):
     torch.set_num_threads(1)
     try:
-        draws, stats = chain(c, position)
+        draws, stats, adapted = chain(c, position)
         # numpy, not tensors: torch would share tensor memory through file descriptors that die with us
-        sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats)))
+        sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats, adapted)))
     except KeyboardInterrupt:
         sender.send(("interrupt", None))
     except BaseException as e:  # report, do not hang the parent
@@ -354,12 +378,12 @@ def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, posit
     finally:
         bar.close()
         kernel.cleanup()
-    return {k: torch.stack(v) for k, v in draws.items()}, stats
+    return {k: torch.stack(v) for k, v in draws.items()}, stats, None
 
 
 def _curvature_metric(kernel) -> None:
     """Start Pyro's diagonal metric at the curvature of the potential at the starting point
-    (:func:`inference.nuts.curvature`), not at the identity.
+    (:func:`inference.sampling.adaptation.curvature`), not at the identity.
 
     Stan's schedule, which Pyro follows, keeps the unit metric for the first 100 warmup iterations;
     on a posterior whose scales differ by 10x that costs trees of 30+ leapfrog steps. Warmup
