@@ -241,25 +241,13 @@ def _flat_chain(density, values, seed: int, *, desc: str, progress: bool, positi
             first += n
         total = options["warmup_steps"] + options["num_samples"]
         with tqdm(total=total, desc=desc, disable=None if progress else True, leave=False, position=position) as bar:
-            chain = nuts.sample(density, start, seed=seed, callback=_progress(bar, options["warmup_steps"]), **options)
+            chain = nuts.sample(density, start, seed=seed, callback=nuts.progress(bar, options["warmup_steps"]),
+                                **options)
     finally:
         torch.set_num_threads(threads)
     adapted = {"step_size": chain.step_size, "inverse_metric": chain.metric.inverse}
     return density.constrain(chain.draws), chain.stats, adapted
 
-
-def _progress(bar, warmup_steps: int):
-    """A :data:`inference.sampling.nuts.Callback` that moves ``bar`` on: phase, step size, divergences."""
-    divergences = [0]
-
-    def callback(i: int, step: float, info: dict) -> None:
-        if i >= warmup_steps and info["diverging"]:
-            divergences[0] += 1
-        if i % 10 == 0 or i == bar.total - 1:
-            bar.set_postfix(phase="warmup" if i < warmup_steps else "sample", step=f"{step:.3g}", div=divergences[0])
-        bar.update()
-
-    return callback
 
 
 def _num_workers(num_chains: int, chain_method: str, data) -> int:

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from inference.sampling.integrator import LogDensity, Point, evaluate, hamiltonian, leapfrog
-from inference.sampling.metric import Welford
+from inference.sampling.metric import Metric, Welford
 
 
 class DualAveraging:
@@ -88,7 +88,7 @@ def windows(warmup: int, start: int = 75, end: int = 50, base: int = 25) -> list
     return out
 
 
-def reasonable_step(log_density: LogDensity, state: Point, metric, rng: np.random.Generator,
+def reasonable_step(log_density: LogDensity, state: Point, metric: Metric, rng: np.random.Generator,
                     step: float = 1.0) -> float:
     """Stan's heuristic (Hoffman & Gelman's, threshold 0.8): from ``step``, double or halve until the
     acceptance of one leapfrog step from ``state`` (a fresh momentum) crosses 0.8."""
@@ -140,8 +140,8 @@ class WindowAdaptation:
     warmup iteration ``i`` and ``final()`` after the last each return ``(step_size, metric)``.
     """
 
-    def __init__(self, log_density: LogDensity, state: Point, metric, num_steps: int, target_accept: float,
-                 rng: np.random.Generator):
+    def __init__(self, log_density: LogDensity, state: Point, metric: Metric, num_steps: int,
+                 target_accept: float, rng: np.random.Generator):
         self.log_density, self.target, self.rng = log_density, target_accept, rng
         self.windows = windows(num_steps)
         self.metric = metric
@@ -149,7 +149,7 @@ class WindowAdaptation:
         self.dual = DualAveraging(self.step_size, target_accept)
         self.welford = Welford(metric.dim, dense=metric.kind == "dense")
 
-    def update(self, i: int, state: Point, acceptance: float):
+    def update(self, i: int, state: Point, acceptance: float) -> tuple[float, Metric]:
         step = self.dual.update(acceptance)
         if any(a <= i < b for a, b in self.windows):
             self.welford.add(state.theta)
@@ -163,6 +163,6 @@ class WindowAdaptation:
         self.step_size = step
         return step, self.metric
 
-    def final(self):
+    def final(self) -> tuple[float, Metric]:
         self.step_size = self.dual.final()
         return self.step_size, self.metric

@@ -12,6 +12,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from inference.sampling.metric import Metric
+
 LogDensity = Callable[[np.ndarray], "tuple[float, np.ndarray]"]   # theta (d,) -> (log p, gradient (d,))
 
 
@@ -31,7 +33,7 @@ def evaluate(log_density: LogDensity, theta: np.ndarray) -> tuple[float, np.ndar
     return (logp if not math.isnan(logp) else -math.inf), grad
 
 
-def leapfrog(log_density: LogDensity, start: Point, step: float, metric) -> Point:
+def leapfrog(log_density: LogDensity, start: Point, step: float, metric: Metric) -> Point:
     """One leapfrog step of signed size ``step``: half a momentum step, a position step along the
     velocity, a full gradient, half a momentum step. Volume-preserving and reversible (negate the
     momentum, step again, negate: back at the start); its energy error is O(step^2). Floating-point

@@ -72,7 +72,10 @@ class DenseMetric:
         return 0.5 * p @ self.velocity(p)
 
 
-def make_metric(kind: str, variances: np.ndarray) -> DiagonalMetric | DenseMetric:
+Metric = DiagonalMetric | DenseMetric
+
+
+def make_metric(kind: str, variances: np.ndarray) -> Metric:
     """A ``kind`` ("diag" or "dense") metric with ``variances`` on its diagonal and no correlation."""
     if kind not in METRICS:
         raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {kind!r}")
@@ -101,7 +104,7 @@ class Welford:
         m2 = 0.5 * (self.m2 + self.m2.T) if self.dense else self.m2
         return m2 / max(self.n - 1, 1)
 
-    def metric(self) -> DiagonalMetric | DenseMetric:
+    def metric(self) -> Metric:
         """Stan's regularised estimate: (n / (n + 5)) cov + 1e-3 (5 / (n + 5)) I, shrunk towards a small
         multiple of the identity so that a short window cannot give a singular metric."""
         n = self.n

@@ -14,7 +14,7 @@ package:
 - :mod:`~inference.sampling.adaptation`: Stan's warmup (dual-averaging step size, windowed metric
   estimates), starting the metric at the curvature of the log density at the start, not the identity;
 - :func:`sample`: warmup, then draws; it returns the adapted step size and metric, and reports each
-  iteration to a ``callback`` (the caller's progress bar).
+  iteration to a ``callback`` (the caller's progress bar: :func:`progress`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 
 from inference.sampling.adaptation import WindowAdaptation, curvature
 from inference.sampling.integrator import LogDensity, Point, evaluate, hamiltonian, leapfrog
-from inference.sampling.metric import DenseMetric, DiagonalMetric, make_metric
+from inference.sampling.metric import Metric, make_metric
 from inference.sampling.termination import merged_turning
 
-__all__ = ["Chain", "STATS", "curvature", "sample", "transition"]
+__all__ = ["Chain", "STATS", "curvature", "progress", "sample", "transition"]
 
 # per-draw statistics with ArviZ's names (az.bfmi and az.plot_energy read ``energy``)
 STATS = ("step_size", "acceptance_rate", "n_steps", "tree_depth", "energy", "lp")
@@ -46,7 +46,7 @@ class Chain(NamedTuple):
     draws: np.ndarray
     stats: dict[str, np.ndarray]
     step_size: float
-    metric: DiagonalMetric | DenseMetric
+    metric: Metric
 
 
 def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warmup_steps: int, seed: int,
@@ -89,6 +89,21 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
     return Chain(draws, stats, step, metric)
 
 
+def progress(bar, warmup_steps: int) -> Callback:
+    """A callback for :func:`sample` that moves a progress ``bar`` (tqdm's) on, with the phase, the step
+    size and the divergences after warmup in its postfix."""
+    divergences = 0
+
+    def callback(i: int, step: float, info: dict) -> None:
+        nonlocal divergences
+        divergences += bool(i >= warmup_steps and info["diverging"])
+        if i % 10 == 0 or i == bar.total - 1:
+            bar.set_postfix(phase="warmup" if i < warmup_steps else "sample", step=f"{step:.3g}", div=divergences)
+        bar.update()
+
+    return callback
+
+
 class _Tree:
     """A subtrajectory: its two end points, the point it proposes, its log weight, the sum of its
     momenta, and what went wrong."""
@@ -100,7 +115,7 @@ class _Tree:
         self.rho, self.turning, self.diverging, self.accept_sum, self.n = rho, turning, diverging, accept_sum, n
 
 
-def transition(log_density: LogDensity, state: Point, step: float, metric, rng: np.random.Generator,
+def transition(log_density: LogDensity, state: Point, step: float, metric: Metric, rng: np.random.Generator,
                max_depth: int = 10) -> tuple[Point, dict]:
     """One NUTS iteration from ``state`` (its position, log density and gradient) with a fresh momentum:
     the new state and its statistics (``acceptance_rate``, ``n_steps``, ``tree_depth``, ``diverging``,
@@ -138,7 +153,7 @@ def transition(log_density: LogDensity, state: Point, step: float, metric, rng: 
     return end, info
 
 
-def _build(log_density, start: Point, step: float, depth: int, metric, energy0: float, rng) -> _Tree:
+def _build(log_density, start: Point, step: float, depth: int, metric: Metric, energy0: float, rng) -> _Tree:
     """A subtree of 2^depth leapfrog steps from ``start`` (signed step size); uniform (multinomial)
     sampling within it."""
     if depth == 0:

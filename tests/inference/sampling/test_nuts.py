@@ -113,3 +113,30 @@ def test_post_warmup_acceptance_lands_on_the_target():
     accept = [nuts.sample(log_density, rng.normal(size=d), num_samples=400, warmup_steps=1000, seed=s,
                           target_accept=0.8).stats["acceptance_rate"].mean() for s in range(3)]
     assert abs(np.mean(accept) - 0.8) < 0.05, accept
+
+
+def test_progress_is_reported_to_a_callback_outside_the_sampler():
+    """Every iteration reaches the callback once, in order, warmup first; :func:`nuts.progress` drives a
+    tqdm-like bar and counts the divergences of the draws (Neal's funnel after a short warmup: 5)."""
+
+    class Bar:
+        total, updates, postfix = 50, 0, {}
+
+        def update(self):
+            self.updates += 1
+
+        def set_postfix(self, **kw):
+            self.postfix = kw
+
+    def funnel(t):   # v ~ N(0, 3^2), x_i | v ~ N(0, exp(v))
+        v, x = t[0], t[1:]
+        value = -v**2 / 18 - 0.5 * (x @ x) * np.exp(-v) - 0.5 * len(x) * v
+        return float(value), np.r_[-v / 9 + 0.5 * (x @ x) * np.exp(-v) - 0.5 * len(x), -x * np.exp(-v)]
+
+    seen, bar = [], Bar()
+    report = nuts.progress(bar, 10)
+    run = nuts.sample(funnel, np.zeros(10), num_samples=40, warmup_steps=10, seed=0, target_accept=0.6,
+                      callback=lambda i, step, info: (seen.append(i), report(i, step, info)))
+    assert seen == list(range(50)) and bar.updates == 50
+    assert bar.postfix["phase"] == "sample" and bar.postfix["div"] == run.stats["diverging"].sum() > 0
+    assert float(bar.postfix["step"]) == pytest.approx(run.step_size, rel=1e-2)
