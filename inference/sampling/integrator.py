@@ -18,6 +18,9 @@ LogDensity = Callable[[np.ndarray], "tuple[float, np.ndarray]"]   # theta (d,) -
 
 
 class Point(NamedTuple):
+    """A point of a trajectory. A chain's state between iterations is a point without momentum and
+    velocity (None): each NUTS iteration draws a new momentum."""
+
     theta: np.ndarray
     p: np.ndarray
     grad: np.ndarray

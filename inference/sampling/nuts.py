@@ -62,7 +62,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
         logp, grad = evaluate(log_density, theta)
     if not np.isfinite(logp):
         raise ValueError(f"start: the log density is {logp} at the starting point")
-    state = Point(theta, None, grad, logp, None)   # a chain's state: each transition draws a new momentum
+    state = Point(theta, None, grad, logp, None)
     warmup = WindowAdaptation(log_density, state, make_metric(metric, 1 / curvature(log_density, theta)),
                               warmup_steps, target_accept, rng)
     step, metric = warmup.step_size, warmup.metric
