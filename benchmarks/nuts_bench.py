@@ -22,7 +22,7 @@ jit=True)``: Pyro's own kernel), ``numpyro`` (``chain_method="vectorized"``, flo
 same 2 cores; each repeat in a fresh process, so every run compiles; its time without compile is the
 wall time less the compile time that JAX reports (``jax.monitoring``: lowering to MLIR and XLA's
 compile; a second ``mcmc.run`` is no warm run: NumPyro 0.22 compiles its sampling loop again)) and
-``nutpie`` (``from_pyfunc`` on the same numpy density that ``inference.nuts.sample`` gets; 2 threads).
+``nutpie`` (``from_pyfunc`` on the same numpy density that ``inference.sampling.nuts.sample`` gets; 2 threads).
 
 Per case and engine: wall time (warmup, compile and chain start-up included), the smallest bulk ESS
 over the identifiable quantities (ArviZ; mixtures and HMM states aligned with the zoo model's
@@ -195,17 +195,17 @@ def run_zoo(case: str, engine: str, warmup: int, draws: int, seed: int) -> tuple
 
 
 def run_zoo_flat(case: str, warmup: int, draws: int, seed: int) -> tuple[dict, dict]:
-    """``inference.nuts.sample`` on the 20-D Gaussian, chains one after another in this process."""
-    from inference import nuts
+    """``inference.sampling.nuts.sample`` on the 20-D Gaussian, chains one after another in this process."""
+    from inference.sampling import nuts
     from inference.target import chain_seed
 
     density = gauss20_density()
     start = time.perf_counter()
     runs = [nuts.sample(density, np.random.default_rng([seed, c]).uniform(-2, 2, 20), num_samples=draws,
-                        warmup_steps=warmup, seed=chain_seed(seed, c), progress=False) for c in range(CHAINS)]
+                        warmup_steps=warmup, seed=chain_seed(seed, c)) for c in range(CHAINS)]
     wall = time.perf_counter() - start
-    samples = {"x": torch.from_numpy(np.stack([d for d, _ in runs]))}
-    stats = {k: np.stack([s[k] for _, s in runs]) for k in ("n_steps", "acceptance_rate", "diverging")}
+    samples = {"x": torch.from_numpy(np.stack([r.draws for r in runs]))}
+    stats = {k: np.stack([r.stats[k] for r in runs]) for k in ("n_steps", "acceptance_rate", "diverging")}
     out = metrics(samples, wall, stats["n_steps"], stats["acceptance_rate"], stats["diverging"])
     return {**out, "potential": "numpy", "compile_s": 0.0, "chains_in": "sequence (1 core)"}, samples
 
@@ -332,13 +332,13 @@ def _nutpie(case: str, warmup: int, draws: int, seed: int) -> dict:
     if case == "gauss20":
         density, start = gauss20_density(), np.zeros(20)
     else:
-        from inference.mcmc import checked_log_density
+        from inference.mcmc import potential_of
         from inference.target import as_target, chain_seed
 
         model, data = zoo_case(case)
         target = as_target(model)
         data = target.validate(data)
-        density = checked_log_density(target, data)
+        density = potential_of(target, data, "closed_form")
         start = density.flatten(target.initial_values(data, seed=chain_seed(seed, 0)))
     d = start.size
 

@@ -1,12 +1,13 @@
 """NUTS for any Pyro model, discrete latents summed out.
 
-One sampler, :mod:`inference.nuts` (multinomial NUTS with Stan's warmup on a flat vector), for every
-model. Its log density (:class:`inference.potential.Potential`) is the model's closed form when it has
-one (``ZooModel.log_density``), else the model's own Pyro log joint with enumerated sites summed out,
+One sampler, :mod:`inference.sampling.nuts` (multinomial NUTS with Stan's warmup on a flat vector), for
+every model. Its log density (:class:`inference.potential.Potential`) is the model's closed form when it
+has one (``ZooModel.log_density``), else the model's own Pyro log joint with enumerated sites summed out,
 traced once with its gradient and compiled when the run is long enough to pay: no Pyro trace and no
 autograd per leapfrog step. Every route is checked against Pyro's potential before and while it runs;
 a chain that finds its route wrong is run again on the next route, with a warning. A chain starts, as
-Pyro's do, at the first of up to 100 draws where the log density is finite. Chains run in forked worker processes with per-chain seeds
+Pyro's do, at the first of up to 100 draws where the log density is finite. Chains run in forked worker
+processes with per-chain seeds
 derived from one user seed; per-draw statistics carry ArviZ's names (``energy``, ``lp``,
 ``diverging``, ``tree_depth``, ...). Enumerated sites are recovered on request with
 ``infer_discrete``. Pyro's own NUTS kernel remains as ``engine="pyro"``, the reference.
@@ -31,7 +32,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.ops.integrator import potential_grad
 from tqdm import tqdm
 
-from inference import nuts
+from inference.sampling import nuts
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
 from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
@@ -53,15 +54,19 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     """Sample the posterior of ``model`` given ``data`` with NUTS.
 
     :param model: a zoo model or a plain Pyro callable ``model(data)``.
-    :param engine: "zoo" (default): :mod:`inference.nuts` on a flat vector, whose log density is the
-        model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
+    :param engine: "zoo" (default): :mod:`inference.sampling.nuts` on a flat vector, whose log density is
+        the model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
         joint traced and compiled once (:class:`inference.potential.Potential`). "pyro": Pyro's NUTS
-        kernel on the traced model (the reference; also what ``dense_mass=True`` uses).
+        kernel on the traced model (the reference).
+    :param dense_mass: adapt a dense metric (the posterior covariance of the unconstrained vector)
+        instead of a diagonal one: fewer leapfrog steps on strongly correlated posteriors, at O(d^2)
+        per step. The adapted step size and inverse metric of each chain are in
+        ``posterior.adaptation``.
     :param potential: for ``engine="zoo"``: "auto" (the closed form if any, else the traced graph,
-        compiled by Inductor in the background and taken when ready, where the run is long enough to
-        pay: :mod:`inference.tracing`), "closed_form", "compiled" (compiled before sampling), "graph"
-        (the traced graph, never compiled) or "eager" (Pyro's potential at every step). The route that
-        produced the draws is ``settings["potential"]``.
+        compiled by Inductor where the run is long enough to pay: :mod:`inference.tracing`),
+        "closed_form", "compiled" (compiled before sampling), "graph" (the traced graph, never compiled)
+        or "eager" (Pyro's potential at every step). The route that produced the draws is
+        ``settings["potential"]``.
     :param jit: ``torch.jit`` for Pyro's kernel (``engine="pyro"`` only).
     :param init: starting values (constrained), one dict for all chains or one per chain. Default:
         the zoo model's data-driven ``initial_values`` (seeded per chain), else uniform in (-2, 2)
@@ -86,17 +91,10 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     target = as_target(model)
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
-    if dense_mass:
-        engine = "pyro"
     start = time.perf_counter()
     density = None
     if engine == "zoo":
-        closed_form = target.log_density(data) if potential in ("auto", "closed_form") else None
-        if closed_form is None and potential == "closed_form":
-            raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
-        density = Potential(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting,
-                            route="auto" if potential == "closed_form" else potential, closed_form=closed_form,
-                            calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION, name=target.name)
+        density = potential_of(target, data, potential, calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION)
 
     def chain(c: int, position: int = 0):
         cseed = chain_seed(seed, c)
@@ -107,8 +105,9 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         desc = f"NUTS chain {c + 1}/{num_chains}"
         if density is not None:
             return _flat_chain(density, values, cseed, num_samples=num_samples, warmup_steps=warmup_steps,
-                               target_accept=target_accept, max_tree_depth=max_tree_depth, desc=desc,
-                               progress=progress, position=position)
+                               target_accept=target_accept, max_tree_depth=max_tree_depth,
+                               metric="dense" if dense_mass else "diag", desc=desc, progress=progress,
+                               position=position)
         strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
         kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
                       ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
@@ -120,14 +119,16 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         results = _parallel(chain, num_chains, workers)
     else:
         results = [chain(c) for c in range(num_chains)]
-    chains, stats = zip(*results)
+    chains, stats, adapted = zip(*results)
     routes = [s.pop("route", "pyro kernel") for s in stats]
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     sample_stats = {k: np.stack([s[k] for s in stats]) for k in stats[0]}
     route = ", ".join(dict.fromkeys(r.split(" (")[0] for r in routes))   # the route(s) the draws came from
+    # the zoo engine's warmup: step size (chain,) and inverse metric (chain, d) or (chain, d, d)
+    adaptation = {k: np.stack([a[k] for a in adapted]) for k in adapted[0]} if density is not None else {}
     posterior = Posterior(
         target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
-        sample_stats=sample_stats, coords=coords,
+        sample_stats=sample_stats, coords=coords, adaptation=adaptation,
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
                       potential=route, routes=routes,
@@ -141,8 +142,22 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     return posterior
 
 
-def _flat_chain(density: Potential, values, seed: int, **options):
-    """One chain of :func:`inference.nuts.sample` on ``density``; constrained draws in the model's dtype.
+def potential_of(target, data, potential: str = "auto", calls: int = 0) -> Potential:
+    """The log density NUTS samples for ``target`` on ``data`` (its marginal form): the model's closed form
+    for "auto" and "closed_form" when it has one, else the route ``potential`` names; ``calls``, the
+    expected gradient evaluations per chain, decides whether "auto" compiles."""
+    closed_form = target.log_density(data) if potential in ("auto", "closed_form") else None
+    if closed_form is None and potential == "closed_form":
+        raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
+    return Potential(target.marginal_fn, data, max_plate_nesting=target.info(data, marginal=True).max_plate_nesting,
+                     route="auto" if potential == "closed_form" else potential, closed_form=closed_form, calls=calls,
+                     name=target.name)
+
+
+def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: bool, position: int, **options):
+    """One chain of :func:`inference.sampling.nuts.sample` on ``density``: constrained draws in the model's
+    dtype, per-draw statistics (with the route that produced them) and the adapted step size and inverse
+    metric (on the flat unconstrained vector, sites in ``density.names`` order).
 
     The start is ``values`` where given, else uniform in (-2, 2) on the unconstrained scale, drawn again
     until the log density is finite there (:func:`start_point`). After sampling, the route is checked
@@ -150,19 +165,25 @@ def _flat_chain(density: Potential, values, seed: int, **options):
     and the chain runs again, from the same seed, on the next route."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (benchmarks/README.md)
+    total = options["warmup_steps"] + options["num_samples"]
     try:
         while True:
             try:
                 start = start_point(density, values, np.random.default_rng([seed, 1]))
-                draws, stats = nuts.sample(density, start, seed=seed, **options)
-                density.verify(draws[-1])
+                with tqdm(total=total, desc=desc, disable=None if progress else True, leave=False,
+                          position=position) as bar:
+                    chain = nuts.sample(density, start, seed=seed, callback=nuts.progress(bar, options["warmup_steps"]),
+                                        **options)
+                density.verify(chain.draws[-1])
                 break
             except Mismatch:
                 continue   # the route stepped aside (with a warning): this chain again, on the next route
     finally:
         torch.set_num_threads(threads)
-    stats["route"] = density.guard.describe()
-    return density.constrain(draws), stats
+    stats = dict(chain.stats, route=density.guard.describe())
+    adapted = {"step_size": chain.step_size, "inverse_metric": chain.metric.inverse}
+    return density.constrain(chain.draws), stats, adapted
+
 
 
 def start_point(density: Potential, values, rng: np.random.Generator) -> np.ndarray:
@@ -240,17 +261,17 @@ def _parallel(chain, num_chains: int, workers: int):
                 for _, other, _ in procs:
                     other.terminate()
                 raise RuntimeError(f"NUTS chain {c} failed: {payload}")
-            draws, stats = payload
-            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats)
+            draws, stats, adapted = payload
+            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats, adapted)
     return results
 
 
 def _worker(chain, c, position, sender):
     torch.set_num_threads(1)
     try:
-        draws, stats = chain(c, position)
+        draws, stats, adapted = chain(c, position)
         # numpy, not tensors: torch would share tensor memory through file descriptors that die with us
-        sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats)))
+        sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats, adapted)))
     except KeyboardInterrupt:
         sender.send(("interrupt", None))
     except BaseException as e:  # report, do not hang the parent
@@ -310,12 +331,12 @@ def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, posit
     finally:
         bar.close()
         kernel.cleanup()
-    return {k: torch.stack(v) for k, v in draws.items()}, stats
+    return {k: torch.stack(v) for k, v in draws.items()}, stats, None
 
 
 def _curvature_metric(kernel) -> None:
     """Start Pyro's diagonal metric at the curvature of the potential at the starting point
-    (:func:`inference.nuts.curvature`), not at the identity.
+    (:func:`inference.sampling.adaptation.curvature`), not at the identity.
 
     Stan's schedule, which Pyro follows, keeps the unit metric for the first 100 warmup iterations;
     on a posterior whose scales differ by 10x that costs trees of 30+ leapfrog steps. Warmup

@@ -119,7 +119,7 @@ def plot_energy(source, *, title: str | None = None):
         energy = source.sample_stats.get("energy")
         if energy is None:
             raise ValueError(f"posterior: no 'energy' in the sample statistics of this {source.method.upper()} run "
-                             "(NUTS through inference.nuts records it); nothing to plot")
+                             "(the zoo's NUTS, engine=\"zoo\", records it); nothing to plot")
         idata = from_dict({"sample_stats": {"energy": np.asarray(energy, dtype=float)}}, coords={}, dims={},
                           attrs={"inference_method": source.method})
     fig = az.plot_energy(idata, show=False, figsize=(6, 3.6)).figure

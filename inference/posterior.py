@@ -47,7 +47,7 @@ class Posterior:
     def __init__(self, target: Target, data, samples: Mapping[str, torch.Tensor], *, method: str,
                  wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
                  losses: list[float] | None = None, guide=None, coords: Mapping[str, list] | None = None,
-                 settings: Mapping[str, Any] | None = None):
+                 settings: Mapping[str, Any] | None = None, adaptation: Mapping[str, np.ndarray] | None = None):
         self.target = target
         self.data = data
         self.samples = {k: v.detach() for k, v in samples.items()}
@@ -58,6 +58,7 @@ class Posterior:
         self.guide = guide
         self.coords = dict(coords or {})
         self.settings = dict(settings or {})
+        self.adaptation = dict(adaptation or {})   # what a sampler's warmup adapted (NUTS: step_size, inverse_metric)
 
     @classmethod
     def point(cls, model, data, params: Mapping[str, torch.Tensor], *, method: str, wall_time: float,

@@ -1,4 +1,4 @@
-"""The log density of any Pyro model on a flat unconstrained vector, for :mod:`inference.nuts`.
+"""The log density of any Pyro model on a flat unconstrained vector, for :mod:`inference.sampling.nuts`.
 
 A model's latent sites (discrete ones summed out) are mapped to one flat vector ``theta`` by the
 bijections of their supports, as Pyro's HMC does (``biject_to(support)``); the log density is the

@@ -1,11 +1,11 @@
-"""inference.nuts, the closed-form NUTS sampler: known moments, adaptation, reproducibility."""
+"""inference.sampling.nuts, NUTS on a numpy log density: known moments, adaptation, reproducibility."""
 
 import arviz as az
 import numpy as np
 import pytest
 from scipy import special
 
-from inference import nuts
+from inference.sampling import adaptation, nuts
 
 SHAPES = np.array([0.5, 2.0, 10.0])                 # log-Gamma(a) coordinates: skewed, heavy left tails
 COV = np.array([[4.0, 0.18], [0.18, 0.01]])         # correlation 0.9, scales 2 and 0.1
@@ -21,9 +21,9 @@ def log_density(theta):
 
 @pytest.fixture(scope="module")
 def chains():
-    runs = [nuts.sample(log_density, np.zeros(5), num_samples=2000, warmup_steps=500, seed=s, progress=False)
+    runs = [nuts.sample(log_density, np.zeros(5), num_samples=2000, warmup_steps=500, seed=s)
             for s in range(2)]
-    return np.stack([d for d, _ in runs]), [s for _, s in runs]   # (chain, draw, 5)
+    return np.stack([r.draws for r in runs]), [r.stats for r in runs]   # (chain, draw, 5)
 
 
 def test_moments_match_the_target(chains):
@@ -59,7 +59,7 @@ def test_step_size_adaptation_follows_the_target_acceptance():
     (seeds 0-3 give step ratios 3.3-8.7 on this target; the test asks for 2)."""
     gaussian = lambda t: (float(-0.5 * t @ PRECISION @ t), -PRECISION @ t)   # noqa: E731
     runs = {target: nuts.sample(gaussian, np.zeros(2), num_samples=300, warmup_steps=500, seed=0,
-                                target_accept=target, progress=False)[1] for target in (0.5, 0.99)}
+                                target_accept=target).stats for target in (0.5, 0.99)}
     assert runs[0.5]["step_size"][0] > 2 * runs[0.99]["step_size"][0]
     assert runs[0.5]["acceptance_rate"].mean() < runs[0.99]["acceptance_rate"].mean()
     assert runs[0.99]["acceptance_rate"].mean() > 0.95
@@ -67,26 +67,23 @@ def test_step_size_adaptation_follows_the_target_acceptance():
 
 @pytest.mark.parametrize("warmup", [0, 5])
 def test_short_or_no_warmup_still_samples(warmup):
-    draws, stats = nuts.sample(log_density, np.zeros(5), num_samples=10, warmup_steps=warmup, seed=1,
-                               progress=False)
-    assert draws.shape == (10, 5) and np.isfinite(draws).all() and len(stats["n_steps"]) == 10
+    run = nuts.sample(log_density, np.zeros(5), num_samples=10, warmup_steps=warmup, seed=1)
+    assert run.draws.shape == (10, 5) and np.isfinite(run.draws).all() and len(run.stats["n_steps"]) == 10
 
 
 def test_same_seed_same_draws_and_bad_start():
-    a = nuts.sample(log_density, np.zeros(5), num_samples=20, warmup_steps=30, seed=5, progress=False)
-    b = nuts.sample(log_density, np.zeros(5), num_samples=20, warmup_steps=30, seed=5, progress=False)
+    a = nuts.sample(log_density, np.zeros(5), num_samples=20, warmup_steps=30, seed=5)
+    b = nuts.sample(log_density, np.zeros(5), num_samples=20, warmup_steps=30, seed=5)
     np.testing.assert_array_equal(a[0], b[0])
     with pytest.raises(ValueError, match="start"):
-        nuts.sample(lambda t: (-np.inf, np.zeros_like(t)), np.zeros(2), num_samples=1, warmup_steps=0, seed=0,
-                    progress=False)
+        nuts.sample(lambda t: (-np.inf, np.zeros_like(t)), np.zeros(2), num_samples=1, warmup_steps=0, seed=0)
     with pytest.raises(ValueError, match="flat"):   # an improper, flat density has no step size
-        nuts.sample(lambda t: (0.0, np.zeros_like(t)), np.zeros(2), num_samples=1, warmup_steps=0, seed=0,
-                    progress=False)
+        nuts.sample(lambda t: (0.0, np.zeros_like(t)), np.zeros(2), num_samples=1, warmup_steps=0, seed=0)
 
 
 @pytest.mark.parametrize("warmup", [0, 10, 100, 150, 151, 500, 1000])
 def test_metric_windows_follow_stans_schedule(warmup):
-    windows = nuts._metric_windows(warmup)
+    windows = adaptation.windows(warmup)
     if warmup < 20:
         assert windows == []
         return
@@ -114,5 +111,32 @@ def test_post_warmup_acceptance_lands_on_the_target():
         return -0.5 * x @ precision @ x, -precision @ x
 
     accept = [nuts.sample(log_density, rng.normal(size=d), num_samples=400, warmup_steps=1000, seed=s,
-                          target_accept=0.8, progress=False)[1]["acceptance_rate"].mean() for s in range(3)]
+                          target_accept=0.8).stats["acceptance_rate"].mean() for s in range(3)]
     assert abs(np.mean(accept) - 0.8) < 0.05, accept
+
+
+def test_progress_is_reported_to_a_callback_outside_the_sampler():
+    """Every iteration reaches the callback once, in order, warmup first; :func:`nuts.progress` drives a
+    tqdm-like bar and counts the divergences of the draws (Neal's funnel after a short warmup: 5)."""
+
+    class Bar:
+        total, updates, postfix = 50, 0, {}
+
+        def update(self):
+            self.updates += 1
+
+        def set_postfix(self, **kw):
+            self.postfix = kw
+
+    def funnel(t):   # v ~ N(0, 3^2), x_i | v ~ N(0, exp(v))
+        v, x = t[0], t[1:]
+        value = -v**2 / 18 - 0.5 * (x @ x) * np.exp(-v) - 0.5 * len(x) * v
+        return float(value), np.r_[-v / 9 + 0.5 * (x @ x) * np.exp(-v) - 0.5 * len(x), -x * np.exp(-v)]
+
+    seen, bar = [], Bar()
+    report = nuts.progress(bar, 10)
+    run = nuts.sample(funnel, np.zeros(10), num_samples=40, warmup_steps=10, seed=0, target_accept=0.6,
+                      callback=lambda i, step, info: (seen.append(i), report(i, step, info)))
+    assert seen == list(range(50)) and bar.updates == 50
+    assert bar.postfix["phase"] == "sample" and bar.postfix["div"] == run.stats["diverging"].sum() > 0
+    assert float(bar.postfix["step"]) == pytest.approx(run.step_size, rel=1e-2)

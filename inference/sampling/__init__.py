@@ -1,0 +1,2 @@
+"""Sampling: NUTS from pieces (:mod:`.metric`, :mod:`.integrator`, :mod:`.termination`,
+:mod:`.adaptation`) wired in :mod:`.nuts`."""

@@ -1,0 +1,306 @@
+"""Fast routes are taken only where they are verified (inference.tracing): the route policy, the agreement
+check, and shortcuts built at one point that are wrong at another, caught while they run.
+
+The models here hide part of their computation from the tracer the way real models do: a likelihood
+computed in numpy inside a custom ``torch.autograd.Function`` (a numba or C kernel looks the same to
+the tracer), and a branch taken on a value read through numpy. Every answer is checked against its
+closed form.
+"""
+
+import logging
+import math
+
+import arviz as az
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions.transforms import ExpTransform, OrderedTransform
+
+import inference
+import zoo
+from inference import tracing
+from inference.mcmc import start_point
+from inference.potential import Potential
+from inference.tracing import Guard, Mismatch, compile_graph, has_compiler, mismatch, trace_graph
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class NumpyGaussianLogLik(torch.autograd.Function):
+    """sum_n log N(x_n | mu, 1), value and gradient computed in numpy: invisible to the tracer."""
+
+    @staticmethod
+    def forward(ctx, mu, x):
+        ctx.save_for_backward(mu, x)
+        xs, m = x.detach().numpy(), mu.detach().numpy()
+        return torch.as_tensor(-0.5 * ((xs - m) ** 2).sum() - 0.5 * xs.size * math.log(2 * math.pi), dtype=mu.dtype)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        mu, x = ctx.saved_tensors
+        return upstream * torch.as_tensor((x.detach().numpy() - mu.detach().numpy()).sum(), dtype=mu.dtype), None
+
+
+def numpy_model(x):
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+    pyro.factor("lik", NumpyGaussianLogLik.apply(mu, x))
+
+
+def branch_model(x):
+    """The observation noise is 1 where mu > 5, else 3: a branch read through numpy, which a trace
+    freezes at the branch of the point it was traced from."""
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+    scale = 1.0 if mu.detach().numpy() > 5 else 3.0
+    with pyro.plate("data", len(x)):
+        pyro.sample("obs", dist.Normal(mu, scale), obs=x)
+
+
+def exact_posterior(x, prior_sd=10.0, noise=1.0):
+    """mu ~ N(0, prior_sd), x_n ~ N(mu, noise): the posterior mean (= the MAP) and sd."""
+    precision = len(x) / noise**2 + 1 / prior_sd**2
+    return float(x.sum()) / noise**2 / precision, precision**-0.5
+
+
+@pytest.fixture
+def x3():
+    return torch.tensor(np.random.default_rng(0).normal(3.0, 1.0, 200))
+
+
+@pytest.fixture
+def x8():
+    return torch.tensor(np.random.default_rng(1).normal(8.0, 1.0, 50))
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+
+def test_upstream_tracer_compiler_and_distribution_internals():
+    """``make_fx``, ``torch._inductor.compile`` (with its cache) and ``Distribution._validate_args`` are
+    PyTorch internals: this fails loudly if they change."""
+    def f(a, b):
+        a = a.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v = (a.exp() * b).sum()
+            g, = torch.autograd.grad(v, a)
+        return v.detach(), g
+
+    a, b = torch.tensor([0.1, -0.2], dtype=torch.float64), torch.tensor([2.0, 3.0], dtype=torch.float64)
+    graph = trace_graph(f, a, b)
+    torch.testing.assert_close(graph(a, b), f(a, b))
+    assert tracing.unused_inputs(graph) == [] and tracing.operations(graph) > 3
+    normal = torch.distributions.Normal(0.0, 1.0, validate_args=True)
+    assert tracing.unvalidated(normal)._validate_args is False and normal._validate_args is True
+    if not has_compiler():
+        pytest.skip("no C++ compiler: Inductor cannot compile here")
+    from torch._dynamo.utils import counters   # Inductor's cache counters: internal too
+
+    compiled = compile_graph(graph, [a, b])
+    new = torch.tensor([1.0, 2.0], dtype=torch.float64)   # new data: an input of the graph, not a constant
+    torch.testing.assert_close(compiled(a, new), f(a, new))
+    # the compiled code is cached (a new process loads it instead of generating and compiling it again)
+    counters.clear()
+    torch.testing.assert_close(compile_graph(graph, [a, b])(a, new), f(a, new))
+    assert counters["inductor"]["fxgraph_cache_bypass"] == 0, dict(counters["inductor"])
+    assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
+
+
+def test_the_route_policy_reads_counts_and_never_compiles_without_a_compiler(monkeypatch):
+    monkeypatch.setattr(tracing, "has_compiler", lambda: True)
+    # tracing pays when calls x sites x Pyro's seconds per site x the saving exceed the trace's cost
+    steps = tracing.TRACE_SECONDS / (tracing.PYRO_SECONDS_PER_SITE * tracing.GRAPH_SAVING)
+    assert tracing.worth_tracing(int(steps) + 1, 1) and not tracing.worth_tracing(int(steps) - 1, 1)
+    assert tracing.worth_tracing(int(steps / 4) + 1, 4) and not tracing.worth_tracing(int(steps / 4) - 1, 4)
+    # compiling pays when calls x operations x the dispatch saved per operation exceed the compile's cost
+    work = tracing.COMPILE_SECONDS / tracing.DISPATCH_SECONDS
+    assert tracing.worth_compiling(int(work / 500) + 1, 500) and not tracing.worth_compiling(int(work / 500) - 1, 500)
+    # the GMM of issue 18 (about 470 operations), 500 + 500 iterations of NUTS, compiles
+    assert tracing.worth_compiling(1000 * tracing.LEAPFROGS_PER_ITERATION, 470)
+    assert not tracing.worth_compiling(10**9, 500, on_cpu=False)
+    monkeypatch.setattr(tracing, "has_compiler", lambda: False)
+    assert not tracing.worth_compiling(10**9, 500)
+
+
+def test_mismatch_compares_the_value_and_every_gradient():
+    ok = (1000.0, [np.array([1.0, -2.0]), np.array([3.0])])
+    assert mismatch(ok, ok, torch.float64) == ""
+    assert mismatch((1000.0 * (1 + 1e-7), ok[1]), ok, torch.float64) == ""          # rounding
+    assert "value" in mismatch((1000.0 * (1 + 1e-5), ok[1]), ok, torch.float64)
+    assert "gradient" in mismatch((1000.0, [np.array([1.0, -2.0]), np.array([3.01])]), ok, torch.float64)
+    assert "gradient" in mismatch((1000.0, [np.array([1.0, np.nan]), np.array([3.0])]), ok, torch.float64)
+    assert mismatch((1000.0 * (1 + 1e-5), ok[1]), ok, torch.float32) == ""          # float32 rounding
+    assert mismatch((5.0, ok[1]), (-math.inf, ok[1]), torch.float64) == ""          # outside the support
+
+
+def test_the_guard_checks_on_its_schedule_and_steps_aside_with_one_warning(caplog):
+    guard = Guard("test", ("reference", None))
+    guard.add("graph", "g")
+    guard.add("compiled", "c")
+    due = [call for call in range(1, 12001) if guard.due()]
+    assert due == [*tracing.CHECK_AT, 5000, 10000]
+    with caplog.at_level(logging.WARNING, logger="inference.tracing"):
+        guard.step_aside("value 1 where the reference gives 2")
+    assert guard.route == "graph" and guard.fn == "g"
+    assert len(caplog.records) == 1 and "compiled route disagrees" in caplog.text and "using the graph" in caplog.text
+    assert guard.describe() == "graph (compiled until call 12000: value 1 where the reference gives 2)"
+    guard.step_aside("again")
+    assert guard.on_reference and not guard.due()
+
+
+# --- SVI: a graph that cannot see part of the model ---------------------------------------------------
+
+def point_mass_guide(x):
+    """A user's MAP guide: a pyro.param point mass."""
+    loc = pyro.param("mu_map", torch.tensor(0.0, dtype=x.dtype))
+    pyro.sample("mu", dist.Delta(loc))
+
+
+@pytest.mark.parametrize("guide", ["delta", point_mass_guide], ids=["AutoDelta", "point-mass guide"])
+def test_svi_on_a_numpy_likelihood_keeps_pyros_elbo_and_finds_the_map(x3, guide, caplog):
+    """The traced loss holds the numpy likelihood as a constant; at the point it was traced from it
+    agrees with Pyro's (a Delta guide draws nothing), at perturbed parameters it does not."""
+    post = inference.fit_svi(numpy_model, x3, guide=guide, num_steps=600, lr=0.1, loss_route="graph", progress=False)
+    assert "graph route is not usable" in caplog.text and post.settings["loss_route"] == "pyro"
+    assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x3)[0], abs=0.01)
+
+
+def test_svi_on_a_graph_wrong_away_from_where_it_was_traced_steps_aside_while_it_runs(x8, caplog):
+    """Traced at mu = 0 (noise 3), checked there and near it: right. The fit moves to mu = 8, where the
+    model's noise is 1 and the graph's still 3: the check at call 100 or 1000 catches it, and Pyro's ELBO
+    takes over from there."""
+    post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=1200, lr=0.1, loss_route="graph",
+                             progress=False)
+    assert post.settings["loss_route"].startswith("pyro (graph until call ")
+    assert "graph route disagrees with the reference" in caplog.text
+    assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x8)[0], abs=0.01)
+
+
+def test_hmm_map_is_not_frozen_by_its_compiled_forward_algorithm():
+    """The HMM's forward algorithm is numba (opaque to the tracer): the default route must see that and
+    reach the same MAP as Pyro's ELBO, not stay at its starting point (issue 18)."""
+    m = zoo.get("hmm", n_states=2)
+    x, _ = m.simulate(300, seed=0)
+    kw = dict(guide="delta", num_steps=1500, seed=0, progress=False)
+    auto = inference.fit_svi(m, x, **kw)
+    reference = inference.fit_svi(m, x, loss_route="pyro", **kw)
+    assert auto.settings["loss_route"] == "pyro"
+    assert auto.losses[-1] < auto.losses[0] - 10   # it moved
+    for k in reference.samples:
+        torch.testing.assert_close(auto.samples[k], reference.samples[k])
+
+
+# --- NUTS: potentials checked where they run ----------------------------------------------------------
+
+def test_a_numpy_likelihood_potential_falls_back_to_pyros(x3, caplog):
+    p = Potential(numpy_model, x3, max_plate_nesting=0, route="graph")
+    assert p.route == "eager" and "graph route is not usable" in caplog.text
+    mean, sd = exact_posterior(x3)
+    theta = np.array([2.5])
+    expected = -0.5 * ((x3.numpy() - 2.5) ** 2).sum() - 100 * math.log(2 * math.pi) - 0.5 * (2.5 / 10) ** 2 \
+        - math.log(10 * math.sqrt(2 * math.pi))
+    assert p(theta)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_potential_wrong_away_from_its_check_points_is_caught_while_it_runs(x8, caplog):
+    p = Potential(branch_model, x8, max_plate_nesting=1, route="graph")
+    assert p.route == "graph"   # traced and checked where mu < 5 (the start's range)
+    for _ in range(9):
+        p(np.array([0.5]))
+    with pytest.raises(Mismatch):
+        p(np.array([8.0]))   # call 10, a checked one
+    assert p.route == "eager" and "graph route disagrees with the reference at call 10" in caplog.text
+    assert p(np.array([8.0]))[0] == pytest.approx(p.reference(np.array([8.0]))[0], rel=1e-12)
+
+
+def test_nuts_reruns_a_chain_whose_route_was_found_wrong_and_matches_the_exact_posterior(x8, caplog):
+    post = inference.run_nuts(branch_model, x8, num_samples=150, warmup_steps=150, num_chains=1, seed=0,
+                              potential="graph", progress=False)
+    assert post.settings["potential"] == "eager" and "graph until call" in post.settings["routes"][0]
+    mean, sd = exact_posterior(x8)
+    draws = post.samples["mu"].numpy().ravel()
+    ess = float(az.ess(draws[None]))
+    assert abs(draws.mean() - mean) < 4 * sd / math.sqrt(ess)
+
+
+class _WrongFarOut(zoo.hmm.HiddenMarkovModel):
+    """A closed form that is right where it is checked first and wrong where a chain may go."""
+
+    def log_density(self, data):
+        transforms, fn = super().log_density(data)
+
+        def wrong(u):
+            value, grad = fn(u)
+            return value + (5.0 if np.abs(u["locs"]).max() > 3 else 0.0), grad
+        return transforms, wrong
+
+
+def test_a_closed_form_is_checked_while_it_runs():
+    m = _WrongFarOut(2)
+    x, _ = m.simulate(20, seed=0)
+    target = inference.target.as_target(m)
+    data = target.validate(x)
+    from inference.mcmc import potential_of
+
+    p = potential_of(target, data)
+    assert p.route == "closed form"
+    theta = p.flatten(p.prototypes)
+    p(theta)   # call 1: checked, right
+    far = theta.copy()
+    far[[i for i, name in enumerate(np.repeat(p.names, p.sizes)) if name == "locs"]] = 4.0
+    for _ in range(8):
+        p(theta)
+    with pytest.raises(Mismatch):
+        p(far)   # call 10
+    assert p.route == "eager"
+
+
+# --- initial points, as Pyro finds them ---------------------------------------------------------------
+
+def ordered_positive(y):
+    """Three positive, ordered rates (torch calls the support of this distribution 'positive', so a point
+    on it need not be ordered), a factor that corrects the prior, and Poisson counts."""
+    mu = pyro.sample("mu", dist.TransformedDistribution(dist.Normal(torch.zeros(3, dtype=y.dtype), 1.0).to_event(1),
+                                                        [OrderedTransform(), ExpTransform()]))
+    pyro.factor("prior_correction", -0.1 * mu.sum())
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Poisson(mu).to_event(1), obs=y)
+
+
+def ordered_positive_twin(y):
+    """The same posterior, sampled on the unconstrained scale: mu = exp(ordered(u))."""
+    u = pyro.sample("u", dist.Normal(torch.zeros(3, dtype=y.dtype), 1.0).to_event(1))
+    mu = pyro.deterministic("mu", ExpTransform()(OrderedTransform()(u)))
+    pyro.factor("prior_correction", -0.1 * mu.sum())
+    with pyro.plate("data", y.shape[0]):
+        pyro.sample("y", dist.Poisson(mu).to_event(1), obs=y)
+
+
+def test_a_model_whose_support_is_wider_than_its_valid_points_samples_as_pyro_would():
+    rng = np.random.default_rng(2)
+    y = torch.tensor(rng.poisson([1.0, 4.0, 9.0], size=(30, 3)), dtype=torch.float64)
+    kw = dict(num_samples=400, warmup_steps=300, num_chains=2, seed=0, progress=False)
+    post = inference.run_nuts(ordered_positive, y, **kw)
+    twin = inference.run_nuts(ordered_positive_twin, y, **kw)
+    a, b = post.samples["mu"].numpy().reshape(-1, 3), twin.samples["mu"].numpy().reshape(-1, 3)
+    ess = np.minimum(az.ess(post.samples["mu"].numpy()), az.ess(twin.samples["mu"].numpy()))
+    # two independent estimates of each mean: their difference has sd sqrt(2) sd / sqrt(ess)
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * math.sqrt(2) * b.std(0) / np.sqrt(ess))
+
+
+def test_a_start_is_drawn_again_until_the_density_is_finite_and_an_impossible_one_is_named(x3):
+    def half(x):   # -inf where mu < 0.5: most uniform draws in (-2, 2) miss
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+        pyro.factor("cut", torch.where(mu > 1.5, 0.0, -math.inf))
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+    p = Potential(half, x3, max_plate_nesting=1, route="graph")
+    theta = start_point(p, None, np.random.default_rng(0))
+    assert theta[0] > 1.5 and math.isfinite(p(theta)[0])
+
+    def nowhere(x):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+        pyro.factor("cut", torch.where(mu > 100.0, 0.0, -math.inf))
+
+    with pytest.raises(ValueError, match=r"init: the log density is not finite at uniform draws .*\['mu'\]"):
+        inference.run_nuts(nowhere, x3, num_samples=5, warmup_steps=5, num_chains=1, progress=False)
