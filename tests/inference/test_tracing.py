@@ -20,6 +20,7 @@ from pyro.distributions.transforms import ExpTransform, OrderedTransform
 
 import inference
 import zoo
+import zoo.hmm
 from inference import tracing
 from inference.mcmc import start_point
 from inference.potential import Potential
@@ -49,10 +50,10 @@ def numpy_model(x):
 
 
 def branch_model(x):
-    """The observation noise is 1 where mu > 5, else 3: a branch read through numpy, which a trace
+    """The observation noise is 1 where mu < 5, else 3: a branch read through numpy, which a trace
     freezes at the branch of the point it was traced from."""
     mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
-    scale = 1.0 if mu.detach().numpy() > 5 else 3.0
+    scale = 1.0 if mu.detach().numpy() < 5 else 3.0
     with pyro.plate("data", len(x)):
         pyro.sample("obs", dist.Normal(mu, scale), obs=x)
 
@@ -165,28 +166,28 @@ def test_svi_on_a_numpy_likelihood_keeps_pyros_elbo_and_finds_the_map(x3, guide,
 
 
 def test_svi_on_a_graph_wrong_away_from_where_it_was_traced_steps_aside_while_it_runs(x8, caplog):
-    """Traced at mu = 0 (noise 3), checked there and near it: right. The fit moves to mu = 8, where the
-    model's noise is 1 and the graph's still 3: the check at call 100 or 1000 catches it, and Pyro's ELBO
+    """Traced at mu = 0 (noise 1), checked there and near it: right. The fit moves to mu = 8, where the
+    model's noise is 3 and the graph's still 1: the check at call 100 or 1000 catches it, and Pyro's ELBO
     takes over from there."""
     post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=1200, lr=0.1, loss_route="graph",
                              progress=False)
     assert post.settings["loss_route"].startswith("pyro (graph until call ")
     assert "graph route disagrees with the reference" in caplog.text
-    assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x8)[0], abs=0.01)
+    assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x8, noise=3.0)[0], abs=0.01)
 
 
 def test_hmm_map_is_not_frozen_by_its_compiled_forward_algorithm():
     """The HMM's forward algorithm is numba (opaque to the tracer): the default route must see that and
     reach the same MAP as Pyro's ELBO, not stay at its starting point (issue 18)."""
     m = zoo.get("hmm", n_states=2)
-    x, _ = m.simulate(300, seed=0)
-    kw = dict(guide="delta", num_steps=1500, seed=0, progress=False)
-    auto = inference.fit_svi(m, x, **kw)
+    x, _ = m.simulate(200, seed=0)
+    kw = dict(guide="delta", num_steps=200, seed=0, progress=False)
+    traced = inference.fit_svi(m, x, loss_route="graph", **kw)
     reference = inference.fit_svi(m, x, loss_route="pyro", **kw)
-    assert auto.settings["loss_route"] == "pyro"
-    assert auto.losses[-1] < auto.losses[0] - 10   # it moved
+    assert traced.settings["loss_route"] == "pyro"
+    assert len(set(traced.losses)) > 100   # not the frozen loss of issue 18, the same at every step
     for k in reference.samples:
-        torch.testing.assert_close(auto.samples[k], reference.samples[k])
+        torch.testing.assert_close(traced.samples[k], reference.samples[k])
 
 
 # --- NUTS: potentials checked where they run ----------------------------------------------------------
@@ -216,7 +217,7 @@ def test_nuts_reruns_a_chain_whose_route_was_found_wrong_and_matches_the_exact_p
     post = inference.run_nuts(branch_model, x8, num_samples=150, warmup_steps=150, num_chains=1, seed=0,
                               potential="graph", progress=False)
     assert post.settings["potential"] == "eager" and "graph until call" in post.settings["routes"][0]
-    mean, sd = exact_posterior(x8)
+    mean, sd = exact_posterior(x8, noise=3.0)
     draws = post.samples["mu"].numpy().ravel()
     ess = float(az.ess(draws[None]))
     assert abs(draws.mean() - mean) < 4 * sd / math.sqrt(ess)
@@ -281,8 +282,10 @@ def test_a_model_whose_support_is_wider_than_its_valid_points_samples_as_pyro_wo
     kw = dict(num_samples=400, warmup_steps=300, num_chains=2, seed=0, progress=False)
     post = inference.run_nuts(ordered_positive, y, **kw)
     twin = inference.run_nuts(ordered_positive_twin, y, **kw)
-    a, b = post.samples["mu"].numpy().reshape(-1, 3), twin.samples["mu"].numpy().reshape(-1, 3)
-    ess = np.minimum(az.ess(post.samples["mu"].numpy()), az.ess(twin.samples["mu"].numpy()))
+    twin_mu = ExpTransform()(OrderedTransform()(twin.samples["u"])).numpy()
+    a, b = post.samples["mu"].numpy().reshape(-1, 3), twin_mu.reshape(-1, 3)
+    ess = np.array([min(float(az.ess(post.samples["mu"].numpy()[..., i])), float(az.ess(twin_mu[..., i])))
+                    for i in range(3)])
     # two independent estimates of each mean: their difference has sd sqrt(2) sd / sqrt(ess)
     assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4 * math.sqrt(2) * b.std(0) / np.sqrt(ess))
 
