@@ -47,7 +47,7 @@ class Posterior:
     def __init__(self, target: Target, data, samples: Mapping[str, torch.Tensor], *, method: str,
                  wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
                  losses: list[float] | None = None, guide=None, coords: Mapping[str, list] | None = None,
-                 settings: Mapping[str, Any] | None = None):
+                 dims: Mapping[str, list[str]] | None = None, settings: Mapping[str, Any] | None = None):
         self.target = target
         self.data = data
         self.samples = {k: v.detach() for k, v in samples.items()}
@@ -57,6 +57,7 @@ class Posterior:
         self.losses = list(losses or [])
         self.guide = guide
         self.coords = dict(coords or {})
+        self.dims = {**target.dims, **(dims or {})}   # the model's, then the caller's (as az.from_pyro's dims)
         self.settings = dict(settings or {})
 
     @classmethod
@@ -184,7 +185,7 @@ class Posterior:
     def idata(self):
         """ArviZ InferenceData (see the module docstring)."""
         info = self.target.info(self.data, marginal=True)
-        dims = self.target.dims
+        dims = dict(self.dims)
         for site, plate in (info.plates or {}).items():   # dims are cut to each variable's rank
             if plate is not None:
                 dims.setdefault(site, [plate[0]])
@@ -209,7 +210,7 @@ class Posterior:
         """ArviZ-style label of one scalar element, with coordinate names: ``locs[0, petal_length_cm]``."""
         if not index:
             return name
-        dims = self.target.dims.get(name, [])
+        dims = self.dims.get(name, [])
         coords = {**self.target.coords(self.data), **self.coords}
         parts = []
         for pos, j in enumerate(index):
@@ -222,7 +223,7 @@ class Posterior:
         for summaries and plots that need no log-likelihood or predictive draws."""
         quantities = self.aligned if quantities is None else quantities
         return from_dict({"posterior": {k: to_numpy(v) for k, v in quantities.items()}},
-                          coords={**self.target.coords(self.data), **self.coords}, dims=self.target.dims,
+                          coords={**self.target.coords(self.data), **self.coords}, dims=self.dims,
                           attrs={"inference_method": self.method})
 
     def to_netcdf(self, path, *, overwrite: bool = False) -> Path:

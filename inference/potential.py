@@ -40,7 +40,7 @@ from pyro.infer import config_enumerate
 from pyro.infer.mcmc.util import TraceEinsumEvaluator, initialize_model
 from torch.distributions import biject_to
 
-from inference.target import InitMessenger, init_to_uniform_any
+from inference.target import InitMessenger, ModelArgs, init_to_uniform_any
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +260,15 @@ def _unvalidated(fn):
 
 
 def flatten_data(data):
-    """Tensor leaves of ``data`` (a tensor, or a tuple/list/dict of tensors and other values) and a
-    function rebuilding ``data`` from new leaves: the leaves become inputs of the traced graph."""
+    """Tensor leaves of ``data`` (a tensor, or a tuple/list/dict of tensors and other values, or the
+    arguments of a call, ``ModelArgs``) and a function rebuilding ``data`` from new leaves: the leaves
+    become inputs of the traced graph."""
     if torch.is_tensor(data):
         return [data], lambda leaves: leaves[0]
+    if isinstance(data, ModelArgs):
+        (args, rebuild_args), (kwargs, rebuild_kwargs) = flatten_data(data.args), flatten_data(data.kwargs)
+        return args + kwargs, lambda leaves: ModelArgs(rebuild_args(leaves[:len(args)]),
+                                                       rebuild_kwargs(leaves[len(args):]))
     if isinstance(data, (tuple, list)) and not hasattr(data, "_fields"):
         idx = [i for i, v in enumerate(data) if torch.is_tensor(v)]
 
