@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pyro.poutine as poutine
@@ -54,6 +53,7 @@ from joblib import Parallel, delayed
 from scipy import stats as scipy_stats
 from tqdm import tqdm
 
+from inference import azcompat
 from inference.target import Target, as_target, chain_seed
 from inference.validation import check_setting
 
@@ -128,16 +128,13 @@ class SBCResult:
         return head + (f" ({', '.join(bad)})" if bad else "")
 
     # --- files ---------------------------------------------------------------------------------
-    def to_idata(self) -> az.InferenceData:
+    def to_idata(self) -> azcompat.InferenceData:
         """InferenceData (one 'chain', simulations as 'draw'): groups ``prior`` (aligned truth),
         ``prior_sbc`` (ranks, as simuk), ``sbc_pit`` (fractional ranks), ``sbc_stats``."""
         attrs = {"model": self.model, "inference_method": self.method, "sbc": "Talts et al. 2018",
                  **{f"setting_{k}": str(v) for k, v in self.settings.items()}}
-        groups = {GROUPS[key]: az.dict_to_dataset({k: v[None] for k, v in getattr(self, key).items()}, attrs=attrs)
-                  for key in GROUPS}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)   # ArviZ 0.x warns about group names outside its scheme
-            return az.InferenceData(**groups)
+        return azcompat.from_groups({GROUPS[key]: {k: v[None] for k, v in getattr(self, key).items()}
+                                     for key in GROUPS}, attrs=attrs)
 
     def to_netcdf(self, path, *, overwrite: bool = False) -> Path:
         path = Path(path)
@@ -149,9 +146,7 @@ class SBCResult:
     @classmethod
     def from_netcdf(cls, path) -> "SBCResult":
         """Read a result written by :meth:`to_netcdf`."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            idata = az.from_netcdf(str(path))
+        idata = azcompat.from_netcdf(path)
         if GROUPS["ranks"] not in idata.groups():
             raise ValueError(f"path: {str(path)!r} holds no SBC result (no '{GROUPS['ranks']}' group)")
         parts = {key: {k: v.values[0] for k, v in idata[group].data_vars.items()} for key, group in GROUPS.items()}
@@ -315,7 +310,7 @@ def thinning(draws: Mapping[str, np.ndarray]) -> tuple[int, float]:
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ess += [float(az.ess(x, method="bulk")), float(az.ess(x, method="tail"))]
+                ess += [float(azcompat.ess(x, method="bulk")), float(azcompat.ess(x, method="tail"))]
     ess = [e for e in ess if np.isfinite(e)]
     if not ess or total is None:
         return 1, float("nan")

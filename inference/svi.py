@@ -28,7 +28,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
     init_to_value,
 )
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from inference.objectives import traced_loss
 from inference.posterior import Posterior
