@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import types
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -86,16 +85,20 @@ def model_data(data=None, model_args=None, model_kwargs=None):
     return args[0] if len(args) == 1 and not kwargs else ModelArgs(args, kwargs)
 
 
-def _call_with_args(fn: Callable, data: ModelArgs):
-    return fn(*data.args, **data.kwargs)
+class CallWithArgs:
+    """``fn(*args, **kwargs)`` as a callable of one :class:`ModelArgs`. Its ``__self__`` is ``fn``, as a
+    bound method's is: where the parameters of a module are looked for (``inference.svi``)."""
+
+    def __init__(self, fn: Callable):
+        self.__self__ = fn
+
+    def __call__(self, data: ModelArgs):
+        return self.__self__(*data.args, **data.kwargs)
 
 
-def call_with_args(fn: Callable) -> Callable:
-    """``fn(*args, **kwargs)`` as a callable of one :class:`ModelArgs`: a method bound to ``fn``, so that
-    ``__self__`` is ``fn`` itself (where the parameters of a module are looked for). Idempotent."""
-    if getattr(fn, "__func__", None) is _call_with_args:
-        return fn
-    return types.MethodType(_call_with_args, fn)
+def call_with_args(fn: Callable) -> CallWithArgs:
+    """``fn`` called on :class:`ModelArgs` (idempotent)."""
+    return fn if isinstance(fn, CallWithArgs) else CallWithArgs(fn)
 
 
 def _trace(model_fn: Callable, data):
