@@ -157,7 +157,7 @@ def is_zoo_model(obj) -> bool:
 class PlainModel:
     """A plain Pyro callable ``model(data)`` (and optionally its ``guide(data)``) with the protocol of
     ``zoo.base.ZooModel``, every fact found by tracing; with ``args_form=True``, a callable
-    ``model(*args, **kwargs)`` (and guide) called on :class:`ModelArgs` (:func:`call_with_args`):
+    ``model(*args, **kwargs)`` called on :class:`ModelArgs` (:func:`call_with_args`):
 
     - ``global_sites = None``: discovered (latent sites outside every data plate);
     - ``log_likelihood``: per observed site, the site's log density at each point given every
@@ -171,7 +171,7 @@ class PlainModel:
 
     def __init__(self, model: Callable, guide: Callable | None = None, *, args_form: bool = False):
         self.model = call_with_args(model) if args_form else model
-        self.guide = call_with_args(guide) if args_form and guide is not None else guide
+        self.guide = guide
         self.name = getattr(model, "__name__", type(model).__name__)
         self._info: tuple[int, ModelInfo] | None = None
 
