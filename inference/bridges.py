@@ -53,15 +53,14 @@ def from_pyro(obj, model=None, *, model_args=(), model_kwargs=None, num_samples:
     if not isinstance(obj, (MCMC, Mapping)) and guide is None:
         raise TypeError(f"obj: expected a pyro.infer.MCMC that has run, a trained guide or a dict of draws "
                         f"{{site: (chains, draws, ...)}}, got {type(obj).__name__}")
-    if isinstance(obj, MCMC) and not tuple(model_args) and model_kwargs is None:
+    if isinstance(obj, MCMC) and not model_args and model_kwargs is None:
         model_args, model_kwargs = _mcmc_arguments(obj)
     model = model if model is not None else _default_model(obj)
-    data = model_data(None, tuple(model_args), dict(model_kwargs or {}))
+    data = model_data(None, tuple(model_args or ()), dict(model_kwargs or {}))
     target = Target(model, guide=guide, args_form=isinstance(data, ModelArgs))
     target.param_state = pyro.get_param_store().get_state()   # what the user's SVI trained
     data = target.validate(data)
-    latent = target.info(data).latent + tuple(k for k in target.info(data, marginal=True).latent
-                                              if k not in target.info(data).latent)
+    latent = tuple(dict.fromkeys(target.info(data).latent + target.info(data, marginal=True).latent))
     sample_stats, settings = {}, {"source": type(obj).__name__}
     if isinstance(obj, MCMC):
         samples = obj.get_samples(group_by_chain=True)
@@ -128,6 +127,8 @@ def _mcmc_stats(mcmc: MCMC) -> tuple[dict[str, np.ndarray], dict]:
 
 def _checked_draws(draws: Mapping, target: Target, data) -> dict[str, torch.Tensor]:
     """Draws ``{site: (chains, draws, *site_shape)}`` as tensors in the model's dtypes, shapes checked."""
+    if not draws:
+        raise ValueError("obj: an empty dict of draws; expected {site: (chains, draws, ...)}")
     with target.scope():
         nodes = {**_trace(target.marginal_fn, data).nodes, **_trace(target.model_fn, data).nodes}
     out, lead = {}, None
