@@ -45,8 +45,9 @@ def main() -> None:
     torch.set_num_threads(1)
     m = zoo.get("gmm", n_components=2, dim=1, prior_center=0.0, prior_spread=1.0)
     fit = {"num_samples": 300, "warmup_steps": 300}
-    plans = {"graph": check_inputs(m, num_simulations=40, num_observations=60, fit_kwargs={**fit, "potential": "graph"}),
-             "shared": check_inputs(m, num_simulations=40, num_observations=60, fit_kwargs=fit)}
+    kw = dict(num_simulations=40, num_observations=60)
+    plans = {"graph": check_inputs(m, fit_kwargs={**fit, "potential": "graph"}, **kw),
+             "shared": check_inputs(m, fit_kwargs=fit, **kw)}
     assert plans["shared"].fit_kwargs["potential"] == "compiled", plans["shared"].fit_kwargs
     print(f"{platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, one thread; "
           f"load average before: {os.getloadavg()[0]:.1f}")
@@ -62,7 +63,8 @@ def main() -> None:
     print(f"first compile (empty cache): {wall['shared'][0]:.1f} s wall, {cpu['shared'][0]:.1f} s CPU")
     for kind, values in (("wall", wall), ("CPU", cpu)):
         g, s = np.median(values["graph"][1:]), np.median(values["shared"][1:])
-        print(f"median {kind} s per replicate over {args.replicates}: graph {g:.2f}, shared {s:.2f}, ratio {g / s:.1f}x")
+        print(f"median {kind} s per replicate over {args.replicates}: graph {g:.2f}, shared {s:.2f}, "
+              f"ratio {g / s:.1f}x")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -1,4 +1,4 @@
-"""Simulation-based calibration (Talts, Betancourt, Simpson, Vehtari & Gelman 2018) for zoo models and plain Pyro models.
+"""Simulation-based calibration (Talts, Betancourt, Simpson, Vehtari & Gelman 2018) of zoo and plain Pyro models.
 
 If parameters are drawn from the prior, theta ~ p(theta), data from the model, y ~ p(y | theta), and
 the fit returns draws from the exact posterior p(theta | y), then theta is itself a draw from that

@@ -273,7 +273,8 @@ def test_the_replicates_share_one_route_by_the_cost_rule(monkeypatch):
     args = dict(model_args=(x,), model_kwargs={"y": y})
 
     def route(num_simulations, **fit):
-        return check_inputs(regression, num_simulations=num_simulations, fit_kwargs=fit, **args).fit_kwargs.get("potential")
+        plan = check_inputs(regression, num_simulations=num_simulations, fit_kwargs=fit, **args)
+        return plan.fit_kwargs.get("potential")
 
     assert route(10, num_samples=100, warmup_steps=100) == "compiled"            # 10 x 200 = 2000
     assert route(9, num_samples=100, warmup_steps=100) == "graph"
