@@ -7,10 +7,13 @@
     >>> inference.compare(svi, nuts)              # one row per identifiable scalar
     >>> print(inference.diagnose(nuts))
 
-Every function takes a zoo model or any plain Pyro callable ``model(data)``; ``check`` says what is
-wrong with a model/guide pair before a long fit. Importing changes no global setting of Pyro.
+Every function takes a zoo model or any plain Pyro callable ``model(data)``, or ``model(*args, **kwargs)``
+given ``model_args``/``model_kwargs``; ``check`` says what is wrong with a model/guide pair before a long
+fit; ``from_pyro`` brings a Pyro MCMC run, trained guide or draws in. Importing changes no global setting
+of Pyro.
 """
 
+from inference.bridges import from_pyro
 from inference.check import CheckReport, check
 from inference.compare import compare
 from inference.diagnostics import Diagnosis, diagnose
@@ -23,5 +26,5 @@ from inference.select import loo, select
 from inference.svi import SVIDivergedError, fit_svi
 
 __all__ = ["CheckReport", "Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "check",
-           "compare", "diagnose", "discrete_draws", "fit_svi", "loo", "ppc", "run_nuts", "sbc", "select",
-           "write_report"]
+           "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_nuts", "sbc",
+           "select", "write_report"]

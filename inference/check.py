@@ -31,7 +31,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro.poutine.util import site_is_subsample
 
-from inference.target import ModelInfo, Target, inspect_model, pointwise_log_likelihood, set_seed
+from inference.target import (ModelArgs, ModelInfo, Target, inspect_model, model_data, pointwise_log_likelihood,
+                              set_seed)
 
 SIMULATED_N = 100      # data points simulated when no data is given, and for the recovery fit
 RECOVERY_STEPS = 200
@@ -74,19 +75,23 @@ class _Failed(Exception):
     """A check failed; the message says where and what to do."""
 
 
-def check(model, guide=None, data=None, *, seed: int = 0) -> CheckReport:
+def check(model, guide=None, data=None, *, model_args=None, model_kwargs=None, seed: int = 0) -> CheckReport:
     """Check a model/guide pair on ``data`` and return a printable :class:`CheckReport`.
 
-    :param model: a zoo model or a plain Pyro callable ``model(data)``.
+    :param model: a zoo model or a plain Pyro callable ``model(data)``; or, with ``model_args`` and/or
+        ``model_kwargs`` instead of ``data``, a plain callable ``model(*model_args, **model_kwargs)`` (and
+        its guide likewise).
     :param guide: a guide callable; None for the model's own (a zoo model's ``guide``), else AutoNormal.
     :param data: the data; None: simulated by the model's ``simulate`` when it has one.
     :param seed: seed of every draw made here.
     """
-    target = Target(model, guide=guide, copy_model=True)
+    data = model_data(data, model_args, model_kwargs)
+    args_form = isinstance(data, ModelArgs)
+    target = Target(model, guide=guide, copy_model=True, args_form=args_form)
     report = CheckReport(target.name)
     # the recovery fit starts from a fresh copy: a guide that initializes itself from the data on its first
     # call (HMM, GMM) would otherwise start from the state the checks before it left on `data`
-    state: dict = {"fresh": Target(model, guide=guide, copy_model=True)}
+    state: dict = {"fresh": Target(model, guide=guide, copy_model=True, args_form=args_form)}
     steps = [("data", _data), ("model", _model), ("guide", _guide), ("elbo", _elbo),
              ("prior predictive", _prior_predictive), ("log_likelihood", _log_likelihood),
              ("align", _align), ("recovery", _recovery)]

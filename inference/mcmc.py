@@ -35,7 +35,7 @@ from tqdm import tqdm
 from inference.sampling import nuts
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
-from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
+from inference.target import ModelArgs, as_target, chain_seed, init_to_uniform_any, model_data, set_seed
 from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
 from inference.validation import check_setting
 
@@ -46,14 +46,17 @@ ENGINES = ("zoo", "pyro")
 POTENTIALS = ("auto", "closed_form", "compiled", "graph", "eager")
 
 
-def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, num_chains: int = 4,
+def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_samples: int = 1000,
+             warmup_steps: int = 1000, num_chains: int = 4,
              seed: int = 0, target_accept: float = 0.8, max_tree_depth: int = 10, dense_mass: bool = False,
              init: Mapping | Sequence[Mapping] | None = None, recover_discrete: bool = False,
-             chain_method: str = "parallel", coords=None, engine: str = "zoo", potential: str = "auto",
-             jit: bool = False, progress: bool = True) -> Posterior:
+             chain_method: str = "parallel", coords=None, dims=None, engine: str = "zoo",
+             potential: str = "auto", jit: bool = False, progress: bool = True) -> Posterior:
     """Sample the posterior of ``model`` given ``data`` with NUTS.
 
-    :param model: a zoo model or a plain Pyro callable ``model(data)``.
+    :param model: a zoo model or a plain Pyro callable ``model(data)``; or, with ``model_args`` and/or
+        ``model_kwargs`` instead of ``data``, a plain callable ``model(*model_args, **model_kwargs)``.
+    :param coords, dims: as ``az.from_pyro``'s: ``{dim: values}`` and ``{variable: [dim, ...]}``.
     :param engine: "zoo" (default): :mod:`inference.sampling.nuts` on a flat vector, whose log density is
         the model's closed form (``ZooModel.log_density``) when it has one, else the model's own Pyro log
         joint traced and compiled once (:class:`inference.potential.Potential`). "pyro": Pyro's NUTS
@@ -88,7 +91,8 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
         raise ValueError(f"potential: expected one of {', '.join(POTENTIALS)}, got {potential!r}")
     if init is not None and not isinstance(init, Mapping) and len(init) != num_chains:
         raise ValueError(f"init: expected one dict or {num_chains} dicts (one per chain), got {len(init)}")
-    target = as_target(model)
+    data = model_data(data, model_args, model_kwargs)
+    target = as_target(model, args_form=isinstance(data, ModelArgs))
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
     start = time.perf_counter()
@@ -128,7 +132,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     adaptation = {k: np.stack([a[k] for a in adapted]) for k in adapted[0]} if density is not None else {}
     posterior = Posterior(
         target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
-        sample_stats=sample_stats, coords=coords, adaptation=adaptation,
+        sample_stats=sample_stats, coords=coords, dims=dims, adaptation=adaptation,
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
                       potential=route, routes=routes,

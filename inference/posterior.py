@@ -1,7 +1,7 @@
 """Posterior: the draws of one inference run and everything derived from them.
 
 ``samples`` holds tensors of shape ``(chain, draw, *site_shape)``. ``idata`` is an ArviZ
-InferenceData built with ``az.from_dict`` (works on ArviZ 0.23 and 1.x) with groups
+InferenceData built with ``az.from_dict`` (:mod:`inference.azcompat`) with groups
 
 - ``posterior``: every sampled latent site (local ones too), the ``pyro.deterministic`` sites, and
   the model's identifiable quantities (``align``: relabeled mixtures, derived quantities), with
@@ -16,15 +16,12 @@ InferenceData built with ``az.from_dict`` (works on ArviZ 0.23 and 1.x) with gro
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pyro
@@ -33,6 +30,8 @@ from pyro.infer import Predictive
 
 from pyro.infer.autoguide.initialization import InitMessenger
 
+from inference.azcompat import from_dict
+from inference.azcompat import quiet as quiet_arviz  # noqa: F401 - imported from here by compare and diagnostics
 from inference.target import Target, num_observations, sample_or_uniform
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,8 @@ class Posterior:
     def __init__(self, target: Target, data, samples: Mapping[str, torch.Tensor], *, method: str,
                  wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
                  losses: list[float] | None = None, guide=None, coords: Mapping[str, list] | None = None,
-                 settings: Mapping[str, Any] | None = None, adaptation: Mapping[str, np.ndarray] | None = None):
+                 dims: Mapping[str, list[str]] | None = None, settings: Mapping[str, Any] | None = None,
+                 adaptation: Mapping[str, np.ndarray] | None = None):
         self.target = target
         self.data = data
         self.samples = {k: v.detach() for k, v in samples.items()}
@@ -57,6 +57,7 @@ class Posterior:
         self.losses = list(losses or [])
         self.guide = guide
         self.coords = dict(coords or {})
+        self.dims = {**target.dims, **(dims or {})}   # the model's, then the caller's (as az.from_pyro's dims)
         self.settings = dict(settings or {})
         self.adaptation = dict(adaptation or {})   # what a sampler's warmup adapted (NUTS: step_size, inverse_metric)
 
@@ -185,7 +186,7 @@ class Posterior:
     def idata(self):
         """ArviZ InferenceData (see the module docstring)."""
         info = self.target.info(self.data, marginal=True)
-        dims = self.target.dims
+        dims = dict(self.dims)
         for site, plate in (info.plates or {}).items():   # dims are cut to each variable's rank
             if plate is not None:
                 dims.setdefault(site, [plate[0]])
@@ -210,7 +211,7 @@ class Posterior:
         """ArviZ-style label of one scalar element, with coordinate names: ``locs[0, petal_length_cm]``."""
         if not index:
             return name
-        dims = self.target.dims.get(name, [])
+        dims = self.dims.get(name, [])
         coords = {**self.target.coords(self.data), **self.coords}
         parts = []
         for pos, j in enumerate(index):
@@ -223,7 +224,7 @@ class Posterior:
         for summaries and plots that need no log-likelihood or predictive draws."""
         quantities = self.aligned if quantities is None else quantities
         return from_dict({"posterior": {k: to_numpy(v) for k, v in quantities.items()}},
-                          coords={**self.target.coords(self.data), **self.coords}, dims=self.target.dims,
+                          coords={**self.target.coords(self.data), **self.coords}, dims=self.dims,
                           attrs={"inference_method": self.method})
 
     def to_netcdf(self, path, *, overwrite: bool = False) -> Path:
@@ -259,18 +260,6 @@ def heldout(posterior: Posterior, splits: Mapping[str, Any]) -> pd.DataFrame:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def quiet_arviz():
-    """Silence ArviZ's log warnings (e.g. split R-hat on the single 'chain' of SVI draws)."""
-    logger = getattr(az, "_log", None) or logging.getLogger("arviz")  # ArviZ 0.x keeps its own Logger
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
@@ -281,13 +270,3 @@ def _joint(pointwise: Mapping[str, torch.Tensor]) -> torch.Tensor:
     if len({tuple(v.shape) for v in values}) == 1:
         return sum(values[1:], values[0]).flatten(2)
     return torch.cat([v.flatten(2) for v in values], -1)
-
-
-def from_dict(groups, *, coords, dims, attrs):
-    """``az.from_dict`` across ArviZ 0.23 (groups as keywords) and 1.x (one dict of groups)."""
-    if next(iter(inspect.signature(az.from_dict).parameters)) == "posterior":  # ArviZ < 1.0
-        idata = az.from_dict(**groups, coords=coords, dims=dims)
-        for g in idata.groups():
-            idata[g].attrs.update(attrs)
-        return idata
-    return az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)  # pragma: no cover - ArviZ 1.x

@@ -28,11 +28,11 @@ from pyro.infer.autoguide import (
     AutoNormal,
     init_to_value,
 )
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from inference.objectives import traced_loss
 from inference.posterior import Posterior
-from inference.target import Target, as_target, init_to_median_any, set_seed
+from inference.target import ModelArgs, Target, as_target, init_to_median_any, model_data, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +203,17 @@ class Optimization:
         return SVIDivergedError(self.steps, self.losses, self.model, cause, guide=self.guide, params=restored)
 
 
-def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: float = 0.01,
+def fit_svi(model, data=None, *, model_args=None, model_kwargs=None, guide=None, elbo="auto",
+            num_steps: int = 2000, lr: float = 0.01,
             num_particles: int = 1, vectorize_particles: bool = False, seed: int = 0,
             num_samples: int = 1000, lr_decay: float = 0.01, clip_norm: float | None = 10.0,
-            init=None, coords=None, loss_route: str = "auto", progress: bool = True) -> Posterior:
+            init=None, coords=None, dims=None, loss_route: str = "auto", progress: bool = True) -> Posterior:
     """Fit ``model`` to ``data`` by SVI and return a :class:`~inference.Posterior` of guide draws.
 
-    :param model: a zoo model or a plain Pyro callable ``model(data)``.
+    :param model: a zoo model or a plain Pyro callable ``model(data)``; or, with ``model_args`` and/or
+        ``model_kwargs`` instead of ``data``, a plain callable ``model(*model_args, **model_kwargs)``
+        (its guide likewise); observed sites are found by tracing either way.
+    :param coords, dims: as ``az.from_pyro``'s: ``{dim: values}`` and ``{variable: [dim, ...]}``.
     :param guide: None (the zoo model's own guide; AutoNormal for a plain callable), "delta" (MAP),
         "normal", "mvn", "iaf", or a Pyro guide callable. Autoguides built here hide enumerated sites.
         MAP maximizes the model's marginal form (``ZooModel.marginal_model``: local continuous latents
@@ -236,7 +240,9 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
     _check_positive("num_particles", num_particles)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
-    target = as_target(model, guide=guide if callable(guide) else None, copy_model=True)
+    data = model_data(data, model_args, model_kwargs)
+    target = as_target(model, guide=guide if callable(guide) else None, copy_model=True,
+                       args_form=isinstance(data, ModelArgs))
     data = target.validate(data)
     set_seed(seed)
     method = "map" if guide == "delta" else "svi"
@@ -279,7 +285,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 2000, lr: 
         samples = sample_guide(guide_fn, data, info.latent, 1 if method == "map" else num_samples)
     return Posterior(
         target, data, samples, method=method, wall_time=time.perf_counter() - start, losses=losses,
-        guide=guide_fn, coords=coords,
+        guide=guide_fn, coords=coords, dims=dims,
         settings=dict(guide=guide if isinstance(guide, str) else "model's own" if guide is None else "custom",
                       elbo=type(loss_obj).__name__, num_steps=num_steps, lr=lr, num_particles=num_particles,
                       seed=seed, loss_route=loss_fn.describe()),

@@ -2,7 +2,10 @@
 
 A zoo model already has it. Any other Pyro callable ``model(data)`` (optionally with its own
 ``guide(data)``) is wrapped once in :class:`PlainModel`, which implements the same protocol by
-tracing, so nothing below ever asks which kind of model it got. Facts a model does not declare are
+tracing, so nothing below ever asks which kind of model it got. A model written with Pyro's calling
+convention, ``model(*args, **kwargs)`` (e.g. ``model(x, y=None)``), gets its arguments as one data
+object, :class:`ModelArgs` (:func:`model_data`), and is called ``model(*data.args, **data.kwargs)``:
+inference keeps passing one ``data`` around. Facts a model does not declare are
 found by tracing it once (:func:`inspect_model`): observed sites (``pyro.deterministic`` sites are
 not observations), sites marked for enumeration, ``max_plate_nesting``, the data plate (the
 outermost plate of the first observed site) and the global sites (latent, not enumerated, outside
@@ -17,8 +20,8 @@ import math
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyro
@@ -50,6 +53,52 @@ class ModelInfo:
     shapes: dict[str, tuple[int, ...]]  # every sample and deterministic site
     deterministic: tuple[str, ...] = ()
     plates: dict[str, tuple[str, int, int] | None] | None = None   # observed site -> (plate, dim, size) or None
+
+
+@dataclass(frozen=True, eq=False)
+class ModelArgs:
+    """The arguments of one call ``model(*args, **kwargs)`` (Pyro's convention: ``model_args`` and
+    ``model_kwargs`` of ``initialize_model`` and ``Predictive``), as the one data object inference
+    passes around. Its tensors (those of ``args`` and the values of ``kwargs``) are the data tensors."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def model_data(data=None, model_args=None, model_kwargs=None):
+    """What inference passes to the model: ``data`` for the one-argument form ``model(data)``, or, when
+    ``model_args`` or ``model_kwargs`` is given, :class:`ModelArgs` for ``model(*model_args,
+    **model_kwargs)`` (one positional argument and no keywords is the one-argument form itself)."""
+    if model_args is None and model_kwargs is None:
+        return data
+    if data is not None:
+        raise ValueError("data: give the data either as data (for model(data)) or as model_args/model_kwargs "
+                         "(for model(*args, **kwargs)), not both")
+    if model_args is not None and not isinstance(model_args, (tuple, list)):
+        raise TypeError(f"model_args: expected a tuple of the model's positional arguments, got "
+                        f"{type(model_args).__name__}")
+    if model_kwargs is not None and not (isinstance(model_kwargs, Mapping)
+                                         and all(isinstance(k, str) for k in model_kwargs)):
+        raise TypeError(f"model_kwargs: expected a dict of the model's keyword arguments, got "
+                        f"{type(model_kwargs).__name__}")
+    args, kwargs = tuple(model_args or ()), dict(model_kwargs or {})
+    return args[0] if len(args) == 1 and not kwargs else ModelArgs(args, kwargs)
+
+
+class CallWithArgs:
+    """``fn(*args, **kwargs)`` as a callable of one :class:`ModelArgs`. Its ``__self__`` is ``fn``, as a
+    bound method's is: where the parameters of a module are looked for (``inference.svi``)."""
+
+    def __init__(self, fn: Callable):
+        self.__self__ = fn
+
+    def __call__(self, data: ModelArgs):
+        return self.__self__(*data.args, **data.kwargs)
+
+
+def call_with_args(fn: Callable) -> CallWithArgs:
+    """``fn`` called on :class:`ModelArgs` (idempotent)."""
+    return fn if isinstance(fn, CallWithArgs) else CallWithArgs(fn)
 
 
 def _trace(model_fn: Callable, data):
@@ -107,7 +156,8 @@ def is_zoo_model(obj) -> bool:
 
 class PlainModel:
     """A plain Pyro callable ``model(data)`` (and optionally its ``guide(data)``) with the protocol of
-    ``zoo.base.ZooModel``, every fact found by tracing:
+    ``zoo.base.ZooModel``, every fact found by tracing; with ``args_form=True``, a callable
+    ``model(*args, **kwargs)`` called on :class:`ModelArgs` (:func:`call_with_args`):
 
     - ``global_sites = None``: discovered (latent sites outside every data plate);
     - ``log_likelihood``: per observed site, the site's log density at each point given every
@@ -119,8 +169,8 @@ class PlainModel:
     global_sites = None
     dims: dict[str, list[str]] = {}
 
-    def __init__(self, model: Callable, guide: Callable | None = None):
-        self.model = model
+    def __init__(self, model: Callable, guide: Callable | None = None, *, args_form: bool = False):
+        self.model = call_with_args(model) if args_form else model
         self.guide = guide
         self.name = getattr(model, "__name__", type(model).__name__)
         self._info: tuple[int, ModelInfo] | None = None
@@ -188,21 +238,31 @@ class Target:
 
     Parameters the model and guide create live in this target's own parameter store
     (:meth:`scope`): two fits never share state, and nothing changes Pyro's global settings.
+
+    ``args_form=True``: a plain model (and guide) written ``model(*args, **kwargs)``, given its
+    arguments as :class:`ModelArgs` (:func:`model_data`).
     """
 
-    def __init__(self, model, *, guide: Callable | None = None, copy_model: bool = False):
+    def __init__(self, model, *, guide: Callable | None = None, copy_model: bool = False, args_form: bool = False):
         if isinstance(model, Target):
             guide = guide or model.guide
+            args_form = args_form or model.args_form
             model = model.model
         if is_zoo_model(model):
+            if args_form and not isinstance(model, PlainModel):
+                raise TypeError(f"model_args: a zoo model is called as model(data); pass data=... to "
+                                f"{getattr(model, 'name', type(model).__name__)!r}")
             spec = model
         elif callable(model):
-            spec = PlainModel(model)
+            spec = PlainModel(model, args_form=args_form)
         else:
             raise TypeError(
                 f"model: expected a zoo model or a Pyro callable model(data), got {type(model).__name__}"
             )
+        if callable(guide) and args_form:
+            guide = call_with_args(guide)
         guide = guide if callable(guide) else spec.guide
+        self.args_form = args_form
         self.model, self.guide = copy.deepcopy((spec, guide)) if copy_model else (spec, guide)
         self.model_fn = self.model.model
         self.marginal_fn = getattr(self.model, "marginal_model", None) or self.model_fn
@@ -454,10 +514,10 @@ def init_to_median_any(site=None):
         return init_to_uniform_any(site)
 
 
-def as_target(model, *, guide: Callable | None = None, copy_model: bool = False) -> Target:
+def as_target(model, *, guide: Callable | None = None, copy_model: bool = False, args_form: bool = False) -> Target:
     if isinstance(model, Target) and not copy_model and guide is None:
         return model
-    return Target(model, guide=guide, copy_model=copy_model)
+    return Target(model, guide=guide, copy_model=copy_model, args_form=args_form)
 
 
 def num_observations(data) -> int:

@@ -213,11 +213,15 @@ def unvalidated(fn):
 
 
 def flatten_data(data):
-    """Tensor leaves of ``data`` (a tensor, or a tuple/list/dict of tensors and other values) and a
-    function rebuilding ``data`` from new leaves: the leaves become inputs of a traced graph, so one
-    graph serves new data of the same shapes."""
+    """Tensor leaves of ``data`` (a tensor, a tuple/list/dict of tensors and other values, or the
+    arguments of a call) and a function rebuilding ``data`` from new leaves: the leaves become inputs of a
+    traced graph, so one graph serves new data of the same shapes."""
     if torch.is_tensor(data):
         return [data], lambda leaves: leaves[0]
+    if hasattr(data, "args") and hasattr(data, "kwargs"):   # the arguments of a call (inference.target.ModelArgs)
+        (args, rebuild_args), (kwargs, rebuild_kwargs) = flatten_data(data.args), flatten_data(data.kwargs)
+        return args + kwargs, lambda leaves: type(data)(rebuild_args(leaves[:len(args)]),
+                                                        rebuild_kwargs(leaves[len(args):]))
     if isinstance(data, (tuple, list)) and not hasattr(data, "_fields"):
         idx = [i for i, v in enumerate(data) if torch.is_tensor(v)]
 

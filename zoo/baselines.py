@@ -15,7 +15,7 @@ import time
 from typing import Callable, Mapping
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from zoo.kernels import forward_log_prob
 

@@ -37,7 +37,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from zoo.base import ZooModel, as_matrix, check_setting
 

@@ -204,3 +204,84 @@ def test_cli_writes_the_three_files_and_refuses_mistakes(tmp_path, capsys):
     assert main(["sbc", "hmm", "--emission", "categorical", "--option", "n_symbols=3", "--simulations", "1",
                  "--quiet", "--out", str(tmp_path / "one")]) == 2
     assert capsys.readouterr().err.startswith("zoo: error: --simulations: expected an integer >= 2")
+
+
+def regression(x, y=None):
+    """A user's model with Pyro's calling convention: y_n ~ N(a + b x_n, s)."""
+    a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    b = pyro.sample("b", dist.Normal(0.0, 1.0))
+    s = pyro.sample("s", dist.HalfNormal(1.0))
+    with pyro.plate("data", len(x)):
+        return pyro.sample("y", dist.Normal(a + b * x, s), obs=y)
+
+
+def test_a_plain_model_given_its_arguments_is_calibrated_whatever_n_jobs():
+    """Each replicate draws (a, b, s) and y from the prior on the given x (the given y only says where
+    the observations go); batches on two workers give the same ranks as one process (replicate i depends
+    on (seed, i) alone, so the first 4 of 10 are those of a run of 4)."""
+    x = torch.linspace(-2, 2, 20)
+    kw = dict(model_args=(x,), model_kwargs={"y": torch.zeros(20)}, seed=3, progress=False,
+              fit_kwargs=dict(num_samples=100, warmup_steps=100, potential="graph"))
+    one = sbc(regression, num_simulations=10, **kw)
+    assert set(one.ranks) == {"a", "b", "s"} and one.ranks["a"].shape == (10,)
+    assert one.calibrated, one.table()
+    two = sbc(regression, num_simulations=4, n_jobs=2, **kw)
+    for name in one.ranks:
+        np.testing.assert_array_equal(one.ranks[name][:4], two.ranks[name])
+        np.testing.assert_array_equal(one.truth[name][:4], two.truth[name])
+
+
+def test_simulation_from_arguments_replaces_only_the_observed_values():
+    from inference.sbc import check_inputs
+
+    x, y = torch.linspace(-2, 2, 20), torch.zeros(20)
+    plan = check_inputs(regression, model_args=(x,), model_kwargs={"y": y}, num_simulations=2)
+    data, truth = plan.simulate(seed=11)
+    assert data.args[0] is x and data.kwargs["y"] is not y and data.kwargs["y"].shape == (20,)
+    with pyro.poutine.seed(rng_seed=11):   # the same draw, by hand: a, b, s, then y given them
+        a, b, s = dist.Normal(0.0, 1.0).sample(), dist.Normal(0.0, 1.0).sample(), dist.HalfNormal(1.0).sample()
+        expected = dist.Normal(a + b * x, s).sample()
+    assert torch.equal(data.kwargs["y"], expected)
+    assert {k: float(v) for k, v in truth.items()} == {"a": float(a), "b": float(b), "s": float(s)}
+
+    def transformed(x, y=None):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(a * x, 1.0), obs=None if y is None else y * 1.0)
+
+    with pytest.raises(ValueError, match="model_args: the value of observed site 'y' is not one of the tensors"):
+        check_inputs(transformed, model_args=(x,), model_kwargs={"y": y})
+
+    def empirical(x, y=None):
+        a = pyro.sample("a", dist.Normal(y.mean(), 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("y", dist.Normal(a * x, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="model: the prior of 'empirical' depends on the data"):
+        check_inputs(empirical, model_args=(x,), model_kwargs={"y": y})
+
+
+def test_the_replicates_share_one_route_by_the_cost_rule(monkeypatch):
+    """NUTS's potential is chosen once for the whole calibration by the one cost rule on the gradient
+    evaluations of all replicates (inference.tracing.worth_compiling); never for a model with a closed
+    form (the HMM), nor over the caller's choice."""
+    import inference.potential
+    from inference.sbc import check_inputs
+    from inference.tracing import LEAPFROGS_PER_ITERATION
+
+    asked = []
+    monkeypatch.setattr(inference.potential, "worth_compiling",
+                        lambda calls, operations, on_cpu=True: asked.append(calls) or calls >= 20 * 200 * 8)
+    monkeypatch.setattr(inference.potential, "compile_graph", lambda graph, example: graph)   # no compiler needed
+    x, y = torch.linspace(-2, 2, 20), torch.zeros(20)
+    args = dict(model_args=(x,), model_kwargs={"y": y})
+
+    def route(num_simulations, **fit):
+        plan = check_inputs(regression, num_simulations=num_simulations, fit_kwargs=fit, **args)
+        return plan.fit_kwargs.get("potential")
+
+    assert route(20, num_samples=100, warmup_steps=100) == "compiled"
+    assert asked == [20 * 200 * LEAPFROGS_PER_ITERATION]
+    assert route(19, num_samples=100, warmup_steps=100) == "graph"
+    assert route(20, num_samples=100, warmup_steps=100, potential="eager") == "eager"
+    assert "potential" not in check_inputs(zoo.get("hmm", **HMM), num_simulations=100).fit_kwargs
