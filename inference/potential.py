@@ -23,6 +23,7 @@ depends on latent values, an operation in numpy that the tracer saw as a constan
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -112,7 +113,7 @@ class Potential:
         self.compile_seconds = 0.0
         self._reference = None
         self._points = self._check_points()
-        self.guard = Guard(f"{name}: potential", ("eager", self._route(self._value_and_grad)))
+        self.guard = Guard(f"{name}: potential", ("eager", self._value_and_grad))
         if closed_form is not None:
             fn = self._closed_form(closed_form[1])
             why = self._disagreement(fn)
@@ -173,7 +174,7 @@ class Potential:
         route steps aside and :class:`~inference.tracing.Mismatch` is raised: draws made so far came
         from a wrong density)."""
         check = self.guard.due()
-        out = self.guard.fn(theta)
+        out = self._call(self.guard.fn, theta)
         if check:
             why = mismatch(out, self.reference(theta), self.dtype)
             if why:
@@ -186,7 +187,7 @@ class Potential:
         on a mismatch it steps aside and :class:`~inference.tracing.Mismatch` is raised."""
         if self.guard.on_reference:
             return
-        why = mismatch(self.guard.fn(theta), self.reference(theta), self.dtype)
+        why = mismatch(self._call(self.guard.fn, theta), self.reference(theta), self.dtype)
         if why:
             self.guard.step_aside(why)
             raise Mismatch(why)
@@ -201,21 +202,46 @@ class Potential:
             return -math.inf, np.zeros(self.dim)
 
     # --- routes ------------------------------------------------------------------------------
-    def _route(self, fn) -> Callable:
-        """A route's function of torch ``(theta, *leaves)`` as a function of a flat numpy vector."""
-        def call(theta):
-            with pyro.validation_enabled(False), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                value, grad = fn(torch.from_numpy(np.asarray(theta)).to(self.dtype), *self.leaves)
-            return float(value), grad.double().numpy()
-        return call
+    def _call(self, fn, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """A route's function of torch ``(theta, *leaves)`` at a flat numpy vector, on this data."""
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value, grad = fn(torch.from_numpy(np.asarray(theta)).to(self.dtype), *self.leaves)
+        return float(value), grad.double().numpy()
 
     def _closed_form(self, fn) -> Callable:
-        def call(theta):
-            value, grad = fn({k: v.numpy() for k, v in self.unflatten(torch.from_numpy(np.asarray(theta))).items()})
-            return float(value), np.concatenate([np.asarray(grad[k], dtype=np.float64).reshape(-1)
-                                                 for k in self.names])
+        """The model's closed form as a route: a function of torch ``(theta, *leaves)`` (its data are
+        those it was made for)."""
+        def call(theta, *leaves):
+            value, grad = fn({k: v.double().numpy() for k, v in self.unflatten(theta).items()})
+            return torch.tensor(float(value)), torch.from_numpy(np.concatenate(
+                [np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in self.names]))
         return call
+
+    def with_data(self, data) -> "Potential":
+        """The same potential on new data of the same shapes and dtypes, sharing the traced (and compiled)
+        graph, whose inputs the data are: checked again against Pyro's potential on the new data, at the
+        check points and while it runs (SBC, model choice: one build for many data sets). A closed form
+        is bound to its data: ask the model for another."""
+        if self.route == "closed form":
+            raise ValueError("data: a closed-form potential is bound to its data; build one for the new data")
+        leaves, rebuild = flatten_data(data)
+        if [(t.shape, t.dtype) for t in leaves] != [(t.shape, t.dtype) for t in self.leaves]:
+            raise ValueError("data: expected tensors of the shapes and dtypes the potential was built for, "
+                             f"{[(tuple(t.shape), t.dtype) for t in self.leaves]}, got "
+                             f"{[(tuple(t.shape), t.dtype) for t in leaves]}")
+        new = copy.copy(self)
+        new.data, new.leaves, new._rebuild, new._reference = data, leaves, rebuild, None
+        new.guard = Guard(self.guard.what, self.guard.routes[-1])
+        new._points = new._check_points()
+        for name, fn in reversed(self.guard.routes[:-1]):
+            why = new._disagreement(fn)
+            if why:
+                log.warning("%s: the %s route disagrees with the reference on the new data (%s)", self.guard.what,
+                            name, why)
+                break
+            new.guard.add(name, fn)
+        return new
 
     def _build(self, route: str, calls: int) -> None:
         theta = torch.from_numpy(self.flatten(self.prototypes)).to(self.dtype)
@@ -232,7 +258,6 @@ class Potential:
                         graph = fn = trace_graph(self._value_and_grad, *example)
                     else:
                         fn = compile_graph(graph, example)
-                fn = self._route(fn)
                 why = ("the traced log density does not read the point" if 0 in unused_inputs(graph)
                        else self._disagreement(fn))
                 if why:
@@ -269,7 +294,7 @@ class Potential:
     def _disagreement(self, fn, extra: np.ndarray | None = None) -> str:
         points = list(self._points) + ([(extra, self.reference(extra))] if extra is not None else [])
         for theta, ref in points:
-            why = mismatch(fn(theta), ref, self.dtype)
+            why = mismatch(self._call(fn, theta), ref, self.dtype)
             if why:
                 return why
         return ""

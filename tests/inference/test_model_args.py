@@ -174,10 +174,12 @@ def test_the_traced_potential_takes_the_arguments_as_inputs():
     new = model_data(None, (x2,), {"y": y2})
     reference = pyro_potential(target.model_fn, new, potential)
     theta = np.array([0.3, 1.5, -0.2])
-    value, grad = potential._fn(torch.from_numpy(theta), *flatten_data(new)[0])
+    moved = potential.with_data(new)
+    assert moved.route == "graph" and all(a is b for a, b in zip(moved.leaves, flatten_data(new)[0]))
+    value, grad = moved(theta)
     expected, expected_grad = reference(theta)
-    assert float(value) == pytest.approx(expected, rel=1e-10)
-    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-8)
+    assert value == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-8)
     assert abs(expected - pyro_potential(target.model_fn, data, potential)(theta)[0]) > 1   # the data matter
 
 

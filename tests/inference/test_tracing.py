@@ -176,6 +176,16 @@ def test_svi_on_a_graph_wrong_away_from_where_it_was_traced_steps_aside_while_it
     assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x8, noise=3.0)[0], abs=0.01)
 
 
+def test_steps_a_route_took_before_it_failed_its_last_check_are_taken_again(x8):
+    """The check at the last planned step fails (the fit crossed into the branch the graph froze): the
+    steps since the last check that passed are taken again, on Pyro's ELBO."""
+    post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=40, lr=0.3, lr_decay=1.0,
+                             loss_route="graph", progress=False)
+    assert post.settings["loss_route"].startswith("pyro (graph until call 40: ")
+    # the checks at calls 1 and 10 passed; call 40 itself ran on Pyro's ELBO, calls 11-39 are taken again
+    assert len(post.losses) == 40 + 29
+
+
 def test_hmm_map_is_not_frozen_by_its_compiled_forward_algorithm():
     """The HMM's forward algorithm is numba (opaque to the tracer): the default route must see that and
     reach the same MAP as Pyro's ELBO, not stay at its starting point (issue 18)."""
@@ -221,6 +231,26 @@ def test_nuts_reruns_a_chain_whose_route_was_found_wrong_and_matches_the_exact_p
     draws = post.samples["mu"].numpy().ravel()
     ess = float(az.ess(draws[None]))
     assert abs(draws.mean() - mean) < 4 * sd / math.sqrt(ess)
+
+
+def test_a_potential_moved_to_new_data_is_checked_there(x3, caplog):
+    """A graph that holds its data as a constant (read through numpy) is right on the data it was built
+    on and wrong on any other: moving it to new data finds that out."""
+    def baked(x):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=x.dtype), 10.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=torch.as_tensor(x.numpy()))
+
+    p = Potential(baked, x3, max_plate_nesting=1, route="graph")
+    assert p.route == "graph"
+    same = p.with_data(x3.clone())
+    assert same.route == "graph"
+    moved = p.with_data(x3 + 1.0)
+    assert moved.route == "eager" and "disagrees with the reference on the new data" in caplog.text
+    mean, _ = exact_posterior(x3 + 1.0)
+    assert moved(np.array([mean]))[1][0] == pytest.approx(0.0, abs=1e-9)   # the new data's mode
+    with pytest.raises(ValueError, match="shapes and dtypes"):
+        p.with_data(x3[:10])
 
 
 class _WrongFarOut(zoo.hmm.HiddenMarkovModel):
@@ -279,7 +309,7 @@ def ordered_positive_twin(y):
 def test_a_model_whose_support_is_wider_than_its_valid_points_samples_as_pyro_would():
     rng = np.random.default_rng(2)
     y = torch.tensor(rng.poisson([1.0, 4.0, 9.0], size=(30, 3)), dtype=torch.float64)
-    kw = dict(num_samples=400, warmup_steps=300, num_chains=2, seed=0, progress=False)
+    kw = dict(num_samples=400, warmup_steps=200, num_chains=2, seed=0, potential="graph", progress=False)
     post = inference.run_nuts(ordered_positive, y, **kw)
     twin = inference.run_nuts(ordered_positive_twin, y, **kw)
     twin_mu = ExpTransform()(OrderedTransform()(twin.samples["u"])).numpy()
