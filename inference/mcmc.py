@@ -10,7 +10,9 @@ Pyro's do, at the first of up to 100 draws where the log density is finite. Chai
 processes with per-chain seeds
 derived from one user seed; per-draw statistics carry ArviZ's names (``energy``, ``lp``,
 ``diverging``, ``tree_depth``, ...). Enumerated sites are recovered on request with
-``infer_discrete``. Pyro's own NUTS kernel remains as ``engine="pyro"``, the reference.
+``infer_discrete``. Discrete sites that are not enumerated are sampled by Gibbs moves between NUTS
+transitions (HMC-within-Gibbs, :mod:`inference.sampling.gibbs`). Pyro's own NUTS kernel remains as
+``engine="pyro"``, the reference.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.ops.integrator import potential_grad
 from tqdm import tqdm
 
-from inference.sampling import nuts
+from inference.sampling import gibbs, nuts
+from inference.sampling.discrete import describe
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
 from inference.target import ModelArgs, as_target, chain_seed, init_to_uniform_any, model_data, set_seed
@@ -76,6 +79,12 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
         on the unconstrained scale, drawn again (up to 100 times) until the log density is finite.
     :param recover_discrete: also draw every enumerated site from its conditional posterior
         (``infer_discrete``, one draw per posterior draw).
+
+    A latent discrete site that is not marked for enumeration (a count with infinite support, a finite one
+    whose joint enumeration would be too large) is sampled by a Gibbs move after every NUTS transition:
+    its exact conditional where its support is finite and small, else Metropolis-Hastings with an integer
+    random walk (:mod:`inference.sampling.gibbs`). Its draws are in the posterior; the pointwise
+    log-likelihood is then conditional on them (``settings["log_likelihood"]``).
     :param chain_method: "parallel" runs chains in forked worker processes, one per CPU core (on the
         CPU only); "sequential" runs them one after another. Results are identical either way.
     """
@@ -96,9 +105,13 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
     start = time.perf_counter()
-    density = None
+    density = moves = None
     if engine == "zoo":
         density = potential_of(target, data, potential, calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION)
+        moves = gibbs_moves(target, data, density)
+    elif gibbs.initial(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting)[1]:
+        raise ValueError("engine: Pyro's NUTS kernel cannot sample latent discrete sites that are not enumerated; "
+                         "use engine='zoo' (HMC-within-Gibbs)")
 
     def chain(c: int, position: int = 0):
         cseed = chain_seed(seed, c)
@@ -111,7 +124,7 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
             return _flat_chain(density, values, cseed, num_samples=num_samples, warmup_steps=warmup_steps,
                                target_accept=target_accept, max_tree_depth=max_tree_depth,
                                metric="dense" if dense_mass else "diag", desc=desc, progress=progress,
-                               position=position)
+                               position=position, moves=moves)
         strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
         kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
                       ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
@@ -136,7 +149,9 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
                       potential=route, routes=routes,
-                      compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2)),
+                      compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2),
+                      **({"gibbs": moves.kinds, "log_likelihood": f"conditional on the draws of {list(moves.kinds)}"}
+                         if moves else {})),
     )
     divergences = int(sample_stats["diverging"].sum())
     log.info("NUTS %s: %d chains x %d draws in %.1fs (%s), %d divergences", target.name, num_chains,
@@ -153,12 +168,29 @@ def potential_of(target, data, potential: str = "auto", calls: int = 0) -> Poten
     closed_form = target.log_density(data) if potential in ("auto", "closed_form") else None
     if closed_form is None and potential == "closed_form":
         raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
-    return Potential(target.marginal_fn, data, max_plate_nesting=target.info(data, marginal=True).max_plate_nesting,
+    nesting = target.info(data, marginal=True).max_plate_nesting
+    _, held = gibbs.initial(target.marginal_fn, data, max_plate_nesting=nesting)   # discrete sites Gibbs moves update
+    return Potential(target.marginal_fn, data, max_plate_nesting=nesting, given=held or None,
                      route="auto" if potential == "closed_form" else potential, closed_form=closed_form, calls=calls,
                      name=target.name)
 
 
-def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: bool, position: int, **options):
+def gibbs_moves(target, data, density: Potential) -> gibbs.Moves | None:
+    """The Gibbs moves of the discrete sites ``density`` holds (None without any), announced in one log line."""
+    if not density.held_names:
+        return None
+    def reference(continuous, held):   # Pyro's potential: the log joint (log |J| is the same at every held value)
+        return density.reference(density.flatten(continuous), [held[k] for k in density.held_names])[0]
+
+    continuous = density.constrain(density.flatten(density.prototypes))
+    moves = gibbs.Moves(target.marginal_fn, data, density.held_names, {**continuous, **density.given},
+                        max_plate_nesting=density.max_plate_nesting, reference=reference)
+    log.info("%s: %s", target.name, describe(moves.kinds, density.names))
+    return moves
+
+
+def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: bool, position: int,
+                moves: gibbs.Moves | None = None, **options):
     """One chain of :func:`inference.sampling.nuts.sample` on ``density``: constrained draws in the model's
     dtype, per-draw statistics (with the route that produced them) and the adapted step size and inverse
     metric (on the flat unconstrained vector, sites in ``density.names`` order).
@@ -166,18 +198,25 @@ def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: b
     The start is ``values`` where given, else uniform in (-2, 2) on the unconstrained scale, drawn again
     until the log density is finite there (:func:`start_point`). After sampling, the route is checked
     at the last draw; a route found wrong before or then steps aside (:class:`~inference.tracing.Mismatch`)
-    and the chain runs again, from the same seed, on the next route."""
+    and the chain runs again, from the same seed, on the next route. With ``moves``, HMC-within-Gibbs
+    (:func:`inference.sampling.gibbs.sample`): the discrete sites start from ``values`` or a prior draw given
+    the continuous start, and their draws join the others."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (benchmarks/README.md)
     total = options["warmup_steps"] + options["num_samples"]
+    held = {}
     try:
         while True:
             try:
-                start = start_point(density, values, np.random.default_rng([seed, 1]))
+                rng = np.random.default_rng([seed, 1])
+                start = start_point(density, values, rng, discrete=moves and _discrete_start(density, moves, values, rng))
                 with tqdm(total=total, desc=desc, disable=None if progress else True, leave=False,
                           position=position) as bar:
-                    chain = nuts.sample(density, start, seed=seed, callback=nuts.progress(bar, options["warmup_steps"]),
-                                        **options)
+                    callback = nuts.progress(bar, options["warmup_steps"])
+                    if moves is None:
+                        chain = nuts.sample(density, start, seed=seed, callback=callback, **options)
+                    else:
+                        chain, held = gibbs.sample(density, moves, start, seed=seed, callback=callback, **options)
                 density.verify(chain.draws[-1])
                 break
             except Mismatch:
@@ -186,15 +225,26 @@ def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: b
         torch.set_num_threads(threads)
     stats = dict(chain.stats, route=density.guard.describe())
     adapted = {"step_size": chain.step_size, "inverse_metric": chain.metric.inverse}
-    return density.constrain(chain.draws), stats, adapted
+    return {**density.constrain(chain.draws), **held}, stats, adapted
 
 
+def _discrete_start(density: Potential, moves: gibbs.Moves, values, rng):
+    """For :func:`start_point`: a function that, at a continuous starting point, sets the discrete sites to
+    ``values`` or a prior draw given it, with impossible elements repaired (:meth:`gibbs.Moves.update`)."""
+    def start(theta):
+        continuous = density.constrain(theta)
+        drawn = moves.prior_draw(continuous, rng)
+        held = {k: values[k] if values and k in values else drawn[k] for k in density.held_names}
+        density.set_given(moves.update(continuous, held, rng, repair=True)[0])
+    return start
 
-def start_point(density: Potential, values, rng: np.random.Generator) -> np.ndarray:
+
+def start_point(density: Potential, values, rng: np.random.Generator, discrete=None) -> np.ndarray:
     """A starting point where the log density and its gradient are finite, as Pyro's ``initialize_model``
     finds one: the given ``values`` (constrained) and, for the other sites, uniform draws in (-2, 2) on the
     unconstrained scale, drawn again up to ``MAX_TRIES`` times. A point where the model raises counts as
-    not finite (its exception is named if no point is found)."""
+    not finite (its exception is named if no point is found). ``discrete(theta)`` sets the held discrete
+    sites at each point tried (:func:`_discrete_start`)."""
     given = {k: values[k] for k in density.names if values and k in values}
     base = density.flatten({**density.prototypes, **given})
     free = np.concatenate([np.full(n, k not in given) for k, n in zip(density.names, density.sizes)])
@@ -203,6 +253,8 @@ def start_point(density: Potential, values, rng: np.random.Generator) -> np.ndar
         theta = base.copy()
         theta[free] = rng.uniform(-2, 2, int(free.sum()))
         try:
+            if discrete:
+                discrete(theta)
             value, grad = density(theta)
         except Mismatch:
             raise

@@ -19,6 +19,12 @@ Each route is checked against Pyro's own potential (``initialize_model``'s ``pot
 autograd gradient at the point it was built from and at other points before it is used, and again while
 it runs (:class:`inference.tracing.Guard`); a route that disagrees (a model whose Python control flow
 depends on latent values, an operation in numpy that the tracer saw as a constant) steps aside.
+
+**Held sites** (HMC-within-Gibbs, :mod:`inference.sampling.gibbs`): latent sites whose values are given
+rather than sampled, ``given={site: value}`` (discrete sites that enumeration cannot sum out), make the
+density a conditional one, log p(theta | held values). Their values are inputs of the graph, as the data
+are, so one traced (compiled) graph serves every value :meth:`Potential.set_given` moves them to; the
+check points use other values of them too, and the checks while it runs see the values of the moment.
 """
 
 from __future__ import annotations
@@ -72,19 +78,23 @@ class Potential:
         pay). A route that fails to build or to agree with Pyro's potential falls back to the next.
     :param calls: the expected number of calls (the policy's input for "auto").
     :param closed_form: the model's ``(transforms, fn)`` (``ZooModel.log_density``): ``fn`` maps
-        ``{site: unconstrained numpy value}`` to ``(log p, {site: gradient})``. It must cover the latent
-        sites and agree with the model; a closed form that does not is an error in the model.
+        ``{site: unconstrained numpy value}`` to ``(log p, {site: gradient})`` (with held sites,
+        ``fn(u, held)``, ``held`` their values as tensors). It must cover the latent sites and agree with
+        the model; a closed form that does not is an error in the model.
+    :param given: ``{site: value}`` of latent sites held at given values (see the module docstring).
     """
 
     def __init__(self, model_fn: Callable, data, *, max_plate_nesting: int, route: str = "auto",
-                 calls: int = 0, closed_form=None, name: str = "model"):
+                 calls: int = 0, closed_form=None, name: str = "model", given=None):
         if route not in (*ROUTES, "auto"):
             raise ValueError(f"route: expected 'auto' or one of {', '.join(ROUTES)}, got {route!r}")
         self.data, self.max_plate_nesting, self.model_fn = data, max_plate_nesting, model_fn
-        self.model = poutine.enum(config_enumerate(model_fn), first_available_dim=-1 - max_plate_nesting)
+        self.held_names = tuple(given or ())
+        self.held = [torch.as_tensor(given[k]).detach() for k in self.held_names]
+        self._reference_held: dict[str, torch.Tensor] = {}   # what Pyro's potential conditions on, per call
         with torch.no_grad(), pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            seeded = poutine.seed(InitMessenger(init_to_uniform_any)(self.model), rng_seed=0)
+            seeded = poutine.seed(InitMessenger(init_to_uniform_any)(self._model(self.given)), rng_seed=0)
             trace = poutine.trace(seeded).get_trace(data)
         latent = {k: s for k, s in trace.nodes.items()
                   if s["type"] == "sample" and not s["is_observed"] and type(s["fn"]).__name__ != "_Subsample"}
@@ -112,6 +122,7 @@ class Potential:
         self.leaves, self._rebuild = flatten_data(data)
         self.compile_seconds = 0.0
         self._reference = None
+        self._held_states = self._other_held(trace)
         self._points = self._check_points()
         self.guard = Guard(f"{name}: potential", ("eager", self._value_and_grad))
         if closed_form is not None:
@@ -146,16 +157,48 @@ class Potential:
             u = self.unflatten(torch.from_numpy(np.ascontiguousarray(draws)))
             return {k: self.transforms[k](v).to(self.prototypes[k].dtype) for k, v in u.items()}
 
+    # --- held sites ------------------------------------------------------------------------
+    def _model(self, held: dict) -> Callable:
+        """The model with the held sites conditioned on ``held`` (innermost: seen as observed before
+        enumeration is configured) and every other finite discrete site enumerated."""
+        inner = poutine.condition(self.model_fn, data=held) if held else self.model_fn
+        return poutine.enum(config_enumerate(inner), first_available_dim=-1 - self.max_plate_nesting)
+
+    def set_given(self, values) -> None:
+        """Hold the held sites at ``values`` (``{site: value}``) from now on."""
+        self.held = [torch.as_tensor(values[k], dtype=v.dtype).detach() for k, v in zip(self.held_names, self.held)]
+
+    @property
+    def given(self) -> dict[str, torch.Tensor]:
+        """The values the held sites are held at."""
+        return dict(zip(self.held_names, self.held))
+
+    def _other_held(self, trace) -> list[list[torch.Tensor]]:
+        """The held values and two others for the check points: each element moved by 1 and by 3 within
+        its support (up where it can, else down)."""
+        states = [self.held]
+        for shift in (1, 3) if self.held_names else ():
+            moved = []
+            for k, v in zip(self.held_names, self.held):
+                support = trace.nodes[k]["fn"].support
+                up, down = v + shift, v - shift
+                moved.append(torch.where(support.check(up), up, torch.where(support.check(down), down, v)).to(v.dtype))
+            states.append(moved)
+        return states
+
     # --- the density -------------------------------------------------------------------------
     def log_density(self, theta: torch.Tensor, *leaves) -> torch.Tensor:
-        """log p(constrained(theta), data) + log |det J|, enumerated sites summed out."""
-        data = self._rebuild(leaves) if leaves else self.data
+        """log p(constrained(theta), data) + log |det J|, enumerated sites summed out, held sites at the
+        values among ``leaves`` (after the data's)."""
+        n = len(self.leaves)
+        data = self._rebuild(leaves[:n]) if n and leaves else self.data
+        held = dict(zip(self.held_names, leaves[n:] if leaves else self.held))
         values, log_det = {}, theta.new_zeros(())
         for k, u in self.unflatten(theta).items():
             y = self.transforms[k](u)
             values[k] = y
             log_det = log_det + self.transforms[k].log_abs_det_jacobian(u, y).sum()
-        trace = poutine.trace(poutine.condition(self.model, data=values)).get_trace(data)
+        trace = poutine.trace(poutine.condition(self._model(held), data=values)).get_trace(data)
         for site in trace.nodes.values():
             if site["type"] == "sample":
                 site["fn"] = unvalidated(site["fn"])
@@ -192,28 +235,34 @@ class Potential:
             self.guard.step_aside(why)
             raise Mismatch(why)
 
-    def reference(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """Pyro's own potential and its autograd gradient, negated: the reference of every route."""
+    def reference(self, theta: np.ndarray, held: list | None = None) -> tuple[float, np.ndarray]:
+        """Pyro's own potential and its autograd gradient, negated: the reference of every route (held
+        sites at ``held``, default: their values of the moment)."""
+        self._reference_held.update(zip(self.held_names, self.held if held is None else held))
         if self._reference is None:
-            self._reference = pyro_potential(self.model_fn, self.data, self)
+            model = poutine.condition(self.model_fn, data=self._reference_held) if self.held_names else self.model_fn
+            self._reference = pyro_potential(model, self.data, self)
         try:
             return self._reference(theta)
         except (ValueError, RuntimeError):   # a point outside the support (validation): not a point to compare at
             return -math.inf, np.zeros(self.dim)
 
     # --- routes ------------------------------------------------------------------------------
-    def _call(self, fn, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """A route's function of torch ``(theta, *leaves)`` at a flat numpy vector, on this data."""
+    def _call(self, fn, theta: np.ndarray, held: list | None = None) -> tuple[float, np.ndarray]:
+        """A route's function of torch ``(theta, *leaves)`` at a flat numpy vector, on this data (held sites
+        at ``held``, default: their values of the moment)."""
         with pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            value, grad = fn(torch.from_numpy(np.asarray(theta)).to(self.dtype), *self.leaves)
+            value, grad = fn(torch.from_numpy(np.asarray(theta)).to(self.dtype), *self.leaves,
+                             *(self.held if held is None else held))
         return float(value), grad.double().numpy()
 
     def _closed_form(self, fn) -> Callable:
         """The model's closed form as a route: a function of torch ``(theta, *leaves)`` (its data are
         those it was made for)."""
         def call(theta, *leaves):
-            value, grad = fn({k: v.double().numpy() for k, v in self.unflatten(theta).items()})
+            u = {k: v.double().numpy() for k, v in self.unflatten(theta).items()}
+            value, grad = fn(u, dict(zip(self.held_names, leaves[len(self.leaves):]))) if self.held_names else fn(u)
             return torch.tensor(float(value)), torch.from_numpy(np.concatenate(
                 [np.asarray(grad[k], dtype=np.float64).reshape(-1) for k in self.names]))
         return call
@@ -245,7 +294,7 @@ class Potential:
 
     def _build(self, route: str, calls: int) -> None:
         theta = torch.from_numpy(self.flatten(self.prototypes)).to(self.dtype)
-        example = [theta, *self.leaves]
+        example = [theta, *self.leaves, *self.held]
         for name in ("graph", "compiled"):
             if name == "compiled" and not (route == "compiled" or route == "auto" and worth_compiling(
                     calls, operations(graph), on_cpu=on_cpu(self.leaves))):
@@ -271,19 +320,21 @@ class Potential:
                 self.compile_seconds += time.perf_counter() - start
             self.guard.add(name, fn)
 
-    def _check_points(self) -> list[tuple[np.ndarray, tuple]]:
-        """Up to three points where Pyro's potential is finite, with its value and gradient there: the
-        point the graph is traced from, one near it and one drawn as NUTS draws its starts (uniform in
-        (-2, 2)), searched among ``MAX_TRIES`` draws."""
+    def _check_points(self) -> list[tuple[np.ndarray, list, tuple]]:
+        """Up to three points where Pyro's potential is finite, with the held values there and its value and
+        gradient: the point the graph is traced from, one near it and one drawn as NUTS draws its starts
+        (uniform in (-2, 2)), searched among ``MAX_TRIES`` draws; held sites at their values and at others
+        in turn (:meth:`_other_held`)."""
         rng = np.random.default_rng(0)
         base = self.flatten(self.prototypes)
         points = []
         for i in range(MAX_TRIES):
             theta = (base if i == 0 else base + rng.normal(0, 0.3, base.size) if i == 1
                      else rng.uniform(-2, 2, base.size))
-            ref = self.reference(theta)
+            held = self._held_states[i % len(self._held_states)]
+            ref = self.reference(theta, held)
             if math.isfinite(ref[0]) and np.all(np.isfinite(ref[1])):
-                points.append((theta, ref))
+                points.append((theta, held, ref))
                 if len(points) == 3:
                     break
         if len(points) < 2:
@@ -292,9 +343,9 @@ class Potential:
         return points
 
     def _disagreement(self, fn, extra: np.ndarray | None = None) -> str:
-        points = list(self._points) + ([(extra, self.reference(extra))] if extra is not None else [])
-        for theta, ref in points:
-            why = mismatch(self._call(fn, theta), ref, self.dtype)
+        points = list(self._points) + ([(extra, self.held, self.reference(extra))] if extra is not None else [])
+        for theta, held, ref in points:
+            why = mismatch(self._call(fn, theta, held), ref, self.dtype)
             if why:
                 return why
         return ""
