@@ -17,6 +17,7 @@ from inference.bridges import from_pyro
 from inference.check import CheckReport, check
 from inference.compare import compare
 from inference.diagnostics import Diagnosis, diagnose
+from inference.gibbs import run_gibbs
 from inference.mcmc import discrete_draws, run_nuts
 from inference.posterior import Posterior
 from inference.ppc import PPCResult, ppc
@@ -26,5 +27,5 @@ from inference.select import loo, select
 from inference.svi import SVIDivergedError, fit_svi
 
 __all__ = ["CheckReport", "Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "check",
-           "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_nuts", "sbc",
+           "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_gibbs", "run_nuts", "sbc",
            "select", "write_report"]

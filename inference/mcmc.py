@@ -108,7 +108,7 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     density = moves = None
     if engine == "zoo":
         density = potential_of(target, data, potential, calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION)
-        moves = gibbs_moves(target, data, density)
+        moves = gibbs_moves(target, data, density, calls=warmup_steps + num_samples)
     elif gibbs.initial(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting)[1]:
         raise ValueError("engine: Pyro's NUTS kernel cannot sample latent discrete sites that are not enumerated; "
                          "use engine='zoo' (HMC-within-Gibbs)")
@@ -175,7 +175,7 @@ def potential_of(target, data, potential: str = "auto", calls: int = 0) -> Poten
                      name=target.name)
 
 
-def gibbs_moves(target, data, density: Potential) -> gibbs.Moves | None:
+def gibbs_moves(target, data, density: Potential, calls: int = 0) -> gibbs.Moves | None:
     """The Gibbs moves of the discrete sites ``density`` holds (None without any), announced in one log line."""
     if not density.held_names:
         return None
@@ -184,7 +184,7 @@ def gibbs_moves(target, data, density: Potential) -> gibbs.Moves | None:
 
     continuous = density.constrain(density.flatten(density.prototypes))
     moves = gibbs.Moves(target.marginal_fn, data, density.held_names, {**continuous, **density.given},
-                        max_plate_nesting=density.max_plate_nesting, reference=reference)
+                        max_plate_nesting=density.max_plate_nesting, reference=reference, calls=calls)
     log.info("%s: %s", target.name, describe(moves.kinds, density.names))
     return moves
 

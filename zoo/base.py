@@ -24,6 +24,8 @@ Optional, each with when to use it (the defaults below do nothing)::
                                  the guide draws exactly its latent sites (found by tracing)
     log_density(data)            the closed form of marginal_model's log joint for the NUTS engine (a speed-up)
     initial_values(data, seed)   data-driven starting values for chains and autoguides
+    gibbs_sweep(data, values, rng)  one Gibbs sweep from conditionals known in closed form, for
+                                 ``inference.run_gibbs`` (see ``ZooModel.gibbs_sweep``)
     alignment_frame              align() entries that are a frame of reference, not quantities (PPCA's axes)
     training_transform(data)     a fresh random transform of training data per epoch (VAE binarization)
     figures(data, posteriors)    model-specific report figures
@@ -130,6 +132,18 @@ class ZooModel(PyroModule):
     def figures(self, data, posteriors: Mapping[str, Any], dataset=None) -> dict[str, Any]:
         """Optional model-specific report figures: ``{file stem: matplotlib Figure}``."""
         return {}
+
+    #: optional method ``gibbs_sweep(data, values, rng) -> (values, block)``: one sweep of a Gibbs sampler
+    #: built from conditionals the model knows in closed form (``inference.run_gibbs``; a model whose
+    #: latents enumeration cannot sum out needs none: ``run_nuts`` samples them by HMC-within-Gibbs).
+    #: Given ``values`` (a value of every global site) and a ``numpy.random.Generator``, it draws the local
+    #: latents (e.g. FFBS of HMM state paths), then every global site whose prior is conjugate, and
+    #: returns the new global values and ``block``: None, or ``(transforms, fn, conditioned)`` for the
+    #: global sites left over, their conditional log density given everything just drawn in the format of
+    #: ``log_density`` (up to a constant), which inference moves by one NUTS transition; ``conditioned``
+    #: holds the values of the other latent sites of ``model`` (local ones included) that it is
+    #: conditional on, where inference checks it against Pyro's log density of ``model``.
+    gibbs_sweep = None
 
     #: optional method ``ppc_statistics(values, data, params) -> {name: float or array}``: the test
     #: statistics of posterior predictive checks (``inference.ppc``) that matter for this model.

@@ -46,6 +46,7 @@ from torch.distributions import constraints
 
 from zoo.base import ZooModel, as_matrix, check_setting
 from zoo.baselines import kmeans_gaussians
+from zoo.conjugate import dirichlet, gaussian_components
 from zoo.relabel import align_draws, permute_all
 
 
@@ -201,6 +202,23 @@ class GaussianMixture(ZooModel):
             trace = pyro.poutine.trace(model).get_trace(None, n=n)
         truth = {k: trace.nodes[k]["value"].detach() for k in (*self.global_sites, "assignment")}
         return trace.nodes["obs"]["value"].detach(), truth
+
+    def gibbs_sweep(self, data, values: Mapping[str, torch.Tensor], rng: np.random.Generator):
+        """One Gibbs sweep (``inference.run_gibbs``; :mod:`zoo.conjugate`): the assignments from their exact
+        conditional (the responsibilities, Gumbel-max), then weights ~ Dirichlet(concentration + counts)
+        and the locs from their Normal conditional given the scales; the scales (LogNormal prior, not
+        conjugate) are the block left to NUTS, their conditional density given the rest."""
+        center, spread = (h.double().numpy() for h in self.hyperparameters(data))
+        x = data.double().numpy()                                                  # (N, D)
+        weights, locs, scales = (values[k].double().numpy() for k in self.global_sites)
+        logits = np.log(weights) - (0.5 * ((x[:, None] - locs) / scales) ** 2 + np.log(scales)).sum(-1)   # (N, K)
+        z = np.argmax(logits + rng.gumbel(size=logits.shape), axis=-1)
+        weights = dirichlet(rng, self.concentration + np.bincount(z, minlength=self.n_components))
+        locs, block = gaussian_components(rng, x, z, scales, center, spread)
+        new = {k: torch.as_tensor(v, dtype=data.dtype) for k, v in (("weights", weights), ("locs", locs),
+                                                                    ("scales", scales))}
+        conditioned = {"assignment": torch.as_tensor(z), "weights": new["weights"], "locs": new["locs"]}
+        return new, (*block, conditioned)
 
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor]:
         """k-means++ then Lloyd iterations: weights, centers and per-cluster spreads."""

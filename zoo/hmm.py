@@ -270,6 +270,15 @@ class HiddenMarkovModel(ZooModel):
             return values[0], truth
         return Sequences(values, torch.full((B,), n, dtype=torch.long)), truth
 
+    def gibbs_sweep(self, data: Sequences, values: Mapping[str, torch.Tensor], rng: np.random.Generator):
+        """One Gibbs sweep (``inference.run_gibbs``): the state paths by forward filtering, backward sampling,
+        then ``initial``, ``transition`` and the emission parameters given them, by conjugate draws where
+        the prior allows; Gaussian ``scales`` and Poisson ``rates`` are the block left to NUTS
+        (:mod:`zoo.hmm_gibbs`)."""
+        from zoo.hmm_gibbs import sweep
+
+        return sweep(self, data, values, rng)
+
     def sample_sequences(self, params: Mapping[str, torch.Tensor], n_sequences: int, n: int):
         """Forward simulation: states (B, T) long and observations (B, T, *E) (torch's global RNG)."""
         states = kernels.sample_states(params["initial"], params["transition"], n_sequences, n)

@@ -24,6 +24,8 @@ and while it runs (:class:`~inference.tracing.Guard`), and steps aside to the re
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import warnings
 from collections import OrderedDict
@@ -40,7 +42,9 @@ from pyro.ops.rings import LogRing
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import Independent
 
-from inference.tracing import Guard, tolerance
+from inference.tracing import Guard, tolerance, trace_graph, unvalidated, worth_tracing
+
+log = logging.getLogger(__name__)
 
 #: the largest finite support drawn from its exact conditional; larger integer supports move by Metropolis-Hastings
 MAX_EXACT = 1024
@@ -140,15 +144,15 @@ class _Candidates(TorchDistribution):
     has_enumerate_support = True
 
     def __init__(self, base, values):
-        self.base, self.values = base, values
+        self.base_dist, self.values = base, values
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
     @property
     def support(self):
-        return self.base.support
+        return self.base_dist.support
 
     def log_prob(self, value):
-        return self.base.log_prob(value)
+        return self.base_dist.log_prob(value)
 
     def enumerate_support(self, expand=True):
         return self.values
@@ -180,6 +184,13 @@ class Conditionals:
         self.model_fn, self.data, self.nesting, self.reference = model_fn, data, max_plate_nesting, reference
         self.guard = Guard("discrete moves", ("one value at a time", None))
         self.guard.add("one trace", None)
+        self._graphs: dict = {}
+
+    def plan(self, calls: int, sites: int) -> None:
+        """Trace the tables into graphs when ``calls`` tables of a model of ``sites`` sample sites make it pay
+        (:func:`inference.tracing.worth_tracing`), and only where they are checked against a reference."""
+        if self.reference is not None and self.guard.route == "one trace" and worth_tracing(calls, sites):
+            self.guard.add("graph", None)
 
     @property
     def vectorized(self) -> bool:
@@ -213,16 +224,21 @@ class Conditionals:
                     grown = True
         return all(o >= ordinal for o, t in terms if set(t._pyro_dims) & dims)
 
-    def _contraction(self, site, held, continuous, candidates):
+    def _contraction(self, site, held, continuous, candidates, strict: bool = False):
         """The enumerated trace offering ``candidates`` as Pyro's contraction takes it; None (stepped aside to
-        the reference) where the model fails with the candidates' extra dimension."""
+        the reference) where the model fails with the candidates' extra dimension (``strict``: raise)."""
         try:
             trace = prune_subsample_sites(self.trace(held, continuous, site.name, candidates))
-            with torch.no_grad(), warnings.catch_warnings():
+            for node in trace.nodes.values():
+                if node["type"] == "sample":   # support checks are data-dependent control flow (graphs)
+                    node["fn"] = unvalidated(node["fn"])
+            with torch.no_grad(), pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 trace.compute_log_prob()
                 trace.pack_tensors()
         except Exception as e:  # noqa: BLE001 - a model that does not broadcast the candidates' dimension
+            if strict:
+                raise
             self.guard.step_aside(f"site {site.name!r}: the model fails when it offers several values at once "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             return None
@@ -242,14 +258,32 @@ class Conditionals:
         return trace, tree, sum_dims, target, ordinal(node)
 
     def table(self, site, held: dict, continuous: dict, candidates: torch.Tensor, group: tuple,
-              check: bool = False) -> torch.Tensor:
+              check: bool = False) -> torch.Tensor | None:
         """log p(site = candidates[c], everything else) per candidate and element, up to a constant per
         element: ``(C, *site.elements)``, for a move of the elements ``group`` (an index into the elements;
         the candidates differ only there), the same along axes whose elements are not independent.
-        ``check``: check it against the reference now (else when the guard says)."""
+        ``check``: check it against the reference now (else when the guard says). None: the route in use
+        stepped aside (ask again)."""
         if not self.vectorized:
             return self._one_at_a_time(site, held, continuous, candidates)
-        contraction = self._contraction(site, held, continuous, candidates)
+        graph = self._graph(site, held, continuous, candidates) if self.guard.route == "graph" else None
+        if graph is not None:
+            t = graph(candidates, *continuous.values(), *held.values())
+        else:
+            t = self._vectorized(site, held, continuous, candidates)
+            if t is None:
+                return None
+        if self.reference is not None and (self.guard.due() or check):
+            dtype = functools.reduce(torch.promote_types, [v.dtype for v in continuous.values()], torch.float32)
+            why = self._disagreement(site, held, continuous, candidates, group, t, tolerance(dtype))
+            if why:
+                self.guard.step_aside(why)
+                return None
+        return t
+
+    def _vectorized(self, site, held, continuous, candidates, strict: bool = False) -> torch.Tensor | None:
+        """The table from one enumerated trace and Pyro's contraction (None where the model fails)."""
+        contraction = self._contraction(site, held, continuous, candidates, strict)
         if contraction is None:
             return None
         trace, tree, sum_dims, target, ordinal = contraction
@@ -262,14 +296,27 @@ class Conditionals:
         batch = len(site.fn.batch_shape)
         t = t.reshape(t.shape[0], *t.shape[t.dim() - batch:]).expand(len(candidates), *site.fn.batch_shape)
         t = t.reshape(*t.shape, *(1,) * (len(site.elements) - batch)).expand(len(candidates), *site.elements)
-        dtype, floor = t.dtype, 0.5 * torch.finfo(t.dtype).min   # Pyro's contraction clamps -inf to the lowest number
-        t = torch.where(torch.isnan(t) | (t < floor), -math.inf, t.double())
-        if self.reference is not None and (self.guard.due() or check):
-            why = self._disagreement(site, held, continuous, candidates, group, t, tolerance(dtype))
-            if why:
-                self.guard.step_aside(why)
-                return None
-        return t
+        floor = 0.5 * torch.finfo(t.dtype).min   # Pyro's contraction clamps -inf to the dtype's lowest number
+        return torch.where(torch.isnan(t) | (t < floor), -math.inf, t.double())
+
+    def _graph(self, site, held, continuous, candidates):
+        """:meth:`_vectorized` traced into one graph of ATen operations (``make_fx``), once per site and number
+        of candidates, the values and candidates its inputs; None where it cannot be traced."""
+        key = (site.name, len(candidates))
+        if key not in self._graphs:
+            names, count = (tuple(continuous), tuple(held)), len(continuous)
+
+            def fn(values, *tensors):
+                return self._vectorized(site, dict(zip(names[1], tensors[count:])),
+                                        dict(zip(names[0], tensors[:count])), values, strict=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._graphs[key] = trace_graph(fn, candidates, *continuous.values(), *held.values())
+            except Exception as e:  # noqa: BLE001 - not traceable: this site's tables come from Pyro directly
+                log.info("discrete moves: no graph for site %r (%s: %s)", site.name, type(e).__name__, str(e)[:200])
+                self._graphs[key] = None
+        return self._graphs[key]
 
     def _one_at_a_time(self, site, held, continuous, candidates) -> torch.Tensor:
         """The reference route: the log joint at each candidate value of the whole site (for a move of one

@@ -60,8 +60,12 @@ class _Site:
         self.plates = tuple(sorted({batch + f.dim for f in site["cond_indep_stack"]
                                     if f.vectorized and f.size > 1 and 0 <= batch + f.dim < batch}))
         self.separable = False
-        self.log_scale = np.array(np.log(np.maximum(1.0, np.sqrt(np.abs(value.double().numpy()))))) \
-            if kind == "metropolis" else None
+        self.start_scale = np.log(np.maximum(1.0, np.sqrt(np.abs(value.double().numpy()))))
+        self.reset()
+
+    def reset(self) -> None:
+        """Random-walk scales back to where they start (a new chain): sqrt(|value|), at least 1."""
+        self.log_scale = np.array(self.start_scale) if self.kind == "metropolis" else None
         self.adapted = 0                                                      # warmup updates so far
 
     def groups(self):
@@ -79,9 +83,11 @@ class Moves:
     :param values: a value of every latent site, where the structure is read (shapes, plates, independence).
     :param reference: the model's log joint ``reference(continuous, held) -> float`` that the conditional
         tables are checked against (:class:`~inference.sampling.discrete.Conditionals`).
+    :param calls: the iterations expected (whether tracing the tables into graphs pays).
     """
 
-    def __init__(self, model_fn: Callable, data, names, values: dict, *, max_plate_nesting: int, reference=None):
+    def __init__(self, model_fn: Callable, data, names, values: dict, *, max_plate_nesting: int, reference=None,
+                 calls: int = 0):
         self.model_fn, self.data = model_fn, data
         self.conditionals = Conditionals(model_fn, data, max_plate_nesting=max_plate_nesting, reference=reference)
         held = {k: values[k] for k in names}
@@ -96,6 +102,7 @@ class Moves:
                 self.conditionals.table(site, held, continuous, torch.stack([value, _neighbour(site, value)]),
                                         next(site.groups()), check=True)
         self._one_at_a_time_if_stepped_aside()
+        self.conditionals.plan(calls * len(self.sites), sum(n["type"] == "sample" for n in trace.nodes.values()))
 
     def _one_at_a_time_if_stepped_aside(self) -> None:
         if not self.conditionals.vectorized:
@@ -234,6 +241,8 @@ def sample(density, moves: Moves, start: np.ndarray, *, num_samples: int, warmup
     statistics with ``acceptance_rate_<site>`` of the Metropolis-Hastings sites) and the draws of the
     discrete ones, ``{site: (num_samples, *shape)}``."""
     rng = np.random.default_rng(seed)
+    for site in moves.sites:
+        site.reset()
     state = _point(density, np.array(start, dtype=np.float64))
     if not np.isfinite(state.logp):
         raise ValueError(f"start: the log density is {state.logp} at the starting point")

@@ -128,3 +128,46 @@ def test_a_large_finite_latent_moves_by_metropolis_and_matches_enumeration():
                               progress=False)
     assert post.settings["gibbs"] == {"tau": "metropolis"}
     assert_matches(post, changepoint_exact(y.numpy()))
+
+
+def test_changepoint_is_calibrated_by_sbc():
+    """20 replicates of 12 steps drawn from the prior; SBCResult.calibrated rejects a quantity at the
+    Bonferroni level 0.01 / 3, so a correct sampler fails here with probability about 1%."""
+    r = inference.sbc(changepoint, model_args=(torch.zeros(12),), num_simulations=20,
+                      fit_kwargs=dict(num_samples=100, warmup_steps=100, potential="graph"), seed=0, n_jobs=2,
+                      progress=False)
+    assert set(r.ranks) == {"tau", "r1", "r2"}
+    assert r.calibrated, r.table()
+
+
+def test_draws_stats_and_log_likelihood_in_inference_data(caplog):
+    """Parallel chains give the sequential draws (seeded per chain); the discrete draws are in the posterior
+    group, the Metropolis-Hastings acceptance in sample_stats, and the attrs say that the pointwise
+    log-likelihood is conditional on the counts (a sum over N_i to infinity is not computed)."""
+    y = torch.tensor([[2.0, 1.0, 3.0], [0.0, 1.0, 0.0], [4.0, 2.0, 3.0]])
+    kw = dict(num_samples=30, warmup_steps=30, num_chains=2, seed=3, progress=False)
+    with caplog.at_level("INFO"):
+        a = inference.run_nuts(nmix, y, chain_method="parallel", **kw)
+    assert "Metropolis-Hastings random walk: ['N']" in caplog.text
+    b = inference.run_nuts(nmix, y, chain_method="sequential", **kw)
+    assert all(torch.equal(a.samples[k], b.samples[k]) for k in a.samples)
+    idata = a.idata
+    assert idata.posterior["N"].shape == (2, 30, 3, 1)
+    assert idata.sample_stats["acceptance_rate_N"].shape == (2, 30)
+    assert "conditional" in idata.log_likelihood.attrs["setting_log_likelihood"]
+    # the pointwise log-likelihood of each site given the drawn counts, by scipy
+    ll = stats.binom.logpmf(y.numpy(), a.samples["N"][0, -1].numpy(), float(a.samples["p"][0, -1])).sum(-1)
+    np.testing.assert_allclose(idata.log_likelihood["y"].values[0, -1], ll, rtol=1e-4)
+
+
+def test_sites_that_cannot_move_are_named():
+    def multinomial_latent(y):
+        counts = pyro.sample("counts", dist.Multinomial(10, torch.ones(3)))
+        pyro.sample("y", dist.Normal(counts.sum(), 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"\['counts'\] can be neither enumerated nor updated"):
+        inference.run_nuts(multinomial_latent, torch.tensor(10.0), num_samples=5, warmup_steps=5, num_chains=1,
+                           progress=False)
+    with pytest.raises(ValueError, match="engine: Pyro's NUTS kernel cannot sample latent discrete sites"):
+        inference.run_nuts(changepoint, changepoint_data(20, 0), engine="pyro", num_samples=5, warmup_steps=5,
+                           num_chains=1, progress=False)
