@@ -1,6 +1,6 @@
-"""Side-by-side comparison of two posteriors of the same model (typically SVI against NUTS).
+"""Side-by-side comparison of two posteriors of the same model (typically SVI against NUTS), or more.
 
-``b`` is the reference. Both are reduced to the model's identifiable quantities, with ``a``
+``b`` is the reference; further posteriors (e.g. Gibbs) get columns of their own against it. Both are reduced to the model's identifiable quantities, with ``a``
 aligned to ``b``'s labeling (``align(draws, reference=...)``), so a mixture fitted twice with
 different labels still compares component by component.
 """
@@ -36,14 +36,30 @@ def aligned_pair(a: Posterior, b: Posterior, sites=None) -> tuple[dict, dict]:
     return a.target.align(a.global_samples, reference=b.alignment), b.aligned
 
 
-def compare(a: Posterior, b: Posterior, *, labels=None, sites=None) -> pd.DataFrame:
+def compare(a: Posterior, b: Posterior, *others: Posterior, labels=None, sites=None) -> pd.DataFrame:
     """One row per scalar element of every identifiable quantity (or of the sample ``sites`` named,
     compared as drawn: e.g. the local latents of a few data points).
 
     Columns: mean and sd under ``a`` and ``b``, ``smd`` = (mean_a - mean_b) / sd_b, ``sd_ratio`` =
-    sd_a / sd_b, bulk ESS and ESS per second of wall time for each, and a verdict. ``df.attrs``
-    holds the labels and wall times.
+    sd_a / sd_b, bulk ESS and ESS per second of wall time for each, and a verdict. Each of ``others``
+    (e.g. a Gibbs run: ``compare(svi, nuts, gibbs)``) adds the same columns against ``b``, suffixed with
+    its label (``mean_gibbs``, ..., ``smd_gibbs``, ``sd_ratio_gibbs``, ``verdict_gibbs``). ``df.attrs``
+    holds the labels of ``a`` and ``b`` (``labels``), those of ``others`` (``more``) and wall times;
+    ``labels`` may name all of them.
     """
+    if others:
+        names = list(labels) if labels is not None else [p.method for p in (a, b, *others)]
+        if len(names) != 2 + len(others) or len(set(names)) != len(names):
+            raise ValueError(f"labels: expected {2 + len(others)} different labels, one per posterior, got {labels!r}")
+        df = compare(a, b, labels=names[:2], sites=sites)
+        attrs = dict(df.attrs, more=tuple(names[2:]))
+        for post, label in zip(others, names[2:]):
+            extra = compare(post, b, labels=(label, names[1]), sites=sites)
+            columns = [f"mean_{label}", f"sd_{label}", f"ess_{label}", f"ess_per_s_{label}"]
+            df = df.join(extra[columns]).join(extra[["smd", "sd_ratio", "verdict"]].add_suffix(f"_{label}"))
+            attrs["wall_time"][label] = post.wall_time
+        df.attrs = attrs
+        return df
     _check_pair(a, b, labels, sites)
     la, lb = _labels(a, b, labels)
     qa, qb = aligned_pair(a, b, sites)
@@ -134,5 +150,10 @@ def summary_line(df: pd.DataFrame) -> str:
     agree = int((df["smd"].abs() < AGREE_SMD).sum())
     wt = df.attrs["wall_time"]
     worst = df["smd"].abs().idxmax()
-    return (f"{agree}/{len(df)} quantities agree (|smd| < {AGREE_SMD}); largest |smd| = "
+    line = (f"{agree}/{len(df)} quantities agree (|smd| < {AGREE_SMD}); largest |smd| = "
             f"{abs(df.loc[worst, 'smd']):.3f} at {worst}; wall time {la} {wt[la]:.1f}s, {lb} {wt[lb]:.1f}s")
+    for lc in df.attrs.get("more", ()):
+        smd = df[f"smd_{lc}"].abs()
+        line += (f"; {lc}: {int((smd < AGREE_SMD).sum())}/{len(df)} agree with {lb}, largest |smd| "
+                 f"{smd.max():.3f} at {smd.idxmax()}, wall time {wt[lc]:.1f}s")
+    return line

@@ -60,6 +60,14 @@ def _int(minimum: int):
     return parse
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(","))
+    if not set(methods) <= {"svi", "nuts", "gibbs"} or len(set(methods)) != len(methods) or "nuts" not in methods \
+            or len(methods) < 2:
+        raise argparse.ArgumentTypeError(f"expected nuts and one or two of svi, gibbs, comma-separated, got {text!r}")
+    return tuple(m for m in ("svi", "nuts", "gibbs") if m in methods)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -116,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", default="svi", choices=["svi", "nuts", "map", "em"])
     compare = sub.add_parser("compare", help="fit by SVI and by NUTS, compare, diagnose, report")
     common(compare)
+    compare.add_argument("--methods", type=_methods, default=("svi", "nuts"),
+                         help="the fits to compare, NUTS the reference: svi,nuts (default), nuts,gibbs or "
+                              "svi,nuts,gibbs (gibbs: models with conditionals in closed form, hmm and gmm)")
     sbc = sub.add_parser("sbc", help="simulation-based calibration: refit data simulated from the prior")
     common(sbc)
     sbc.add_argument("--method", default="nuts", choices=["nuts", "svi"])
@@ -391,18 +402,31 @@ def cmd_compare(args, sbc=None) -> int:
 
     if check_args(args):
         return compare_amortized(args)
+    methods = getattr(args, "methods", ("svi", "nuts"))   # `zoo report` compares SVI and NUTS
     model, out, dataset, data, coords = _setup(args)
+    if "gibbs" in methods and not callable(getattr(model, "gibbs_sweep", None)):
+        raise ValueError(f"--methods: gibbs needs a model with conditionals in closed form (gibbs_sweep), which "
+                         f"{args.model!r} has not; use svi,nuts")
     warn_unused(args)
     progress = not args.quiet
-    svi = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
-                            seed=args.seed, num_samples=args.samples, num_particles=args.particles,
-                            coords=coords, progress=progress)
-    nuts = inference.run_nuts(model, data, num_samples=args.samples, warmup_steps=args.warmup,
-                              num_chains=args.chains, seed=args.seed, coords=coords, progress=progress)
-    table = inference.compare(svi, nuts)
-    diagnoses = {"svi": inference.diagnose(svi), "nuts": inference.diagnose(nuts)}
-    cols = ["mean_svi", "sd_svi", "mean_nuts", "sd_nuts", "smd", "sd_ratio", "verdict"]
-    print(f"{args.model} on {dataset.name}: SVI ({svi.wall_time:.1f}s) vs NUTS ({nuts.wall_time:.1f}s)\n")
+    chains = dict(num_samples=args.samples, warmup_steps=args.warmup, num_chains=args.chains, seed=args.seed,
+                  coords=coords, progress=progress)
+    fits = {}
+    if "svi" in methods:
+        fits["svi"] = inference.fit_svi(model, data, guide=_svi_guide(args), num_steps=args.steps, lr=args.lr,
+                                        seed=args.seed, num_samples=args.samples, num_particles=args.particles,
+                                        coords=coords, progress=progress)
+    nuts = fits["nuts"] = inference.run_nuts(model, data, **chains)
+    if "gibbs" in methods:
+        fits["gibbs"] = inference.run_gibbs(model, data, **chains)
+    first, *rest = [k for k in fits if k != "nuts"]
+    table = inference.compare(fits[first], nuts, *(fits[k] for k in rest))
+    diagnoses = {k: inference.diagnose(p) for k, p in fits.items()}
+    order = [first, "nuts", *rest]
+    cols = [c for k in order for c in (f"mean_{k}", f"sd_{k}")] + ["smd", "sd_ratio", "verdict"]
+    cols += [f"{c}_{k}" for k in rest for c in ("smd", "sd_ratio", "verdict")]
+    print(f"{args.model} on {dataset.name}: " + " vs ".join(f"{k.upper()} ({fits[k].wall_time:.1f}s)" for k in order)
+          + "\n")
     print(table[cols].round(3).to_string())
     print()
     print(summary_line(table))
@@ -412,7 +436,7 @@ def cmd_compare(args, sbc=None) -> int:
     calibration = sbc() if sbc is not None else None
     if calibration is not None:
         print(f"\n{calibration}")
-    path = inference.write_report(out, {"svi": svi, "nuts": nuts}, dataset=dataset, comparison=table,
+    path = inference.write_report(out, fits, dataset=dataset, comparison=table,
                                   diagnoses=diagnoses, title=f"zoo compare {args.model} ({dataset.name})",
                                   force=args.force, sbc=calibration)
     print(f"\nreport written to {path}/")

@@ -73,7 +73,7 @@ def sweep(hmm, data, values, rng: np.random.Generator):
     out = {**params, **{k: torch.as_tensor(v, dtype=dtype) for k, v in new.items()}}
     if block is None:
         return out, None
-    states = {f"states_{t}": torch.as_tensor(z[:, t]) for t in range(z.shape[1])}
+    states = {f"states_{t}": z_t for t, z_t in enumerate(torch.from_numpy(z).unbind(1))}
     return out, (*block, {**states, **{k: out[k] for k in hmm.global_sites if k not in block[0]}})
 
 
