@@ -161,7 +161,7 @@ def _check_block(target, data, values, block) -> None:
     if block is None:
         return
     transforms, fn, conditioned = block
-    reference = Potential(poutine.condition(target.model_fn, data=dict(conditioned)), data, route="eager",
+    reference = Potential(poutine.condition(target.model_fn, data=conditioned()), data, route="eager",
                           max_plate_nesting=target.info(data).max_plate_nesting, name=target.name)
     if set(reference.names) != set(transforms) or not all(   # the same sites, on the same unconstrained coordinates
             torch.allclose(reference.transforms[k].inv(values[k]), transforms[k].inv(values[k])) for k in transforms):

@@ -140,8 +140,8 @@ class ZooModel(PyroModule):
     #: latents (e.g. FFBS of HMM state paths), then every global site whose prior is conjugate, and
     #: returns the new global values and ``block``: None, or ``(transforms, fn, conditioned)`` for the
     #: global sites left over, their conditional log density given everything just drawn in the format of
-    #: ``log_density`` (up to a constant), which inference moves by one NUTS transition; ``conditioned``
-    #: holds the values of the other latent sites of ``model`` (local ones included) that it is
+    #: ``log_density`` (up to a constant), which inference moves by one NUTS transition; ``conditioned()``
+    #: returns the values of the other latent sites of ``model`` (local ones included) that it is
     #: conditional on, where inference checks it against Pyro's log density of ``model``.
     gibbs_sweep = None
 

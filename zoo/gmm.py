@@ -217,8 +217,7 @@ class GaussianMixture(ZooModel):
         locs, block = gaussian_components(rng, x, z, scales, center, spread)
         new = {k: torch.as_tensor(v, dtype=data.dtype) for k, v in (("weights", weights), ("locs", locs),
                                                                     ("scales", scales))}
-        conditioned = {"assignment": torch.as_tensor(z), "weights": new["weights"], "locs": new["locs"]}
-        return new, (*block, conditioned)
+        return new, (*block, lambda: {"assignment": torch.as_tensor(z), "weights": new["weights"], "locs": new["locs"]})
 
     def initial_values(self, data, seed: int = 0) -> dict[str, torch.Tensor]:
         """k-means++ then Lloyd iterations: weights, centers and per-cluster spreads."""

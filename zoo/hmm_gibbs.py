@@ -73,8 +73,10 @@ def sweep(hmm, data, values, rng: np.random.Generator):
     out = {**params, **{k: torch.as_tensor(v, dtype=dtype) for k, v in new.items()}}
     if block is None:
         return out, None
-    states = {f"states_{t}": z_t for t, z_t in enumerate(torch.from_numpy(z).unbind(1))}
-    return out, (*block, {**states, **{k: out[k] for k in hmm.global_sites if k not in block[0]}})
+    def conditioned():   # the explicit form's sites: one per step
+        states = {f"states_{t}": z_t for t, z_t in enumerate(torch.from_numpy(z).unbind(1))}
+        return {**states, **{k: out[k] for k in hmm.global_sites if k not in block[0]}}
+    return out, (*block, conditioned)
 
 
 def _gaussian(hmm, data, x, labels, params, rng):
