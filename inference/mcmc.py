@@ -35,7 +35,6 @@ from pyro.ops.integrator import potential_grad
 from tqdm import tqdm
 
 from inference.sampling import gibbs, nuts
-from inference.sampling.discrete import describe
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
 from inference.target import ModelArgs, as_target, chain_seed, init_to_uniform_any, model_data, set_seed
@@ -79,14 +78,12 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
         on the unconstrained scale, drawn again (up to 100 times) until the log density is finite.
     :param recover_discrete: also draw every enumerated site from its conditional posterior
         (``infer_discrete``, one draw per posterior draw).
-
-    A latent discrete site that is not marked for enumeration (a count with infinite support, a finite one
-    whose joint enumeration would be too large) is sampled by a Gibbs move after every NUTS transition:
-    its exact conditional where its support is finite and small, else Metropolis-Hastings with an integer
-    random walk (:mod:`inference.sampling.gibbs`). Its draws are in the posterior; the pointwise
-    log-likelihood is then conditional on them (``settings["log_likelihood"]``).
     :param chain_method: "parallel" runs chains in forked worker processes, one per CPU core (on the
         CPU only); "sequential" runs them one after another. Results are identical either way.
+
+    Latent discrete sites not marked for enumeration move by Gibbs moves between NUTS transitions
+    (:mod:`inference.sampling.gibbs`); their draws are in the posterior, and the pointwise log-likelihood
+    is conditional on them (``settings["log_likelihood"]``).
     """
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
@@ -108,7 +105,7 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     density = moves = None
     if engine == "zoo":
         density = potential_of(target, data, potential, calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION)
-        moves = gibbs_moves(target, data, density, calls=warmup_steps + num_samples)
+        moves = gibbs.Moves.holding(target.marginal_fn, data, density, calls=warmup_steps + num_samples)
     elif gibbs.initial(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting)[1]:
         raise ValueError("engine: Pyro's NUTS kernel cannot sample latent discrete sites that are not enumerated; "
                          "use engine='zoo' (HMC-within-Gibbs)")
@@ -175,20 +172,6 @@ def potential_of(target, data, potential: str = "auto", calls: int = 0) -> Poten
                      name=target.name)
 
 
-def gibbs_moves(target, data, density: Potential, calls: int = 0) -> gibbs.Moves | None:
-    """The Gibbs moves of the discrete sites ``density`` holds (None without any), announced in one log line."""
-    if not density.held_names:
-        return None
-    def reference(continuous, held):   # Pyro's potential: the log joint (log |J| is the same at every held value)
-        return density.reference(density.flatten(continuous), [held[k] for k in density.held_names])[0]
-
-    continuous = density.constrain(density.flatten(density.prototypes))
-    moves = gibbs.Moves(target.marginal_fn, data, density.held_names, {**continuous, **density.given},
-                        max_plate_nesting=density.max_plate_nesting, reference=reference, calls=calls)
-    log.info("%s: %s", target.name, describe(moves.kinds, density.names))
-    return moves
-
-
 def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: bool, position: int,
                 moves: gibbs.Moves | None = None, **options):
     """One chain of :func:`inference.sampling.nuts.sample` on ``density``: constrained draws in the model's
@@ -199,8 +182,7 @@ def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: b
     until the log density is finite there (:func:`start_point`). After sampling, the route is checked
     at the last draw; a route found wrong before or then steps aside (:class:`~inference.tracing.Mismatch`)
     and the chain runs again, from the same seed, on the next route. With ``moves``, HMC-within-Gibbs
-    (:func:`inference.sampling.gibbs.sample`): the discrete sites start from ``values`` or a prior draw given
-    the continuous start, and their draws join the others."""
+    (:func:`inference.sampling.gibbs.sample`), the discrete draws joining the others."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # one chain, many tiny tensors: a thread pool only contends (benchmarks/README.md)
     total = options["warmup_steps"] + options["num_samples"]
@@ -209,7 +191,7 @@ def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: b
         while True:
             try:
                 rng = np.random.default_rng([seed, 1])
-                start = start_point(density, values, rng, discrete=moves and _discrete_start(density, moves, values, rng))
+                start = start_point(density, values, rng, discrete=moves and moves.starter(density, values, rng))
                 with tqdm(total=total, desc=desc, disable=None if progress else True, leave=False,
                           position=position) as bar:
                     callback = nuts.progress(bar, options["warmup_steps"])
@@ -228,23 +210,12 @@ def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: b
     return {**density.constrain(chain.draws), **held}, stats, adapted
 
 
-def _discrete_start(density: Potential, moves: gibbs.Moves, values, rng):
-    """For :func:`start_point`: a function that, at a continuous starting point, sets the discrete sites to
-    ``values`` or a prior draw given it, with impossible elements repaired (:meth:`gibbs.Moves.update`)."""
-    def start(theta):
-        continuous = density.constrain(theta)
-        drawn = moves.prior_draw(continuous, rng)
-        held = {k: values[k] if values and k in values else drawn[k] for k in density.held_names}
-        density.set_given(moves.update(continuous, held, rng, repair=True)[0])
-    return start
-
-
 def start_point(density: Potential, values, rng: np.random.Generator, discrete=None) -> np.ndarray:
     """A starting point where the log density and its gradient are finite, as Pyro's ``initialize_model``
     finds one: the given ``values`` (constrained) and, for the other sites, uniform draws in (-2, 2) on the
     unconstrained scale, drawn again up to ``MAX_TRIES`` times. A point where the model raises counts as
     not finite (its exception is named if no point is found). ``discrete(theta)`` sets the held discrete
-    sites at each point tried (:func:`_discrete_start`)."""
+    sites at each point tried (:meth:`inference.sampling.gibbs.Moves.starter`)."""
     given = {k: values[k] for k in density.names if values and k in values}
     base = density.flatten({**density.prototypes, **given})
     free = np.concatenate([np.full(n, k not in given) for k, n in zip(density.names, density.sizes)])

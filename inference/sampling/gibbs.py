@@ -22,6 +22,7 @@ Metropolis-Hastings site's elements.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Callable
@@ -34,12 +35,14 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 
 from inference.sampling.adaptation import WindowAdaptation, curvature
-from inference.sampling.discrete import (MOVED, Conditionals, base_of, classify, discrete_sites, refuse_impossible,
-                                         support_values)
+from inference.sampling.discrete import (MOVED, Conditionals, base_of, classify, describe, discrete_sites,
+                                         refuse_impossible, support_values)
 from inference.sampling.integrator import Point, evaluate
 from inference.sampling.metric import make_metric
 from inference.sampling.nuts import STATS, Callback, Chain, transition
 from inference.target import init_to_uniform_any
+
+log = logging.getLogger(__name__)
 
 TARGET_ACCEPT = 0.44
 LADDER = 2 ** np.arange(21)   # the steps a start tries for an element whose value is impossible given the data
@@ -103,6 +106,32 @@ class Moves:
                                         next(site.groups()), check=True)
         self._one_at_a_time_if_stepped_aside()
         self.conditionals.plan(calls * len(self.sites), sum(n["type"] == "sample" for n in trace.nodes.values()))
+
+    @classmethod
+    def holding(cls, model_fn: Callable, data, density, *, calls: int = 0) -> "Moves | None":
+        """The moves of the discrete sites a :class:`~inference.potential.Potential` holds (None without any),
+        their tables checked against its reference (Pyro's potential), announced in one log line."""
+        if not density.held_names:
+            return None
+
+        def reference(continuous, held):   # the log joint (log |J| is the same at every held value)
+            return density.reference(density.flatten(continuous), [held[k] for k in density.held_names])[0]
+
+        continuous = density.constrain(density.flatten(density.prototypes))
+        moves = cls(model_fn, data, density.held_names, {**continuous, **density.given},
+                    max_plate_nesting=density.max_plate_nesting, reference=reference, calls=calls)
+        log.info("%s", describe(moves.kinds, density.names))
+        return moves
+
+    def starter(self, density, values, rng: np.random.Generator) -> Callable:
+        """For a chain's start (``inference.mcmc.start_point``): at a continuous point ``theta``, hold the
+        discrete sites at ``values`` or a prior draw given it, impossible elements repaired."""
+        def start(theta):
+            continuous = density.constrain(theta)
+            drawn = self.prior_draw(continuous, rng)
+            held = {k: values[k] if values and k in values else drawn[k] for k in density.held_names}
+            density.set_given(self.update(continuous, held, rng, repair=True)[0])
+        return start
 
     def _one_at_a_time_if_stepped_aside(self) -> None:
         if not self.conditionals.vectorized:
