@@ -42,7 +42,7 @@ from pyro.ops.rings import LogRing
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch.distributions import Independent
 
-from inference.tracing import Guard, tolerance, trace_graph, unvalidated, worth_tracing
+from inference.tracing import Guard, Mismatch, tolerance, trace_graph, unvalidated, worth_tracing
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +262,16 @@ class Conditionals:
         """log p(site = candidates[c], everything else) per candidate and element, up to a constant per
         element: ``(C, *site.elements)``, for a move of the elements ``group`` (an index into the elements;
         the candidates differ only there), the same along axes whose elements are not independent.
-        ``check``: check it against the reference now (else when the guard says). None: the route in use
-        stepped aside (ask again)."""
+        ``check``: check it against the reference before its route is used (else when the guard says; a new
+        graph is checked at its first call). None: the route stepped aside before use (ask again); a
+        route found wrong while it runs steps aside and raises :class:`~inference.tracing.Mismatch`
+        (the draws so far came from a wrong conditional: the chain runs again)."""
         if not self.vectorized:
             return self._one_at_a_time(site, held, continuous, candidates)
-        graph = self._graph(site, held, continuous, candidates) if self.guard.route == "graph" else None
+        graph = None
+        if self.guard.route == "graph":
+            check = check or (site.name, len(candidates)) not in self._graphs
+            graph = self._graph(site, held, continuous, candidates)
         if graph is not None:
             t = graph(candidates, *continuous.values(), *held.values())
         else:
@@ -278,6 +283,8 @@ class Conditionals:
             why = self._disagreement(site, held, continuous, candidates, group, t, tolerance(dtype))
             if why:
                 self.guard.step_aside(why)
+                if not check:
+                    raise Mismatch(why)
                 return None
         return t
 

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from inference.sampling import discrete, gibbs
+from inference.tracing import Mismatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,3 +180,33 @@ def test_a_start_repairs_impossible_counts():
     moves = moves_for(nmix, y, {**values, "N": N})
     held, _ = moves.update(values, {"N": N}, np.random.default_rng(0), repair=True)
     assert torch.all(held["N"] >= y.max(1, keepdim=True).values)
+
+
+def branching(y):
+    """A branch read through numpy on a continuous value: a traced table keeps the branch it was traced in."""
+    lam = pyro.sample("lam", dist.Gamma(2.0, 0.5))
+    with pyro.plate("sites", len(y)):
+        N = pyro.sample("N", dist.Poisson(lam))
+        p = 0.8 if lam.detach().numpy() > 3 else 0.3
+        pyro.sample("y", dist.Binomial(N, p), obs=y)
+
+
+def test_a_traced_table_found_wrong_while_it_runs_steps_aside_and_says_so(caplog):
+    """Tables traced into a graph at lam = 4 (the 0.8 branch) and checked at their first call; at lam = 2 the
+    graph is wrong, which the check at the guard's 10th call catches: Mismatch (the chain runs again) and
+    the next route, one trace per table, which is right (against scipy)."""
+    y = torch.tensor([2.0, 0.0, 3.0])
+    N = torch.tensor([4.0, 1.0, 5.0])
+    moves = gibbs.Moves(branching, y, ("N",), {"lam": torch.tensor(4.0), "N": N}, max_plate_nesting=1,
+                        reference=reference_of(branching, y), calls=10**6)
+    assert moves.conditionals.guard.route == "graph"
+    site, candidates = moves.sites[0], torch.stack([N, N + 1])
+    moves.conditionals.table(site, {"N": N}, {"lam": torch.tensor(4.0)}, candidates, (slice(None),))
+    with pytest.raises(Mismatch):
+        for _ in range(10):
+            moves.conditionals.table(site, {"N": N}, {"lam": torch.tensor(2.0)}, candidates, (slice(None),))
+    assert moves.conditionals.guard.route == "one trace" and "disagrees with the reference" in caplog.text
+    table = moves.conditionals.table(site, {"N": N}, {"lam": torch.tensor(2.0)}, candidates, (slice(None),)).numpy()
+    n = candidates.numpy()
+    by_hand = stats.poisson(2.0).logpmf(n) + stats.binom(n, 0.3).logpmf(y.numpy())
+    np.testing.assert_allclose(table[1] - table[0], by_hand[1] - by_hand[0], rtol=1e-5)
