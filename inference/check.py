@@ -5,6 +5,8 @@ shapes table. The checks, in order (a failed one skips those that need it):
 
 - ``data``        the model's ``validate`` accepts the data (or ``simulate`` makes some);
 - ``model``       the model runs under Pyro's validation with warnings as errors (shapes against plates);
+- ``discrete``    every latent discrete site can be sampled: enumerated, or moved by run_nuts's Gibbs moves
+                  (named with how; a site that can be neither fails);
 - ``guide``       the guide runs, draws every latent site the model has (enumerated ones excepted) and no
                   other, each with the model's shape and inside its support; Pyro's ELBO validation
                   (model/guide match, enumeration requirements) with warnings as errors;
@@ -92,10 +94,10 @@ def check(model, guide=None, data=None, *, model_args=None, model_kwargs=None, s
     # the recovery fit starts from a fresh copy: a guide that initializes itself from the data on its first
     # call (HMM, GMM) would otherwise start from the state the checks before it left on `data`
     state: dict = {"fresh": Target(model, guide=guide, copy_model=True, args_form=args_form)}
-    steps = [("data", _data), ("model", _model), ("guide", _guide), ("elbo", _elbo),
+    steps = [("data", _data), ("model", _model), ("discrete", _discrete), ("guide", _guide), ("elbo", _elbo),
              ("prior predictive", _prior_predictive), ("log_likelihood", _log_likelihood),
              ("align", _align), ("recovery", _recovery)]
-    needs = {"model": "data", "guide": "model", "elbo": "guide", "prior predictive": "model",
+    needs = {"model": "data", "discrete": "model", "guide": "model", "elbo": "guide", "prior predictive": "model",
              "log_likelihood": "model", "align": "guide", "recovery": "elbo"}
     passed: set[str] = set()
     with target.scope():
@@ -158,6 +160,18 @@ def _model(target, data, state, seed):
     state["info"], state["trace"] = info, trace
     return (f"observed {list(info.observed)}, latent {list(info.latent)}, enumerated {list(info.enumerated)}, "
             f"max_plate_nesting {info.max_plate_nesting}")
+
+
+def _discrete(target, data, state, seed):
+    from inference.sampling.discrete import MOVED, describe, discrete_sites, refuse_impossible
+
+    kinds = discrete_sites(state["trace"])
+    try:
+        refuse_impossible(kinds)
+    except ValueError as e:
+        raise _Failed(str(e).removeprefix("model: ")) from None
+    moved = [k for k, kind in kinds.items() if kind in MOVED]
+    return describe(kinds, [k for k in state["info"].latent if k not in kinds]) if moved else ""
 
 
 def _guide(target, data, state, seed):

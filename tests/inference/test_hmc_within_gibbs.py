@@ -170,3 +170,16 @@ def test_sites_that_cannot_move_are_named():
     with pytest.raises(ValueError, match="engine: Pyro's NUTS kernel cannot sample latent discrete sites"):
         inference.run_nuts(changepoint, changepoint_data(20, 0), engine="pyro", num_samples=5, warmup_steps=5,
                            num_chains=1, progress=False)
+
+
+def test_check_names_how_discrete_sites_move_and_those_that_cannot():
+    y = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
+    finding = {f.check: f for f in inference.check(nmix, data=y).findings}["discrete"]
+    assert finding.ok and "Metropolis-Hastings random walk: ['N']" in finding.message
+
+    def multinomial_latent(y):
+        counts = pyro.sample("counts", dist.Multinomial(10, torch.ones(3)))
+        pyro.sample("y", dist.Normal(counts.sum(), 1.0), obs=y)
+
+    finding = {f.check: f for f in inference.check(multinomial_latent, data=torch.tensor(10.0)).findings}["discrete"]
+    assert not finding.ok and "['counts'] can be neither enumerated nor updated" in finding.message
