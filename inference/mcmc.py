@@ -83,7 +83,7 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
 
     Latent discrete sites not marked for enumeration move by Gibbs moves between NUTS transitions
     (:mod:`inference.sampling.gibbs`); their draws are in the posterior, and the pointwise log-likelihood
-    is conditional on them (``settings["log_likelihood"]``).
+    sums them out where it can, else is conditional on them (``settings["log_likelihood"]``).
     """
     for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
                              ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
@@ -141,14 +141,14 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     # the zoo engine's warmup: step size (chain,) and inverse metric (chain, d) or (chain, d, d)
     adaptation = {k: np.stack([a[k] for a in adapted]) for k in adapted[0]} if density is not None else {}
     posterior = Posterior(
-        target, data, samples, method="nuts", wall_time=time.perf_counter() - start,
+        moves.likelihood_target(target, data) if moves else target, data, samples, method="nuts",
+        wall_time=time.perf_counter() - start,
         sample_stats=sample_stats, coords=coords, dims=dims, adaptation=adaptation,
         settings=dict(num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains, seed=seed,
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
                       potential=route, routes=routes,
                       compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2),
-                      **({"gibbs": moves.kinds, "log_likelihood": f"conditional on the draws of {list(moves.kinds)}"}
-                         if moves else {})),
+                      **(moves.settings(target, data) if moves else {})),
     )
     divergences = int(sample_stats["diverging"].sum())
     log.info("NUTS %s: %d chains x %d draws in %.1fs (%s), %d divergences", target.name, num_chains,

@@ -40,7 +40,7 @@ from inference.sampling.discrete import (MOVED, Conditionals, base_of, classify,
 from inference.sampling.integrator import Point, evaluate
 from inference.sampling.metric import make_metric
 from inference.sampling.nuts import STATS, Callback, Chain, transition
-from inference.target import init_to_uniform_any
+from inference.target import PlainModel, init_to_uniform_any
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,34 @@ class Moves:
             held = {k: values[k] if values and k in values else drawn[k] for k in density.held_names}
             density.set_given(self.update(continuous, held, rng, repair=True)[0])
         return start
+
+    def _summable(self, target, data) -> bool:
+        """Whether the pointwise log-likelihood can sum these sites out: each has a small finite support and
+        lies inside the data plate (a local latent, e.g. an assignment not marked for enumeration), and
+        the model is a plain Pyro callable (a zoo model's log_likelihood is its own)."""
+        local = not set(self.kinds) & set(target.info(data).global_sites)
+        return local and all(k == "exact" for k in self.kinds.values()) and isinstance(target.model, PlainModel)
+
+    def likelihood_target(self, target, data):
+        """The target a posterior's pointwise log-likelihood comes from: where :meth:`_summable`, the same
+        model with these sites marked for enumeration (its log-likelihood then sums them out exactly, as
+        for enumerated sites); else ``target`` itself (conditional on their draws)."""
+        if not self._summable(target, data):
+            return target
+        names, model_fn = set(self.kinds), target.model_fn
+
+        def marked(*args, **kwargs):
+            config = lambda site: {"enumerate": "parallel"} if site["name"] in names else {}  # noqa: E731
+            return poutine.infer_config(model_fn, config)(*args, **kwargs)
+        marked.__name__ = target.name
+        return type(target)(marked)
+
+    def settings(self, target, data) -> dict:
+        """What a posterior's settings record of the moves: how each site moved, and what its pointwise
+        log-likelihood is."""
+        how = ("marginal: the discrete sites summed out" if self._summable(target, data)
+               else f"conditional on the draws of {list(self.kinds)}")
+        return {"gibbs": dict(self.kinds), "log_likelihood": how}
 
     def _one_at_a_time_if_stepped_aside(self) -> None:
         if not self.conditionals.vectorized:

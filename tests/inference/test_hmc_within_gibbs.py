@@ -183,3 +183,26 @@ def test_check_names_how_discrete_sites_move_and_those_that_cannot():
 
     finding = {f.check: f for f in inference.check(multinomial_latent, data=torch.tensor(10.0)).findings}["discrete"]
     assert not finding.ok and "['counts'] can be neither enumerated nor updated" in finding.message
+
+
+def mixture_unmarked(y):
+    """A mixture whose assignments are not marked for enumeration: they move by their exact conditional."""
+    w = pyro.sample("w", dist.Dirichlet(torch.ones(2)))
+    with pyro.plate("components", 2):
+        loc = pyro.sample("loc", dist.Normal(0.0, 5.0))
+    with pyro.plate("data", len(y)):
+        z = pyro.sample("z", dist.Categorical(w))
+        pyro.sample("y", dist.Normal(loc[z], 1.0), obs=y)
+
+
+def test_local_finite_sites_are_summed_out_of_the_pointwise_log_likelihood():
+    """Assignments inside the data plate: the log-likelihood of each point is the mixture density, by scipy,
+    not the density given the drawn assignment."""
+    y = torch.tensor([-3.1, -2.5, 2.9, 3.3, 0.2])
+    post = inference.run_nuts(mixture_unmarked, y, num_samples=20, warmup_steps=20, num_chains=1, seed=0,
+                              progress=False)
+    assert post.settings["gibbs"] == {"z": "exact"} and post.settings["log_likelihood"].startswith("marginal")
+    assert post.samples["z"].shape == (1, 20, 5)
+    w, loc = post.samples["w"][0, -1].numpy(), post.samples["loc"][0, -1].numpy()
+    mixture = np.log((w * stats.norm(loc, 1.0).pdf(y.numpy()[:, None])).sum(-1))
+    np.testing.assert_allclose(post.idata.log_likelihood["y"].values[0, -1], mixture, rtol=1e-4)
