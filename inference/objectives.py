@@ -232,6 +232,7 @@ class TracedLoss:
         self.verified_at = 0
         self.redo = 0
         self.compile_seconds = 0.0
+        self.graph = None   # the traced graph, once built
 
     @property
     def route(self) -> str:
@@ -299,6 +300,7 @@ class TracedLoss:
         finally:
             set_rng_state(state)   # the fit draws the same random numbers whichever route it takes
         self.guard.add("graph", fn)
+        self.graph = graph
         if route == "compiled" or route == "auto" and worth_compiling(self.num_steps, operations(graph),
                                                                       on_cpu=on_cpu(self.leaves)):
             try:   # no enumerated contraction here (TraceEnum keeps Pyro's): vectorized C++
