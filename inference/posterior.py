@@ -47,7 +47,7 @@ class Posterior:
     def __init__(self, target: Target, data, samples: Mapping[str, torch.Tensor], *, method: str,
                  wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
                  losses: list[float] | None = None, guide=None, coords: Mapping[str, list] | None = None,
-                 settings: Mapping[str, Any] | None = None):
+                 settings: Mapping[str, Any] | None = None, log_q: np.ndarray | None = None):
         self.target = target
         self.data = data
         self.samples = {k: v.detach() for k, v in samples.items()}
@@ -58,6 +58,8 @@ class Posterior:
         self.guide = guide
         self.coords = dict(coords or {})
         self.settings = dict(settings or {})
+        #: log density of each draw under the guide that drew it, (chain, draw) (SVI); None otherwise
+        self.log_q = None if log_q is None else np.asarray(log_q, dtype=float)
 
     @classmethod
     def point(cls, model, data, params: Mapping[str, torch.Tensor], *, method: str, wall_time: float,
