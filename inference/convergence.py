@@ -25,6 +25,7 @@ converged. Memory stays bounded: the history kept for R-hat has at most ``MAX_TR
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -194,7 +195,7 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         report.stationary_at, report.rhat = monitor.steps - window, rhat
         if mode == "single" or agree or level + 1 >= max_levels:
             report.converged = True
-            report.reason = (f"stationary (iterate R-hat {rhat:.3f} <= {RHAT_MAX}) at step size {loop.lr:.3g}"
+            report.reason = (f"stationary (iterate R-hat {rhat:.3f} <= {RHAT_MAX}) {_at(loop.lr)}"
                              + ("; the last two step sizes agree" if agree else "")
                              + f"; parameters averaged over the last {window} iterates")
             break
@@ -209,12 +210,19 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         report.stationary_at = monitor.steps - window if ok else None
         report.reason = (f"{monitor.steps} fixed steps; the last {window} iterates are stationary (R-hat {rhat:.3f})"
                          if ok else f"{monitor.steps} fixed steps; the last iterates are not stationary "
-                         f"(R-hat {rhat:.3f} > {RHAT_MAX}): the optimisation was still moving")
+                         f"(R-hat {rhat:.3f} > {RHAT_MAX}): the optimisation was still moving" if np.isfinite(rhat)
+                         else f"{monitor.steps} fixed steps: too few to judge stationarity (R-hat needs "
+                         f"{math.ceil(WINDOW_MIN / 0.95)})")
     elif not report.converged:
         ok, _, report.rhat = monitor.stationary(level_start)
-        why = (f"iterate R-hat {report.rhat:.3f} > {RHAT_MAX}" if not ok else
-               f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ESS_MIN}")
-        report.reason = (f"not converged after {monitor.steps} steps ({why} at step size {loop.lr:.3g}); "
+        why = (f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ESS_MIN}" if ok else
+               f"iterate R-hat {report.rhat:.3f} > {RHAT_MAX}" if np.isfinite(report.rhat) else
+               f"too few steps to judge stationarity: R-hat needs {math.ceil(WINDOW_MIN / 0.95)}")
+        report.reason = (f"not converged after {monitor.steps} steps ({why} {_at(loop.lr)}); "
                          "raise num_steps")
         report.levels.append(info)
     return report
+
+
+def _at(lr: float) -> str:
+    return f"at step size {lr:.3g}" if math.isfinite(lr) else "at the optimiser's own step size"

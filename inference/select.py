@@ -27,7 +27,7 @@ from inference.target import as_target
 PARETO_K_MAX = 0.7   # above this a point's importance weights are unreliable (Vehtari et al. 2024)
 
 
-def loo(posterior, *, name: str = "posterior", correct: bool = True) -> az.ELPDData:
+def loo(posterior, *, name: str = "posterior", correct: bool = True, var_name: str | None = None) -> az.ELPDData:
     """PSIS-LOO (pointwise) of a :class:`Posterior` or an InferenceData with a ``log_likelihood`` group.
 
     Draws of an SVI guide are not posterior draws: with ``correct`` (default) their LOO weights fold in
@@ -35,19 +35,20 @@ def loo(posterior, *, name: str = "posterior", correct: bool = True) -> az.ELPDD
     al. 2019), so the estimate is of the same elpd as NUTS's; ``correct=False`` treats them as posterior
     draws. ``result.attrs["draws"]`` says which: "posterior", "guide, corrected (k-hat K)" or "guide,
     uncorrected" (an InferenceData of SVI draws, or a guide whose ratios cannot be computed).
-    ``name`` is the argument named in error messages.
+    ``var_name``: one observed site's log-likelihood (default: the only one, or all sites' joint for a
+    Posterior). ``name`` is the argument named in error messages.
     """
     idata = _loo_idata(posterior, name)
     method = posterior.method if isinstance(posterior, Posterior) else idata.posterior.attrs.get("inference_method")
     ratios = log_ratios(posterior) if correct and isinstance(posterior, Posterior) else None
     if ratios is not None:
-        ll = posterior.log_likelihood.double().numpy()
+        ll = (posterior.pointwise[var_name].flatten(2) if var_name else posterior.log_likelihood).double().numpy()
         result = loo_corrected(ll.reshape(-1, ll.shape[-1]), ratios)
         result.attrs["draws"] = f"guide, corrected (k-hat {khat(posterior):.2f})"
         return result
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # ArviZ warns about high Pareto k: reported in the table instead
-        result = az.loo(idata, pointwise=True)
+        result = az.loo(idata, pointwise=True, var_name=var_name)
     result.attrs["draws"] = "guide, uncorrected" if method == "svi" else "posterior"
     return result
 

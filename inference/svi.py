@@ -417,9 +417,19 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 10000, lr:
         guide=guide_fn, coords=coords, log_q=log_q,
         settings=dict(guide=guide if isinstance(guide, str) else "model's own" if guide is None else "custom",
                       elbo=type(loss_obj).__name__, num_steps=num_steps,
-                      lr=lr if optim is None else type(optim).__name__, num_particles=num_particles,
+                      lr=lr if optim is None else _optim_name(optim), num_particles=num_particles,
                       seed=seed, loss_route=loss_route, **report.settings()),
     )
+
+
+def _optim_name(optim) -> str:
+    """``ClippedAdam`` for ``pyro.optim.ClippedAdam(...)``, ``ExponentialLR(SGD)`` for a scheduler wrapper, a
+    factory's function name, else the type's."""
+    if isinstance(optim, PyroLRScheduler):
+        return f"{optim.pt_scheduler_constructor.__name__}({optim.pt_optim_constructor.__name__})"
+    if isinstance(optim, PyroOptim):
+        return optim.pt_optim_constructor.__name__
+    return getattr(optim, "__name__", type(optim).__name__)
 
 
 def _nonfinite_unchecked(loss_fn) -> bool:
