@@ -17,8 +17,9 @@ variational inference"). So the tools of MCMC apply to them:
   the averages of two successive levels agree within three combined Monte Carlo standard errors for
   every coordinate (a smaller step would not move the answer detectably).
 
-``num_steps`` is a maximum: a run that never becomes stationary ends there and is reported as not
-converged. Memory stays bounded: the history kept for R-hat has at most ``MAX_TRACKED`` coordinates
+``num_steps`` is a maximum: a run that never becomes stationary ends there, at the average of the
+iterates of the last tenth of the budget (tail averaging: the last iterate carries the whole gradient
+noise of the step size), and is reported as not converged. Memory stays bounded: the history kept for R-hat has at most ``MAX_TRACKED`` coordinates
 (evenly spaced over the parameter vector), the averages use running sums of every coordinate.
 """
 
@@ -173,9 +174,14 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
     report = Convergence(converged=False, steps=0)
     info = {"lr": loop.lr, "start": 0, "stationary_at": None}
     rhat, few = float("nan"), None
+    tail_start = num_steps - max(1, num_steps // 10)
+    tail, tail_count = None, 0
     for _ in range(num_steps):
         loop.step(loss_fn)
         monitor.record()
+        if mode != "fixed" and monitor.steps > tail_start:   # the last tenth of the budget, at one step size
+            tail = monitor.flat() if tail is None else tail + monitor.flat()
+            tail_count += 1
         if mode == "fixed" or (monitor.steps - level_start) % CHECK_EVERY:
             continue
         ok, window, rhat = monitor.stationary(level_start)
@@ -202,6 +208,7 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         previous = (monitor.tracked_of(average), mcse)
         loop.scale_lr(rho)
         level, level_start = level + 1, monitor.steps
+        tail, tail_count = None, 0
         info = {"lr": loop.lr, "start": level_start, "stationary_at": None}
     report.steps = monitor.steps
     if mode == "fixed":
@@ -215,11 +222,13 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
                          f"{math.ceil(WINDOW_MIN / 0.95)})")
     elif not report.converged:
         ok, _, report.rhat = monitor.stationary(level_start)
+        if tail is not None:
+            monitor.assign(tail / tail_count)
         why = (f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ESS_MIN}" if ok else
                f"iterate R-hat {report.rhat:.3f} > {RHAT_MAX}" if np.isfinite(report.rhat) else
                f"too few steps to judge stationarity: R-hat needs {math.ceil(WINDOW_MIN / 0.95)}")
         report.reason = (f"not converged after {monitor.steps} steps ({why} {_at(loop.lr)}); "
-                         "raise num_steps")
+                         f"parameters averaged over the last {tail_count} iterates; raise num_steps")
         report.levels.append(info)
     return report
 
