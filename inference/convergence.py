@@ -19,8 +19,9 @@ variational inference"). So the tools of MCMC apply to them:
 
 ``num_steps`` is a maximum: a run that never becomes stationary ends there, at the average of the
 iterates of the last tenth of the budget (tail averaging: the last iterate carries the whole gradient
-noise of the step size), and is reported as not converged. Memory stays bounded: the history kept for R-hat has at most ``MAX_TRACKED`` coordinates
-(evenly spaced over the parameter vector), the averages use running sums of every coordinate.
+noise of the step size), and is reported as not converged. Memory stays bounded: the history kept for
+R-hat has at most ``MAX_TRACKED`` coordinates (evenly spaced over the parameter vector), the averages
+use running sums of every coordinate.
 """
 
 from __future__ import annotations

@@ -71,16 +71,22 @@ def _log_ratios(posterior) -> np.ndarray | None:
             log_p = np.empty(C * S)
             with torch.no_grad(), pyro.validation_enabled(False):
                 for i in range(C * S):
-                    values = {k: v[i] for k, v in flat.items()}
-                    theta = torch.from_numpy(potential.flatten(values)).to(potential.dtype)
-                    log_jac = sum(float(potential.transforms[k].log_abs_det_jacobian(u, potential.transforms[k](u)).sum())
-                                  for k, u in potential.unflatten(theta).items())
-                    log_p[i] = float(potential.log_density(theta)) - log_jac
+                    theta = torch.from_numpy(potential.flatten({k: v[i] for k, v in flat.items()})).to(potential.dtype)
+                    log_p[i] = float(potential.log_density(theta)) - _log_jacobian(potential, theta)
     except Exception as e:  # noqa: BLE001 - no ratios: the diagnosis says so instead
         log.warning("k-hat: not computed for this posterior (%s)", str(e).splitlines()[0][:200] if str(e) else e)
         return None
     ratios = log_p.reshape(C, S) - posterior.log_q
     return ratios if np.isfinite(ratios).any() else None
+
+
+def _log_jacobian(potential, theta: torch.Tensor) -> float:
+    """log |det J| of the map from ``theta`` (unconstrained) to the sites' values."""
+    total = 0.0
+    for k, u in potential.unflatten(theta).items():
+        t = potential.transforms[k]
+        total += float(t.log_abs_det_jacobian(u, t(u)).sum())
+    return total
 
 
 def psis(posterior) -> tuple[np.ndarray, float] | None:

@@ -193,7 +193,8 @@ def plot_losses(posteriors):
         w = max(1, len(losses) // 50)
         if w > 1:
             smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(w - 1, len(losses)), smooth, color=line.get_color(), label=f"{label.upper()} (moving mean)")
+            ax.plot(np.arange(w - 1, len(losses)), smooth, color=line.get_color(),
+                    label=f"{label.upper()} (moving mean)")
         at = post.settings.get("stationary_at")
         if at is not None:   # where the averaging window of a converged fit began (inference.convergence)
             ax.axvline(at, color=line.get_color(), ls="--", lw=1, label=f"{label.upper()}: stationary from step {at}")

@@ -231,10 +231,11 @@ class Optimization:
     :func:`inference.lightning.train_lightning`, and the progress bar of the run.
 
     Adam on ``params``; the learning rate decays exponentially, per step, to ``lr * lr_decay`` at step
-    ``num_steps`` (or ``optim``: :func:`make_optimizer`); gradients are clipped to norm ``clip_norm`` (None: not clipped). A non-finite loss
-    (or a distribution refusing a non-finite argument) restores the parameters of the last finite step
-    and raises :class:`SVIDivergedError` naming them (``names``: ``id(tensor) -> name``) and carrying
-    ``model`` and ``guide``; any other exception of the model or guide propagates unchanged.
+    ``num_steps`` (or ``optim``: :func:`make_optimizer`); gradients are clipped to norm ``clip_norm``
+    (None: not clipped). A non-finite loss (or a distribution refusing a non-finite argument) restores the
+    parameters of the last finite step and raises :class:`SVIDivergedError` naming them (``names``:
+    ``id(tensor) -> name``) and carrying ``model`` and ``guide``; any other exception of the model or guide
+    propagates unchanged.
 
     Recorded losses (``losses``, a list that a resumed run hands back in) are divided by ``per``
     (the minibatch trainer records them per data element); ``steps`` counts the steps taken.

@@ -131,7 +131,8 @@ def test_corrected_loo_of_a_poor_guide_is_nuts_loo_and_the_uncorrected_is_not(re
     assert importance.khat(wide) < 0.5            # both estimates are valid importance sampling
     corrected, uncorrected, reference = (inference.loo(wide), inference.loo(wide, correct=False),
                                          inference.loo(nuts))
-    assert corrected.attrs["draws"].startswith("guide, corrected") and uncorrected.attrs["draws"] == "guide, uncorrected"
+    assert corrected.attrs["draws"].startswith("guide, corrected")
+    assert uncorrected.attrs["draws"] == "guide, uncorrected"
     assert reference.attrs["draws"] == "posterior"
     assert abs(corrected.elpd_loo - reference.elpd_loo) < 2 * reference.se
 
