@@ -15,7 +15,8 @@ variational inference"). So the tools of MCMC apply to them:
 - **step-size levels** (Welandawe et al. 2022, RABVI): once stationary, the parameters restart from
   the average with the step size multiplied by ``RHO``; the run stops at the last level, or earlier when
   the averages of two successive levels agree within three combined Monte Carlo standard errors for
-  every coordinate (a smaller step would not move the answer detectably).
+  every coordinate (a smaller step would not move the answer detectably). A run whose budget ends at a
+  smaller step size after an earlier one converged has converged (at that earlier step size).
 
 ``num_steps`` is a maximum: a run that never becomes stationary ends there, at the average of the
 iterates of the last tenth of the budget (tail averaging: the last iterate carries the whole gradient
@@ -222,14 +223,21 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
                          else f"{monitor.steps} fixed steps: too few to judge stationarity (R-hat needs "
                          f"{math.ceil(WINDOW_MIN / 0.95)})")
     elif not report.converged:
-        ok, _, report.rhat = monitor.stationary(level_start)
+        ok, _, rhat_now = monitor.stationary(level_start)
         if tail is not None:
             monitor.assign(tail / tail_count)
-        why = (f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ESS_MIN}" if ok else
-               f"iterate R-hat {report.rhat:.3f} > {RHAT_MAX}" if np.isfinite(report.rhat) else
-               f"too few steps to judge stationarity: R-hat needs {math.ceil(WINDOW_MIN / 0.95)}")
-        report.reason = (f"not converged after {monitor.steps} steps ({why} {_at(loop.lr)}); "
-                         f"parameters averaged over the last {tail_count} iterates; raise num_steps")
+        averaged = f"parameters averaged over the last {tail_count} iterates"
+        if report.levels:   # an earlier step size converged; the budget ended at a smaller one
+            report.converged = True
+            report.reason = (f"stationary (iterate R-hat {report.rhat:.3f} <= {RHAT_MAX}) at step size "
+                             f"{report.levels[-1]['lr']:.3g}; the budget ended at step size {loop.lr:.3g}; {averaged}")
+        else:
+            report.rhat = rhat_now
+            why = (f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ESS_MIN}" if ok
+                   else f"iterate R-hat {rhat_now:.3f} > {RHAT_MAX}" if np.isfinite(rhat_now)
+                   else f"too few steps to judge stationarity: R-hat needs {math.ceil(WINDOW_MIN / 0.95)}")
+            report.reason = (f"not converged after {monitor.steps} steps ({why} {_at(loop.lr)}); {averaged}; "
+                             "raise num_steps")
         report.levels.append(info)
     return report
 

@@ -62,17 +62,22 @@ def _log_ratios(posterior) -> np.ndarray | None:
         with target.scope(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             potential = Potential(target.form(marginal), data, max_plate_nesting=info.max_plate_nesting,
-                                  route="eager")
+                                  route="graph")   # traced once, checked against Pyro's potential
             missing = set(potential.names) - set(posterior.samples)
             if missing:
                 raise ValueError(f"the draws hold no value of latent site(s) {sorted(missing)}")
             C, S = posterior.num_chains, posterior.num_draws
             flat = {k: posterior.samples[k].reshape(C * S, *posterior.samples[k].shape[2:]) for k in potential.names}
             log_p = np.empty(C * S)
-            with torch.no_grad(), pyro.validation_enabled(False):
-                for i in range(C * S):
-                    theta = torch.from_numpy(potential.flatten({k: v[i] for k, v in flat.items()})).to(potential.dtype)
-                    log_p[i] = float(potential.log_density(theta)) - _log_jacobian(potential, theta)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)   # one draw at a time, tiny tensors: a thread pool only contends
+            try:
+                with torch.no_grad(), pyro.validation_enabled(False):
+                    for i in range(C * S):
+                        theta = torch.from_numpy(potential.flatten({k: v[i] for k, v in flat.items()}))
+                        log_p[i] = potential(theta.numpy())[0] - _log_jacobian(potential, theta.to(potential.dtype))
+            finally:
+                torch.set_num_threads(threads)
     except Exception as e:  # noqa: BLE001 - no ratios: the diagnosis says so instead
         log.warning("k-hat: not computed for this posterior (%s)", str(e).splitlines()[0][:200] if str(e) else e)
         return None

@@ -409,8 +409,7 @@ def fit_svi(model, data, *, guide=None, elbo="auto", num_steps: int = 10000, lr:
             mode = "fixed" if not converge else "levels" if optim is None else "single"
             report = optimize(loop, loss_fn, params, num_steps=num_steps, mode=mode)
         losses = loop.losses
-        (log.info if report.converged else log.warning)("SVI %s: %s; final loss %.4g", target.name, report.reason,
-                                                         losses[-1])
+        log.info("SVI %s: %s; final loss %.4g", target.name, report.reason, losses[-1])   # diagnose says it
         samples, log_q = sample_guide(guide_fn, data, info.latent, 1 if method == "map" else num_samples,
                                       log_density=True)
     return Posterior(
