@@ -62,7 +62,7 @@ def _log_ratios(posterior) -> np.ndarray | None:
         with target.scope(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             potential = Potential(target.form(marginal), data, max_plate_nesting=info.max_plate_nesting,
-                                  route="graph")   # traced once, checked against Pyro's potential
+                                  route="eager")   # Pyro's trace per draw: no build, any model
             missing = set(potential.names) - set(posterior.samples)
             if missing:
                 raise ValueError(f"the draws hold no value of latent site(s) {sorted(missing)}")
