@@ -32,6 +32,9 @@ import pyro
 import torch
 import xarray as xr
 
+from inference.posterior import Posterior
+from inference.potential import Potential
+
 log = logging.getLogger(__name__)
 
 KHAT_GOOD = 0.5
@@ -50,8 +53,6 @@ def log_ratios(posterior) -> np.ndarray | None:
 
 
 def _log_ratios(posterior) -> np.ndarray | None:
-    from inference.potential import Potential
-
     if posterior.log_q is None:
         return None
     target, data = posterior.target, posterior.data
@@ -127,9 +128,7 @@ def reweighted(posterior, *, seed: int = 0, num_draws: int | None = None):
     n = num_draws or lw.size
     rng = np.random.default_rng(seed)
     index = torch.from_numpy(rng.choice(lw.size, size=n, replace=True, p=np.exp(lw - np.logaddexp.reduce(lw))))
-    samples = {k_: v.reshape(-1, *v.shape[2:])[index].unsqueeze(0) for k_, v in posterior.samples.items()}
-    from inference.posterior import Posterior
-
+    samples = {name: v.reshape(-1, *v.shape[2:])[index].unsqueeze(0) for name, v in posterior.samples.items()}
     return Posterior(posterior.target, posterior.data, samples, method="svi+psis", wall_time=posterior.wall_time,
                      losses=posterior.losses, guide=posterior.guide, coords=posterior.coords,
                      settings={**posterior.settings, "khat": round(k, 3), "psis_ess": round(ess(lw), 1)})
