@@ -48,10 +48,11 @@ MAX_TRACKED = 1000
 
 @dataclass
 class Convergence:
-    """What the iterates said: ``converged`` (stationary at the last level, or two levels agreed),
-    ``steps`` taken, the step where the final averaging window began (``stationary_at``, None when never
-    stationary), the R-hat of that window (or of the last check when never stationary), and per level
-    ``{"lr", "start", "stationary_at", "window", "rhat", "ess_min"}``."""
+    """What the iterates said: ``converged`` (a step size reached a stationary window with enough effective
+    iterates; for ``mode="fixed"``: the last iterates are stationary), ``steps`` taken, the step where the
+    last stationary window began (``stationary_at``, None when never stationary), that window's R-hat (or
+    the last check's), why (``reason``), and per step size ``{"lr", "start", "stationary_at", "window",
+    "rhat", "ess_min", "mcse_max"}``."""
 
     converged: bool
     steps: int
@@ -80,9 +81,9 @@ def split_rhat(x: np.ndarray) -> np.ndarray:
     return np.where(within > 0, rhat, 1.0)
 
 
-def ess_bulk(x: np.ndarray) -> np.ndarray:
-    """Effective sample size of each column of ``x`` (one chain), Geyer's initial monotone sequence
-    (ArviZ's estimator on one chain, vectorized over columns). Constant columns: the number of rows."""
+def effective_sample_size(x: np.ndarray) -> np.ndarray:
+    """Effective sample size of each column of ``x`` (one chain, no rank normalisation), Geyer's initial
+    monotone sequence, vectorized over columns. Constant columns: the number of rows."""
     n = x.shape[0]
     centred = x - x.mean(0)
     size = 1 << (2 * n - 1).bit_length()
@@ -143,7 +144,7 @@ class IterateMonitor:
         """Bulk ESS and Monte Carlo standard error of the average, per tracked coordinate, over the last
         ``window`` iterates."""
         x = np.asarray(self.history[self.steps - window:])
-        ess = ess_bulk(x)
+        ess = effective_sample_size(x)
         return ess, x.std(0, ddof=1) / np.sqrt(ess)
 
     def average(self, window: int) -> torch.Tensor:

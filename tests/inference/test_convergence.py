@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inference import convergence
-from inference.convergence import ess_bulk, optimize, split_rhat
+from inference.convergence import effective_sample_size, optimize, split_rhat
 from inference.svi import Optimization
 
 
@@ -43,9 +43,9 @@ def test_ess_of_ar1_iterates_is_the_closed_form():
     # the estimator's relative sd at n = 20000 is ~ sqrt(2 * tau_window / n) ~ 4 %, so 15 % is > 3 sds
     phi, n = 0.6, 20000
     x = ar1(phi, n, 4, seed=2)
-    np.testing.assert_allclose(ess_bulk(x), n * (1 - phi) / (1 + phi), rtol=0.15)
+    np.testing.assert_allclose(effective_sample_size(x), n * (1 - phi) / (1 + phi), rtol=0.15)
     iid = np.random.default_rng(3).normal(size=(n, 2))
-    np.testing.assert_allclose(ess_bulk(iid), n, rtol=0.15)
+    np.testing.assert_allclose(effective_sample_size(iid), n, rtol=0.15)
 
 
 class NoisyQuadratic:
