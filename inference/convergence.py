@@ -6,8 +6,9 @@ variational inference"). So the tools of MCMC apply to them:
 
 - **stationarity**: split R-hat of every tracked coordinate of the parameter vector over a window of the
   latest iterates (the window split in two halves, as two chains); the iterates are stationary when the
-  largest R-hat over the best of a few candidate windows is at most ``RHAT_MAX`` = 1.1. Candidate
-  windows run from ``WINDOW_MIN`` iterates to 95 % of the iterates at the current step size (FASO);
+  largest R-hat over one of a few candidate windows is at most ``RHAT_MAX`` = 1.1 (the longest such window
+  is averaged). Candidate windows run from ``WINDOW_MIN`` iterates to 95 % of the iterates at the current
+  step size (FASO);
 - **iterate averaging**: the mean of the stationary window estimates the optimum far better than the
   last iterate (the noise of single iterates averages out), provided the window holds enough effective
   draws: its bulk effective sample size is at least ``ESS_MIN`` for every tracked coordinate, and the
@@ -127,9 +128,10 @@ class IterateMonitor:
             self.snapshots[self.steps] = self.total.clone()
 
     def stationary(self, since: int) -> tuple[bool, int, float]:
-        """Whether the iterates after step ``since`` end in a stationary window: ``(ok, window, rhat)``,
-        the best of up to five candidate windows (multiples of ``CHECK_EVERY``, from ``WINDOW_MIN`` to
-        95 % of the iterates since ``since``)."""
+        """Whether the iterates after step ``since`` end in a stationary window: ``(ok, window, rhat)`` for
+        the longest of up to five candidate windows (multiples of ``CHECK_EVERY``, from ``WINDOW_MIN`` to
+        95 % of the iterates since ``since``) whose R-hat is at most ``RHAT_MAX`` (else the one of least
+        R-hat): the longest holds the most effective iterates to average."""
         available = self.steps - since
         upper = int(0.95 * available) // CHECK_EVERY * CHECK_EVERY
         if upper < WINDOW_MIN:
@@ -137,8 +139,9 @@ class IterateMonitor:
         windows = sorted({int(w) // CHECK_EVERY * CHECK_EVERY for w in np.linspace(WINDOW_MIN, upper, 5)})
         x = np.asarray(self.history[self.steps - windows[-1]:])
         rhats = [float(split_rhat(x[len(x) - w:]).max()) for w in windows]
-        best = int(np.argmin(rhats))
-        return rhats[best] <= RHAT_MAX, windows[best], rhats[best]
+        passing = [i for i, r in enumerate(rhats) if r <= RHAT_MAX]
+        best = passing[-1] if passing else int(np.argmin(rhats))   # the longest stationary window: most iterates
+        return bool(passing), windows[best], rhats[best]
 
     def window_stats(self, window: int) -> tuple[np.ndarray, np.ndarray]:
         """Bulk ESS and Monte Carlo standard error of the average, per tracked coordinate, over the last
