@@ -230,7 +230,8 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         ok, _, rhat_now = monitor.stationary(level_start)
         if tail is not None:
             monitor.assign(tail / tail_count)
-        averaged = f"parameters averaged over the last {tail_count} iterates"
+        averaged = (f"parameters averaged over the last {tail_count} iterates" if tail_count else
+                    "parameters from the last average")
         if report.levels:   # an earlier step size converged; the budget ended at a smaller one
             report.converged = True
             report.reason = (f"stationary (iterate R-hat {report.rhat:.3f} <= {RHAT_MAX}) at step size "
