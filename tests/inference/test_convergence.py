@@ -11,6 +11,8 @@ from inference import convergence
 from inference.convergence import effective_sample_size, optimize, split_rhat
 from inference.svi import Optimization
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors: a thread pool only contends
+
 
 def ar1(phi: float, n: int, columns: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -14,6 +14,8 @@ import torch
 import inference
 from inference import importance
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors: a thread pool only contends
+
 N = 200
 PRIOR_SD = 100.0
 # N(3, 1) points shifted by +40: the posterior (sd 0.07) lies ~600 of its sds from the prior median 0,
@@ -77,6 +79,7 @@ def test_log_ratios_are_the_closed_form_densities(normal_fit):
                                atol=1e-3)
 
 
+@pytest.mark.slow
 def test_khat_names_a_mean_field_guide_on_a_correlated_posterior():
     """Closed form: for Gaussian p and q the ratios' Pareto shape is k = 1 - lambda_min(S_q^1/2 S_p^-1 S_q^1/2);
     the mean-field optimum (sds sqrt(1 - rho^2)) gives k = 1 - (1 + rho) = 0.995. The estimate from finite
