@@ -112,7 +112,7 @@ class Potential:
         self.leaves, self._rebuild = flatten_data(data)
         self.compile_seconds = 0.0
         self._reference = None
-        self._points = self._check_points()
+        self._checked_at = None   # the check points, found when a route is first checked
         self.guard = Guard(f"{name}: potential", ("eager", self._value_and_grad))
         if closed_form is not None:
             fn = self._closed_form(closed_form[1])
@@ -233,7 +233,7 @@ class Potential:
         new = copy.copy(self)
         new.data, new.leaves, new._rebuild, new._reference = data, leaves, rebuild, None
         new.guard = Guard(self.guard.what, self.guard.routes[-1])
-        new._points = new._check_points()
+        new._checked_at = None
         for name, fn in reversed(self.guard.routes[:-1]):
             why = new._disagreement(fn)
             if why:
@@ -270,6 +270,12 @@ class Potential:
             finally:
                 self.compile_seconds += time.perf_counter() - start
             self.guard.add(name, fn)
+
+    @property
+    def _points(self) -> list[tuple[np.ndarray, tuple]]:
+        if self._checked_at is None:
+            self._checked_at = self._check_points()
+        return self._checked_at
 
     def _check_points(self) -> list[tuple[np.ndarray, tuple]]:
         """Up to three points where Pyro's potential is finite, with its value and gradient there: the
