@@ -46,10 +46,43 @@ SCHOOLS_SIGMA = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
 
 
 # --- the child processes ----------------------------------------------------------------------------
-def zoo_run(case: str, chains: int, warmup: int, draws: int) -> dict:
-    import numpy as np
+def pyro_models() -> dict:
+    """The plain Pyro models of the cases (Pyro imported here: the NumPyro processes never load torch)."""
     import pyro
     import pyro.distributions as dist
+    import torch
+
+    def gmm(data):
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3, dtype=data.dtype)))
+        with pyro.plate("components", 3):
+            locs = pyro.sample("locs", dist.Normal(torch.zeros(2, dtype=data.dtype), 10.0).to_event(1))
+            scales = pyro.sample("scales", dist.LogNormal(torch.zeros(2, dtype=data.dtype), 1.0).to_event(1))
+        with pyro.plate("data", len(data)):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            pyro.sample("obs", dist.Normal(locs[z], scales[z]).to_event(1), obs=data)
+
+    def schools(data):
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64)))
+        with pyro.plate("schools", 8):
+            eta = pyro.sample("eta", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+            pyro.sample("y", dist.Normal(mu + tau * eta, data["sigma"]), obs=data["y"])
+
+    return {"gmm": gmm, "schools": schools}
+
+
+def pyro_data(case: str):
+    import torch
+
+    from nuts_bench import gmm_data
+
+    if case == "gmm":
+        return torch.from_numpy(gmm_data())
+    return {"y": torch.tensor(SCHOOLS_Y, dtype=torch.float64), "sigma": torch.tensor(SCHOOLS_SIGMA, dtype=torch.float64)}
+
+
+def zoo_run(case: str, chains: int, warmup: int, draws: int) -> dict:
+    import numpy as np
     import torch
 
     import inference
@@ -65,28 +98,9 @@ def zoo_run(case: str, chains: int, warmup: int, draws: int) -> dict:
                                  progress=False)
         return {"fit_s": time.perf_counter() - start, "route": post.settings["loss_route"],
                 "final_loss": float(np.mean(post.losses[-draws // 10:]))}
-    if case == "gmm":
-        x = torch.from_numpy(gmm_data())
-
-        def model(data):
-            weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3, dtype=data.dtype)))
-            with pyro.plate("components", 3):
-                locs = pyro.sample("locs", dist.Normal(torch.zeros(2, dtype=data.dtype), 10.0).to_event(1))
-                scales = pyro.sample("scales", dist.LogNormal(torch.zeros(2, dtype=data.dtype), 1.0).to_event(1))
-            with pyro.plate("data", len(data)):
-                z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-                pyro.sample("obs", dist.Normal(locs[z], scales[z]).to_event(1), obs=data)
-    else:
-        x = {"y": torch.tensor(SCHOOLS_Y, dtype=torch.float64), "sigma": torch.tensor(SCHOOLS_SIGMA, dtype=torch.float64)}
-
-        def model(data):
-            mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
-            tau = pyro.sample("tau", dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64)))
-            with pyro.plate("schools", 8):
-                eta = pyro.sample("eta", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
-                pyro.sample("y", dist.Normal(mu + tau * eta, data["sigma"]), obs=data["y"])
     start = time.perf_counter()
-    post = inference.run_nuts(model, x, num_samples=draws, warmup_steps=warmup, num_chains=chains, progress=False)
+    post = inference.run_nuts(pyro_models()[case], pyro_data(case), num_samples=draws, warmup_steps=warmup,
+                              num_chains=chains, progress=False)
     fit = time.perf_counter() - start
     samples = {k: v.numpy() for k, v in post.samples.items()}
     return {"fit_s": fit, "route": post.settings["potential"], "ess": min_ess(case, samples),

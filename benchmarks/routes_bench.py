@@ -37,7 +37,7 @@ def measure(case: str) -> dict:
     from pyro.infer.autoguide import AutoNormal
 
     import zoo
-    from defaults_bench import SCHOOLS_SIGMA, SCHOOLS_Y
+    from defaults_bench import pyro_data, pyro_models
     from inference.objectives import TracedLoss
     from inference.potential import Potential
     from inference.svi import collect_parameters
@@ -57,29 +57,8 @@ def measure(case: str) -> dict:
 
     out = {}
     if case.endswith("potential"):
-        if case == "gmm-potential":
-            data = torch.from_numpy(gmm_data())
-
-            def model(x):
-                weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3, dtype=x.dtype)))
-                with pyro.plate("components", 3):
-                    locs = pyro.sample("locs", dist.Normal(torch.zeros(2, dtype=x.dtype), 10.0).to_event(1))
-                    scales = pyro.sample("scales", dist.LogNormal(torch.zeros(2, dtype=x.dtype), 1.0).to_event(1))
-                with pyro.plate("data", len(x)):
-                    z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-                    pyro.sample("obs", dist.Normal(locs[z], scales[z]).to_event(1), obs=x)
-            nesting = 1
-        else:
-            data = {"y": torch.tensor(SCHOOLS_Y, dtype=torch.float64),
-                    "sigma": torch.tensor(SCHOOLS_SIGMA, dtype=torch.float64)}
-
-            def model(x):
-                mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 5.0))
-                tau = pyro.sample("tau", dist.HalfCauchy(torch.tensor(5.0, dtype=torch.float64)))
-                with pyro.plate("schools", 8):
-                    eta = pyro.sample("eta", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
-                    pyro.sample("y", dist.Normal(mu + tau * eta, x["sigma"]), obs=x["y"])
-            nesting = 1
+        name = case.split("-")[0]
+        model, data, nesting = pyro_models()[name], pyro_data(name), 1
         start = time.perf_counter()
         p = Potential(model, data, max_plate_nesting=nesting, route="graph")
         out["trace_s"] = time.perf_counter() - start

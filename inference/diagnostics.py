@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from inference.importance import KHAT_GOOD, KHAT_MAX, khat
-from inference.posterior import Posterior, quiet_arviz
+from inference.azcompat import quiet as quiet_arviz
+from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from pyro.infer import Predictive
 from pyro.infer.autoguide.initialization import InitMessenger
 
 from inference.azcompat import from_dict
-from inference.azcompat import quiet as quiet_arviz  # noqa: F401 - imported from here by compare and diagnostics
 from inference.target import Target, num_observations, sample_or_uniform
 
 log = logging.getLogger(__name__)
