@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
