@@ -485,9 +485,15 @@ def table(results: dict) -> str:
 
 def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    peers = ", ".join(f"{p} {version(p)}" for p in ("numpyro", "jax", "nutpie", "pyro-ppl"))
+    def installed(package):
+        try:
+            return f"{package} {version(package)}"
+        except PackageNotFoundError:
+            return f"no {package}"
+
+    peers = ", ".join(installed(p) for p in ("numpyro", "jax", "nutpie", "pyro-ppl"))
     return (f"{platform.machine()}, {cores} cores, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{peers}; load average {os.getloadavg()[0]:.1f} at the start")
 

@@ -319,7 +319,7 @@ def _recovery(target, data, state, seed):
     sites = [k for k in target.global_sites(simulated) if k in truth]
     if not sites:
         return "not run: simulate's truth holds no global site"
-    kwargs = dict(guide=target.guide, num_samples=20, seed=seed, progress=False)
+    kwargs = dict(guide=target.guide, num_samples=20, seed=seed, progress=False, converge=False, lr=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         start = fit_svi(target.model, simulated, num_steps=1, **kwargs)

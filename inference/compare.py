@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from inference.posterior import Posterior, quiet_arviz
+from inference.azcompat import quiet as quiet_arviz
+from inference.posterior import Posterior
 
 AGREE_SMD = 0.25     # |mean_a - mean_b| / sd_b below this: the means agree
 SD_RATIO = (0.5, 2.0)

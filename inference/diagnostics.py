@@ -15,17 +15,28 @@ random walk and the tails (a funnel, heavy tails) are visited too rarely for the
 Runs that record ``reached_max_treedepth`` also report how many transitions were cut short at the
 maximum tree depth (an efficiency warning: trajectories stopped before they turned around).
 Samplers that record neither (Pyro's kernel) simply get no such verdict.
+
+SVI posteriors get two verdicts of their own. Whether the optimisation converged (the iterates were
+stationary: :mod:`inference.convergence`; ``Posterior.settings["converged"]``), and the Pareto k-hat of
+the guide's importance ratios p(x, z) / q(z) (Yao et al. 2018; :mod:`inference.importance`): above 0.7
+the guide misses the posterior and its sds are not to be trusted, whatever R-hat and ESS of its
+independent draws say; 0.5-0.7 is usable with care.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import arviz as az
 import numpy as np
 import pandas as pd
 
-from inference.posterior import Posterior, quiet_arviz
+from inference.importance import KHAT_GOOD, KHAT_MAX, khat
+from inference.azcompat import quiet as quiet_arviz
+from inference.posterior import Posterior
+
+log = logging.getLogger(__name__)
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -46,6 +57,10 @@ class Diagnosis:
     bfmi: np.ndarray | None = None
     #: transitions that stopped at the maximum tree depth (None when not recorded)
     max_treedepth_hits: int | None = None
+    #: SVI: Pareto k-hat of the guide's importance ratios (None when not an SVI fit or not computable)
+    khat: float | None = None
+    #: SVI: whether the optimisation converged (None when not recorded)
+    converged: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -60,6 +75,10 @@ class Diagnosis:
                 f"{self.divergences} divergences")
         if self.bfmi is not None:
             head += ", E-BFMI " + " ".join(f"{b:.2f}" for b in self.bfmi)
+        if self.khat is not None:
+            head += f", Pareto k-hat {self.khat:.2f}"
+        if self.converged is not None:
+            head += ", converged" if self.converged else ", NOT converged"
         head += f" -> {self.verdict}"
         lines = [head] + [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)
@@ -71,7 +90,8 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
 
     Reasons for concern: any R-hat above ``rhat_max``, any bulk ESS below ``ess_min``, any
     divergent transition, E-BFMI below ``bfmi_min`` in any chain, transitions that hit the maximum
-    tree depth (the last two only when the sampler recorded ``energy`` / ``reached_max_treedepth``).
+    tree depth (the last two only when the sampler recorded ``energy`` / ``reached_max_treedepth``);
+    for SVI, an optimisation that did not converge and a Pareto k-hat above ``KHAT_MAX`` (module docstring).
     A single draw (MAP, EM) yields a summary of point values and no verdict on mixing.
     """
     names = list(posterior.aligned)
@@ -84,8 +104,11 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
             for idx in np.ndindex(mean.shape):
                 rows[posterior.element_label(name, idx)] = {"mean": float(mean[idx])}
         summary = pd.DataFrame.from_dict(rows, orient="index")
-        return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws,
-                         [f"point estimate ({n_total} draw): no uncertainty or mixing diagnostics"])
+        reasons = [f"point estimate ({n_total} draw): no uncertainty or mixing diagnostics"]
+        if posterior.settings.get("converged") is False:
+            reasons.append(f"the optimisation did not converge: {posterior.settings.get('convergence', '')}")
+        return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws, reasons,
+                         converged=posterior.settings.get("converged"))
     # one chain (SVI draws): ArviZ logs that split R-hat needs two; a constant quantity divides 0 by 0
     with quiet_arviz(), np.errstate(invalid="ignore", divide="ignore"):
         summary = az.summary(posterior.quantities_idata(), var_names=names, hdi_prob=hdi_prob, round_to="none")
@@ -121,8 +144,24 @@ def diagnose(posterior: Posterior, *, rhat_max: float = RHAT_MAX, ess_min: float
                 f"{hits} transition{'s' if hits > 1 else ''} ({100 * hits / saturated.size:.1f}%) stopped at the "
                 f"maximum tree depth{f' {depth}' if depth is not None else ''}: trajectories were cut before "
                 "turning around (slow exploration, not bias); raise max_tree_depth or reparameterize")
+    k, converged = svi_reasons(posterior, reasons)
     return Diagnosis(posterior.method, summary, divergences, posterior.num_chains, posterior.num_draws, reasons,
-                     bfmi=bfmi, max_treedepth_hits=hits)
+                     bfmi=bfmi, max_treedepth_hits=hits, khat=k, converged=converged)
+
+
+def svi_reasons(posterior: Posterior, reasons: list[str]) -> tuple[float | None, bool | None]:
+    """Append the SVI verdicts (module docstring) to ``reasons``; returns ``(k-hat, converged)``."""
+    converged = posterior.settings.get("converged")
+    if converged is False:
+        reasons.append(f"the optimisation did not converge: {posterior.settings.get('convergence', '')}")
+    k = khat(posterior) if posterior.log_q is not None else None
+    if k is not None and k > KHAT_MAX:
+        reasons.append(f"Pareto k-hat {k:.2f} > {KHAT_MAX}: the guide misses the posterior: do not trust its sds "
+                       "(the importance ratios p(x, z) / q(z) are heavy-tailed: the guide is too narrow or misses "
+                       "correlations or modes); use a richer guide (guide='mvn') or NUTS")
+    elif k is not None and k > KHAT_GOOD:
+        log.info("SVI: Pareto k-hat %.2f in (%.1f, %.1f]: the guide is usable with care", k, KHAT_GOOD, KHAT_MAX)
+    return k, converged
 
 
 def energy_bfmi(posterior: Posterior) -> np.ndarray | None:

@@ -38,7 +38,11 @@ SECTIONS = {
     "comparison": ("SVI vs NUTS", "Rows whose verdict is not 'agree': SVI means off by more than a quarter of "
                                   "a NUTS sd, or sds too small (mean-field SVI underestimates variance)."),
     "diagnostics": ("Diagnostics and verdicts", "Every verdict should be 'pass': R-hat <= 1.01, bulk ESS >= 400, "
-                                                "no divergences; E-BFMI below 0.3 means poor exploration."),
+                                                "no divergences; E-BFMI below 0.3 means poor exploration. SVI: "
+                                                "'converged' (the iterates became stationary) and Pareto k-hat "
+                                                "of the guide below 0.5 (close to the posterior); 0.5-0.7 use "
+                                                "with care; above 0.7 the guide misses the posterior: do not "
+                                                "trust its sds."),
     "plots": ("Trace, rank, energy and pair plots", "Traces should overlap like fuzzy caterpillars, rank "
                                                    "histograms be flat, the energy transition distribution be as "
                                                    "wide as the marginal energy, pairs show no funnels or "
@@ -47,7 +51,8 @@ SECTIONS = {
                                            "Bayesian p-values near 0 or 1 name what the model misses."),
     "loo": ("PSIS-LOO and model choice", "Higher elpd_loo predicts better; a difference smaller than about "
                                         "2 dse is no evidence; Pareto k above 0.7 makes that point's estimate "
-                                        "unreliable."),
+                                        "unreliable. SVI rows are corrected for the guide ('draws'); an "
+                                        "uncorrected SVI row treats guide draws as posterior draws."),
     "more": ("Further results", "Results particular to this model or command (held-out log-likelihood, "
                                 "amortization gap, ...)."),
     "sbc": ("Simulation-based calibration", "Every ECDF difference inside its simultaneous band and the verdict "
@@ -61,7 +66,8 @@ PLOTS = ("trace", "rank", "energy", "pair")
 #: PNG stems of a report folder -> section (stems not listed, e.g. a model's own figures, go to "data")
 STEM_SECTION = {"trace": "plots", "rank": "plots",
                 "forest": "comparison", "density": "comparison", "loss": "comparison", "elbo": "comparison",
-                "amortization": "comparison", "select": "loo", "khat": "loo"}
+                "amortization": "comparison", "select": "loo", "khat": "loo",
+                "importance": "diagnostics"}
 PREFIX_SECTION = {"ppc": "ppc", "sbc": "sbc", "energy": "plots", "pair": "plots"}
 CSV_SECTION = {"select.csv": "loo", "heldout.csv": "loo"}
 SBC_FILES = {"sbc.png", "sbc.csv"}   # shown by sbc_items with the verdict read from sbc.nc
@@ -344,7 +350,7 @@ def _loo(posteriors):
         k = np.asarray(r.pareto_k)
         rows[label] = {"elpd_loo": float(r.elpd_loo), "se": float(r.se), "p_loo": float(r.p_loo),
                        "points": int(r.n_data_points), "pareto_k_max": float(k.max()),
-                       "pareto_k > 0.7": int((k > 0.7).sum())}
+                       "pareto_k > 0.7": int((k > 0.7).sum()), "draws": r.attrs.get("draws", "")}
     items: list = []
     if rows:
         items.append(("PSIS-LOO on the marginal pointwise log-likelihood",

@@ -217,10 +217,9 @@ class TracedLoss:
     """A loss of a model/guide pair by the fastest route that agrees with Pyro's ELBO (see
     :func:`traced_loss`), checked against it when built (at the current parameters and random state, at
     perturbed parameters with other random draws, on another batch) and while it runs (the calls of
-    :class:`~inference.tracing.Guard`, the last planned step included). On a mismatch it steps aside to
-    the next route from the current parameters, with a warning; ``redo`` then counts the steps taken
-    since the last check that passed, for a caller who wants them taken again. ``describe()`` names
-    the route that produced the fit."""
+    :class:`~inference.tracing.Guard`) and when the caller asks, at the end (:meth:`verify`). On a
+    mismatch it steps aside to the next route from the current parameters, with a warning.
+    ``describe()`` names the route that produced the fit."""
 
     def __init__(self, loss_obj, model_fn, guide_fn, data, params, *, num_steps: int, subsample=None):
         self.loss_obj, self.model_fn, self.guide_fn, self.data = loss_obj, model_fn, guide_fn, data
@@ -229,9 +228,8 @@ class TracedLoss:
         self.leaves = flatten_data(data)[0]
         self.dtype = torch.float32 if any(p.dtype == torch.float32 for p in self.params) else torch.float64
         self.guard = Guard("SVI loss", ("pyro", None))
-        self.verified_at = 0
-        self.redo = 0
         self.compile_seconds = 0.0
+        self.graph = None   # the traced graph, once built
 
     @property
     def route(self) -> str:
@@ -299,6 +297,7 @@ class TracedLoss:
         finally:
             set_rng_state(state)   # the fit draws the same random numbers whichever route it takes
         self.guard.add("graph", fn)
+        self.graph = graph
         if route == "compiled" or route == "auto" and worth_compiling(self.num_steps, operations(graph),
                                                                       on_cpu=on_cpu(self.leaves)):
             try:   # no enumerated contraction here (TraceEnum keeps Pyro's): vectorized C++
@@ -370,23 +369,28 @@ class TracedLoss:
         indices = self.example if indices is None else indices
         if self.plate is not None and len(indices) != len(self.example):
             return self.pyro_loss(x, indices)   # a batch of another size (an epoch's last): Pyro's ELBO
-        check = self.guard.due() or (self.guard.calls == self.num_steps and not self.guard.on_reference)
+        check = self.guard.due()
         if self.guard.on_reference:
-            self.redo = max(0, self.redo - 1)
             return self.pyro_loss(x, indices)
-        if check:
-            state = get_rng_state()
-            why = self._compare(self.guard.fn, x, indices)
-            if why:
-                self.redo = self.guard.calls - self.verified_at
-                self.guard.step_aside(why)
-                set_rng_state(state)
-                self.guard.calls -= 1   # this call again, on the next route
-                return self(x, indices)
-            self.verified_at = self.guard.calls
-            set_rng_state(state)
+        if check and not self.verify(x, indices):
+            self.guard.calls -= 1   # this call again, on the next route
+            return self(x, indices)
         value, grads = self.guard.fn(x, indices)
         return _KnownGradient.apply(value, tuple(grads), *self.params)
+
+    def verify(self, x=None, indices=None) -> bool:
+        """Check the route in use against Pyro's ELBO at the current parameters (from the current random
+        state, which is left as it was); False when it disagreed and stepped aside."""
+        if self.guard.on_reference:
+            return True
+        state = get_rng_state()
+        try:
+            why = self._compare(self.guard.fn, x, self.example if indices is None else indices)
+        finally:
+            set_rng_state(state)
+        if why:
+            self.guard.step_aside(why)
+        return not why
 
 
 def _untraceable(loss_obj, guide_fn, data) -> tuple[str, int]:

@@ -184,21 +184,52 @@ def plot_overlay(posteriors):
 
 
 def plot_losses(posteriors):
-    """Training curves (negative ELBO) of SVI/MAP fits, smoothed over a moving window."""
+    """Training curves (negative ELBO) of SVI/MAP fits, smoothed over a moving window, with the step where
+    the iterates were found stationary (the averaging window's start) as a dashed line."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for label, post in posteriors.items():
         losses = np.asarray(post.losses)
-        ax.plot(losses, alpha=0.3, lw=0.8)
+        line, = ax.plot(losses, alpha=0.3, lw=0.8)
         w = max(1, len(losses) // 50)
         if w > 1:
             smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(w - 1, len(losses)), smooth, label=f"{label.upper()} (moving mean)")
+            ax.plot(np.arange(w - 1, len(losses)), smooth, color=line.get_color(),
+                    label=f"{label.upper()} (moving mean)")
+        at = post.settings.get("stationary_at")
+        if at is not None:   # where the averaging window of a converged fit began (inference.convergence)
+            ax.axvline(at, color=line.get_color(), ls="--", lw=1, label=f"{label.upper()}: stationary from step {at}")
     lo, hi = np.percentile(np.concatenate([p.losses for p in posteriors.values()]), [1, 99])
     ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (negative ELBO)")
     ax.legend()
     ax.set_title("SVI training curve")
+    fig.tight_layout()
+    return fig
+
+
+def plot_importance_tail(posteriors):
+    """The importance ratios p(x, z) / q(z) of each SVI posterior's draws (relative to the largest) against
+    their rank, log-log, with the tail PSIS fits a Pareto distribution to and its k-hat
+    (:mod:`inference.importance`). A guide that covers the posterior has a steep tail (k-hat < 0.5): no
+    draw outweighs the rest. A flat tail (k-hat > 0.7): a few draws carry all the weight, the guide
+    misses posterior mass."""
+    from inference.importance import khat, log_ratios
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, post in posteriors.items():
+        ratios = log_ratios(post)
+        if ratios is None:
+            continue
+        r = np.sort(ratios.reshape(-1))[::-1]
+        tail = min(len(r), int(np.ceil(min(0.2 * len(r), 3 * np.sqrt(len(r))))))   # PSIS's tail size
+        rank = np.arange(1, len(r) + 1)
+        line, = ax.loglog(rank, np.exp(r - r[0]), lw=1, label=f"{label.upper()}: k-hat {khat(post):.2f}")
+        ax.loglog(rank[:tail], np.exp(r[:tail] - r[0]), lw=3, alpha=0.5, color=line.get_color())
+    ax.set_xlabel("rank of the draw (largest ratio first)")
+    ax.set_ylabel("importance ratio / largest")
+    ax.set_title("Importance ratios of the guide draws (thick: the Pareto tail)")
+    ax.legend()
     fig.tight_layout()
     return fig
 

@@ -31,7 +31,6 @@ from pyro.infer import Predictive
 from pyro.infer.autoguide.initialization import InitMessenger
 
 from inference.azcompat import from_dict
-from inference.azcompat import quiet as quiet_arviz  # noqa: F401 - imported from here by compare and diagnostics
 from inference.target import Target, num_observations, sample_or_uniform
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ class Posterior:
                  wall_time: float, sample_stats: Mapping[str, np.ndarray] | None = None,
                  losses: list[float] | None = None, guide=None, coords: Mapping[str, list] | None = None,
                  dims: Mapping[str, list[str]] | None = None, settings: Mapping[str, Any] | None = None,
-                 adaptation: Mapping[str, np.ndarray] | None = None):
+                 adaptation: Mapping[str, np.ndarray] | None = None, log_q: np.ndarray | None = None):
         self.target = target
         self.data = data
         self.samples = {k: v.detach() for k, v in samples.items()}
@@ -60,6 +59,8 @@ class Posterior:
         self.dims = {**target.dims, **(dims or {})}   # the model's, then the caller's (as az.from_pyro's dims)
         self.settings = dict(settings or {})
         self.adaptation = dict(adaptation or {})   # what a sampler's warmup adapted (NUTS: step_size, inverse_metric)
+        #: log density of each draw under the guide that drew it, (chain, draw) (SVI); None otherwise
+        self.log_q = None if log_q is None else np.asarray(log_q, dtype=float)
 
     @classmethod
     def point(cls, model, data, params: Mapping[str, torch.Tensor], *, method: str, wall_time: float,

@@ -123,7 +123,7 @@ class Potential:
         self.compile_seconds = 0.0
         self._reference = None
         self._held_states = self._other_held(trace)
-        self._points = self._check_points()
+        self._checked_at = None   # the check points, found when a route is first checked
         self.guard = Guard(f"{name}: potential", ("eager", self._value_and_grad))
         if closed_form is not None:
             fn = self._closed_form(closed_form[1])
@@ -282,7 +282,7 @@ class Potential:
         new = copy.copy(self)
         new.data, new.leaves, new._rebuild, new._reference = data, leaves, rebuild, None
         new.guard = Guard(self.guard.what, self.guard.routes[-1])
-        new._points = new._check_points()
+        new._checked_at = None
         for name, fn in reversed(self.guard.routes[:-1]):
             why = new._disagreement(fn)
             if why:
@@ -293,32 +293,42 @@ class Potential:
         return new
 
     def _build(self, route: str, calls: int) -> None:
+        """Trace the graph and add it as a route; compile it and add that too, for "compiled", and for
+        "auto" where the policy says it pays. Each is checked first; one that fails is not added."""
         theta = torch.from_numpy(self.flatten(self.prototypes)).to(self.dtype)
         example = [theta, *self.leaves, *self.held]
-        for name in ("graph", "compiled"):
-            if name == "compiled" and not (route == "compiled" or route == "auto" and worth_compiling(
-                    calls, operations(graph), on_cpu=on_cpu(self.leaves))):
-                return
-            start = time.perf_counter()
-            try:
-                with pyro.validation_enabled(False), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    if name == "graph":
-                        graph = fn = trace_graph(self._value_and_grad, *example)
-                    else:
-                        fn = compile_graph(graph, example)
-                why = ("the traced log density does not read the point" if 0 in unused_inputs(graph)
-                       else self._disagreement(fn))
-                if why:
-                    raise Mismatch(why + " (Python control flow on a latent value, or an operation the tracer "
-                                   "cannot see such as numpy inside the model)")
-            except Exception as e:  # noqa: BLE001 - any failure to trace or compile falls back, with the reason
-                log.warning("potential: the %s route is not usable for this model (%s: %s); using the %s route",
-                            name, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", self.route)
-                return
-            finally:
-                self.compile_seconds += time.perf_counter() - start
-            self.guard.add(name, fn)
+        graph = self._try("graph", lambda: trace_graph(self._value_and_grad, *example), lambda g: g)
+        if graph is not None and (route == "compiled" or route == "auto" and worth_compiling(
+                calls, operations(graph), on_cpu=on_cpu(self.leaves))):
+            self._try("compiled", lambda: compile_graph(graph, example), lambda _: graph)
+
+    def _try(self, name: str, build, graph_of):
+        """Build a route, check it (it must read the point, and agree with Pyro's potential at the check
+        points) and add it; on any failure log why and add nothing. Returns what ``build`` made."""
+        start = time.perf_counter()
+        try:
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fn = build()
+            why = ("the traced log density does not read the point" if 0 in unused_inputs(graph_of(fn))
+                   else self._disagreement(fn))
+            if why:
+                raise Mismatch(why + " (Python control flow on a latent value, or an operation the tracer "
+                               "cannot see such as numpy inside the model)")
+        except Exception as e:  # noqa: BLE001 - any failure to trace or compile falls back, with the reason
+            log.warning("potential: the %s route is not usable for this model (%s: %s); using the %s route",
+                        name, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", self.route)
+            return None
+        finally:
+            self.compile_seconds += time.perf_counter() - start
+        self.guard.add(name, fn)
+        return fn
+
+    @property
+    def _points(self) -> list[tuple[np.ndarray, list, tuple]]:
+        if self._checked_at is None:
+            self._checked_at = self._check_points()
+        return self._checked_at
 
     def _check_points(self) -> list[tuple[np.ndarray, list, tuple]]:
         """Up to three points where Pyro's potential is finite, with the held values there and its value and

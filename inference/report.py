@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -27,7 +26,7 @@ import pandas as pd
 from inference.compare import summary_line
 from inference.diagnostics import Diagnosis
 from inference.html import write_html
-from inference.plots import plot_forest, plot_losses, plot_overlay, plot_rank, plot_trace
+from inference.plots import plot_forest, plot_importance_tail, plot_losses, plot_overlay, plot_rank, plot_trace
 from inference.posterior import Posterior
 
 log = logging.getLogger(__name__)
@@ -215,6 +214,9 @@ def _write(folder: Path, posteriors, dataset, comparison, diagnoses, title, extr
     trained = {k: p for k, p in posteriors.items() if p.losses}
     if trained:
         figures["loss"] = lambda: plot_losses(trained)
+    guided = {k: p for k, p in posteriors.items() if p.log_q is not None and p.num_draws > 1}
+    if guided:
+        figures["importance"] = lambda: plot_importance_tail(guided)
     for stem, fig in first.target.model.figures(first.data, same, dataset=dataset).items():
         figures[stem] = (lambda f=fig: f)
     for stem, fig in extra_figures.items():
@@ -256,18 +258,19 @@ def training_text(fit, heldout: pd.DataFrame, split: str, eval_particles: int | 
 
 
 def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
-    """PSIS-LOO from each posterior's marginal pointwise log-likelihood, one row per observed site."""
+    """PSIS-LOO from each posterior's marginal pointwise log-likelihood, one row per observed site; SVI
+    rows corrected for the guide (``draws``: :func:`inference.select.loo`)."""
+    from inference.select import loo
+
     rows = {}
     for label, post in posteriors.items():
         for site, ll in post.pointwise.items():
             if post.num_chains * post.num_draws < 10 or ll[0, 0].numel() < 2:   # one sequence: nothing left
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                loo = az.loo(post.idata, pointwise=True, var_name=site)
+            result = loo(post, name=label, var_name=site)
             rows[label if len(post.pointwise) == 1 else f"{label}: {site}"] = {
-                "elpd_loo": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
-                "pareto_k > 0.7": int((np.asarray(loo.pareto_k) > 0.7).sum())}
+                "elpd_loo": float(result.elpd_loo), "se": float(result.se), "p_loo": float(result.p_loo),
+                "pareto_k > 0.7": int((np.asarray(result.pareto_k) > 0.7).sum()), "draws": result.attrs["draws"]}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
 

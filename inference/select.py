@@ -20,21 +20,37 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
+from inference.importance import khat, log_ratios, loo_corrected
 from inference.posterior import Posterior
 from inference.target import as_target
 
 PARETO_K_MAX = 0.7   # above this a point's importance weights are unreliable (Vehtari et al. 2024)
 
 
-def loo(posterior, *, name: str = "posterior") -> az.ELPDData:
+def loo(posterior, *, name: str = "posterior", correct: bool = True, var_name: str | None = None) -> az.ELPDData:
     """PSIS-LOO (pointwise) of a :class:`Posterior` or an InferenceData with a ``log_likelihood`` group.
 
-    ``name`` is the argument named in error messages.
+    Draws of an SVI guide are not posterior draws: with ``correct`` (default) their LOO weights fold in
+    the guide's importance ratios p(x, z) / q(z) (:func:`inference.importance.loo_corrected`, Magnusson et
+    al. 2019), so the estimate is of the same elpd as NUTS's; ``correct=False`` treats them as posterior
+    draws. ``result.attrs["draws"]`` says which: "posterior", "guide, corrected (k-hat K)" or "guide,
+    uncorrected" (an InferenceData of SVI draws, or a guide whose ratios cannot be computed).
+    ``var_name``: one observed site's log-likelihood (default: the only one, or all sites' joint for a
+    Posterior). ``name`` is the argument named in error messages.
     """
     idata = _loo_idata(posterior, name)
+    method = posterior.method if isinstance(posterior, Posterior) else idata.posterior.attrs.get("inference_method")
+    ratios = log_ratios(posterior) if correct and isinstance(posterior, Posterior) else None
+    if ratios is not None:
+        ll = (posterior.pointwise[var_name].flatten(2) if var_name else posterior.log_likelihood).double().numpy()
+        result = loo_corrected(ll.reshape(-1, ll.shape[-1]), ratios)
+        result.attrs["draws"] = f"guide, corrected (k-hat {khat(posterior):.2f})"
+        return result
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # ArviZ warns about high Pareto k: reported in the table instead
-        return az.loo(idata, pointwise=True)
+        result = az.loo(idata, pointwise=True, var_name=var_name)
+    result.attrs["draws"] = "guide, uncorrected" if method == "svi" else "posterior"
+    return result
 
 
 def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.DataFrame:
@@ -42,7 +58,8 @@ def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.Dat
 
     Columns: az.compare's (``rank``, ``elpd_loo``, ``p_loo``, ``elpd_diff``, ``weight`` (stacking),
     ``se``, ``dse``, ``warning``, ``scale``) plus ``pareto_k_max`` and ``pareto_k>0.7`` (points whose
-    leave-one-out estimate is unreliable). ``df.attrs["loo"]`` holds each candidate's ELPDData.
+    leave-one-out estimate is unreliable) and ``draws`` (SVI fits: LOO corrected for the guide,
+    :func:`loo`). ``df.attrs["loo"]`` holds each candidate's ELPDData.
     """
     if not isinstance(candidates, Mapping):
         raise TypeError(f"candidates: expected a dict {{label: Posterior}}, got {type(candidates).__name__}")
@@ -56,9 +73,10 @@ def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.Dat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = az.compare(loos, ic="loo", scale=scale)
-    khat = {label: np.asarray(r.pareto_k) for label, r in loos.items()}
-    table["pareto_k_max"] = [float(khat[label].max()) for label in table.index]
-    table[f"pareto_k>{PARETO_K_MAX}"] = [int((khat[label] > PARETO_K_MAX).sum()) for label in table.index]
+    k = {label: np.asarray(r.pareto_k) for label, r in loos.items()}
+    table["pareto_k_max"] = [float(k[label].max()) for label in table.index]
+    table[f"pareto_k>{PARETO_K_MAX}"] = [int((k[label] > PARETO_K_MAX).sum()) for label in table.index]
+    table["draws"] = [loos[label].attrs.get("draws", "") for label in table.index]
     table.index.name = "model"
     table.attrs["loo"] = loos
     return table

@@ -56,9 +56,9 @@ PYRO_SECONDS_PER_SITE = 5e-4
 GRAPH_SAVING = 0.5
 TRACE_SECONDS = 1.0
 DISPATCH_SECONDS = 4e-6
-COMPILE_SECONDS = 3.0
-#: NUTS's expected gradient evaluations per iteration, for the policy (a tree of depth 3)
-LEAPFROGS_PER_ITERATION = 8
+COMPILE_SECONDS = 2.0
+#: NUTS's expected gradient evaluations per iteration, for the policy (trees of depth 3 to 4)
+LEAPFROGS_PER_ITERATION = 10
 
 
 class Mismatch(RuntimeError):

@@ -222,6 +222,7 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
                                 if state["history"]["valid"] else "-")
             for b in range(steps_per_epoch):
                 loop.step(functools.partial(step_loss, x_epoch, perm[b * B:(b + 1) * B]))
+            step_loss.verify(x_epoch, perm[:B])   # the fast route, checked once an epoch too
             module.eval()
             metric = evaluate(batch_loss, valid, B) if valid is not None else float("nan")
             h = state["history"]

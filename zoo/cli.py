@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", help="report folder (default: runs/<model>-<command>)")
         p.add_argument("--force", action="store_true", help="replace an existing report folder")
         p.add_argument("--seed", type=_int(0), default=0)
-        p.add_argument("--steps", type=_int(1), help="SVI steps (default 3000)")
+        p.add_argument("--steps", type=_int(1), help="most SVI steps: it stops once converged (default 3000)")
         p.add_argument("--lr", type=_positive_float, default=None,
-                       help="learning rate of Adam (default 0.02 for SVI, 1e-3 for minibatch training)")
+                       help="learning rate of Adam (default 0.05 for SVI, halved as it converges; 1e-3 for "
+                            "minibatch training)")
         p.add_argument("--guide", default=None, help="SVI guide: model (default), normal, mvn, iaf")
         p.add_argument("--samples", type=_int(1), help="posterior draws (per chain for NUTS; default 1000)")
         p.add_argument("--warmup", type=_int(0), help="NUTS warmup steps per chain (default 500)")
@@ -340,7 +341,7 @@ def _setup(args):
     from zoo import datasets
 
     if args.lr is None:
-        args.lr = 0.02
+        args.lr = 0.05   # fit_svi's first step size (inference.svi.LR)
     model = zoo.get(args.model, **model_config(args))
     out, _ = output_folder(args)
     dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
@@ -450,7 +451,7 @@ def cmd_sbc(args) -> int:
     if args.method == "nuts":
         fit = dict(num_samples=args.samples, warmup_steps=args.warmup, num_chains=args.chains)
     else:
-        fit = dict(num_steps=args.steps, lr=args.lr or 0.02, num_samples=args.samples, num_particles=args.particles,
+        fit = dict(num_steps=args.steps, lr=args.lr or 0.05, num_samples=args.samples, num_particles=args.particles,
                    guide=_svi_guide(args))
     result = _sbc_runner(args, args.simulations, args.method, fit, f"{args.model}:")()
     print(result.table().round(4).to_string())

@@ -160,7 +160,7 @@ def point_mass_guide(x):
 def test_svi_on_a_numpy_likelihood_keeps_pyros_elbo_and_finds_the_map(x3, guide, caplog):
     """The traced loss holds the numpy likelihood as a constant; at the point it was traced from it
     agrees with Pyro's (a Delta guide draws nothing), at perturbed parameters it does not."""
-    post = inference.fit_svi(numpy_model, x3, guide=guide, num_steps=600, lr=0.1, loss_route="graph", progress=False)
+    post = inference.fit_svi(numpy_model, x3, guide=guide, loss_route="graph", progress=False)
     assert "graph route is not usable" in caplog.text and post.settings["loss_route"] == "pyro"
     assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x3)[0], abs=0.01)
 
@@ -169,21 +169,26 @@ def test_svi_on_a_graph_wrong_away_from_where_it_was_traced_steps_aside_while_it
     """Traced at mu = 0 (noise 1), checked there and near it: right. The fit moves to mu = 8, where the
     model's noise is 3 and the graph's still 1: the check at call 100 or 1000 catches it, and Pyro's ELBO
     takes over from there."""
-    post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=1200, lr=0.1, loss_route="graph",
+    post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=3000, lr=0.1, loss_route="graph",
                              progress=False)
     assert post.settings["loss_route"].startswith("pyro (graph until call ")
     assert "graph route disagrees with the reference" in caplog.text
-    assert float(post.samples["mu"].mean()) == pytest.approx(exact_posterior(x8, noise=3.0)[0], abs=0.01)
+    mode, sd = exact_posterior(x8, noise=3.0)
+    # the mode of the model, not of the frozen graph (8.0 with noise 1), to the optimiser's own precision
+    # (its averaged iterates: well within a tenth of a posterior sd)
+    assert abs(float(post.samples["mu"].mean()) - mode) < 0.1 * sd
 
 
-def test_steps_a_route_took_before_it_failed_its_last_check_are_taken_again(x8):
-    """The check at the last planned step fails (the fit crossed into the branch the graph froze): the
-    steps since the last check that passed are taken again, on Pyro's ELBO."""
-    post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=40, lr=0.3, lr_decay=1.0,
-                             loss_route="graph", progress=False)
+def test_a_route_that_fails_the_check_at_the_end_hands_over_to_pyros_elbo_which_optimises_again(x8):
+    """The fit crossed into the branch the graph froze after its last scheduled check (call 10): the
+    check at the end catches it, and the optimisation goes on from there on Pyro's ELBO until it converges."""
+    post = inference.fit_svi(branch_model, x8, guide="delta", num_steps=40, lr=0.3, converge=False,
+                             lr_decay=1.0, loss_route="graph", progress=False)
     assert post.settings["loss_route"].startswith("pyro (graph until call 40: ")
-    # the checks at calls 1 and 10 passed; call 40 itself ran on Pyro's ELBO, calls 11-39 are taken again
-    assert len(post.losses) == 40 + 29
+    assert len(post.losses) == 80   # 40 steps, then 40 more on Pyro's ELBO
+    fixed = inference.fit_svi(branch_model, x8, guide="delta", num_steps=40, lr=0.3, converge=False,
+                              lr_decay=1.0, loss_route="pyro", progress=False)
+    assert len(fixed.losses) == 40 and fixed.settings["loss_route"] == "pyro"
 
 
 def test_hmm_map_is_not_frozen_by_its_compiled_forward_algorithm():
@@ -191,7 +196,7 @@ def test_hmm_map_is_not_frozen_by_its_compiled_forward_algorithm():
     reach the same MAP as Pyro's ELBO, not stay at its starting point (issue 18)."""
     m = zoo.get("hmm", n_states=2)
     x, _ = m.simulate(200, seed=0)
-    kw = dict(guide="delta", num_steps=200, seed=0, progress=False)
+    kw = dict(guide="delta", num_steps=200, converge=False, seed=0, progress=False)
     traced = inference.fit_svi(m, x, loss_route="graph", **kw)
     reference = inference.fit_svi(m, x, loss_route="pyro", **kw)
     assert traced.settings["loss_route"] == "pyro"
