@@ -10,8 +10,9 @@ truncation).
 Both run in the same process, alternately, ``--repeats`` times (the machine is shared: only the ratios
 within a run mean anything). Reported per run: wall seconds and, of those, the seconds spent building the
 log density's route (tracing, compiling: Inductor's on-disk cache serves the runs after the first), the
-smallest bulk ESS over lam and p, ESS per second of sampling (wall minus route building), and the distance of each posterior mean from the exact one (a grid over (lam, p), the
-counts summed to 200) in exact posterior sds.
+smallest bulk ESS over lam and p, ESS per second of sampling (wall minus route building), and the distance
+of each posterior mean from the exact one (a grid over (lam, p), the counts summed to 200) in exact
+posterior sds.
 
     PYTHONPATH=. nice -n 10 python benchmarks/nmixture_bench.py --sites 50 --visits 5 --repeats 2
 """

@@ -27,5 +27,5 @@ from inference.select import loo, select
 from inference.svi import SVIDivergedError, fit_svi
 
 __all__ = ["CheckReport", "Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "check",
-           "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_gibbs", "run_nuts", "sbc",
-           "select", "write_report"]
+           "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_gibbs", "run_nuts",
+           "sbc", "select", "write_report"]

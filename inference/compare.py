@@ -1,8 +1,9 @@
 """Side-by-side comparison of two posteriors of the same model (typically SVI against NUTS), or more.
 
-``b`` is the reference; further posteriors (e.g. Gibbs) get columns of their own against it. Both are reduced to the model's identifiable quantities, with ``a``
-aligned to ``b``'s labeling (``align(draws, reference=...)``), so a mixture fitted twice with
-different labels still compares component by component.
+``b`` is the reference; further posteriors (e.g. Gibbs) get columns of their own against it. Both
+are reduced to the model's identifiable quantities, with ``a`` aligned to ``b``'s labeling
+(``align(draws, reference=...)``), so a mixture fitted twice with different labels still compares
+component by component.
 """
 
 from __future__ import annotations

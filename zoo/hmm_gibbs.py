@@ -66,7 +66,8 @@ def sweep(hmm, data, values, rng: np.random.Generator):
     z = sample_paths(rng, *potentials, lengths)                              # (B, T)
     pairs = np.zeros((S, S))
     np.add.at(pairs, (z[:, :-1][mask[:, 1:]], z[:, 1:][mask[:, 1:]]), 1.0)
-    new = {"initial": dirichlet(rng, 1.0 + np.bincount(z[:, 0], minlength=S)), "transition": dirichlet(rng, 1.0 + pairs)}
+    new = {"initial": dirichlet(rng, 1.0 + np.bincount(z[:, 0], minlength=S)),
+           "transition": dirichlet(rng, 1.0 + pairs)}
     emission, block = _EMISSIONS[type(hmm.family).__name__](hmm, data, data.values[data.mask], z[mask], params, rng)
     new.update(emission)
     dtype = params["initial"].dtype
@@ -81,7 +82,8 @@ def sweep(hmm, data, values, rng: np.random.Generator):
 
 def _gaussian(hmm, data, x, labels, params, rng):
     center, spread = (h.double().numpy() for h in hmm.hyperparameters(data))
-    locs, block = gaussian_components(rng, x.double().numpy(), labels, params["scales"].double().numpy(), center, spread)
+    scales = params["scales"].double().numpy()
+    locs, block = gaussian_components(rng, x.double().numpy(), labels, scales, center, spread)
     return {"locs": locs}, block
 
 

@@ -328,7 +328,8 @@ class Conditionals:
     def _one_at_a_time(self, site, held, continuous, candidates) -> torch.Tensor:
         """The reference route: the log joint at each candidate value of the whole site (for a move of one
         element, where the candidates differ in that element only)."""
-        joint = torch.tensor([self.reference(continuous, {**held, site.name: c}) for c in candidates], dtype=torch.float64)
+        joint = torch.tensor([self.reference(continuous, {**held, site.name: c}) for c in candidates],
+                             dtype=torch.float64)
         return joint.reshape(-1, *(1,) * len(site.elements)).expand(len(candidates), *site.elements)
 
     def _disagreement(self, site, held, continuous, candidates, group, t, tol: float) -> str:
