@@ -52,11 +52,11 @@ CHECK_EVERY = 5000
 #: site of the guide and step, the fraction of them the traced graph saves, the seconds it takes to
 #: trace and check a graph, the seconds of Python dispatch per ATen operation and call that compiling
 #: saves, and the seconds a compile costs
-PYRO_SECONDS_PER_SITE = 5e-4
+PYRO_SECONDS_PER_SITE = 8e-4
 GRAPH_SAVING = 0.5
-TRACE_SECONDS = 1.0
+TRACE_SECONDS = 1.5
 DISPATCH_SECONDS = 4e-6
-COMPILE_SECONDS = 2.0
+COMPILE_SECONDS = 3.0
 #: NUTS's expected gradient evaluations per iteration, for the policy (trees of depth 3 to 4)
 LEAPFROGS_PER_ITERATION = 10
 
