@@ -512,15 +512,109 @@ def test_ctrl_c_at_every_phase(box, capsys, monkeypatch, where):
     assert "interrupted" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("delay", [0.5, 8.0])
-def test_ctrl_c_in_a_real_process(tmp_path, delay):
-    """SIGINT during start-up (imports) and during the fit: exit 130, one line, no report folder."""
-    proc = subprocess.Popen([sys.executable, "-m", "zoo", "fit", "gmm", "--steps", "200000", "--quiet", "--out",
-                             str(tmp_path / "r")], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+#: moments (s after the start) at which a probe sends SIGINT to a real `zoo fit gmm`: the interpreter's
+#: start-up, the imports (argparse, torch, Pyro, ArviZ, the models: about 3 s on a quiet 2-core machine),
+#: data and model, the fit tracing and compiling its loss (on a loaded machine the late probes land in the
+#: imports). A Ctrl-C in an import is answered when that import has finished (zoo/__main__.py).
+CTRL_C_DELAYS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.9, 1.2, 1.6, 2.0, 2.6, 3.5, 5.0, 8.0)
+ONE_LINE = "zoo: interrupted; nothing was written\n"
+
+
+def _console_script(folder: Path) -> Path:
+    """The `zoo` console script as pip writes it for pyproject's ``[project.scripts]`` entry."""
+    module, function = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["zoo"].split(":")
+    script = folder / "zoo"
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nif __name__ == '__main__':\n"
+                      f"    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n    sys.exit({function}())\n")
+    return script
+
+
+def _before_the_project(returncode: int, err: str) -> bool:
+    """True when the signal landed in CPython's own start-up, before the first line of the project could
+    run (interpreter set-up, ``site``, runpy finding the module, compiling the package ``zoo``): CPython
+    answers there ("Fatal Python error", or a KeyboardInterrupt whose traceback holds no frame of the
+    project's files, or a death by the signal before Python handles it), and nothing can change that."""
+    frames = [line.split('"')[1] for line in err.splitlines() if line.strip().startswith('File "')]
+    return ("Fatal Python error" in err or err == "" and returncode == -signal.SIGINT
+            or err.rstrip().endswith("KeyboardInterrupt") and not any(f.startswith(str(REPO)) for f in frames))
+
+
+def _ctrl_c(command: list[str], delay: float, folder: Path) -> tuple[float, int, str, list[str]]:
+    folder.mkdir()
+    proc = subprocess.Popen([*command, "fit", "gmm", "--steps", "200000", "--quiet", "--out", str(folder / "r")],
+                            cwd=folder, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
-    assert list(tmp_path.iterdir()) == []
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()   # nothing once it has exited; a probe that ignored the signal does not outlive the test
+    return delay, proc.returncode, err, sorted(p.name for p in folder.iterdir())
+
+
+def test_ctrl_c_in_a_real_process(tmp_path):
+    """SIGINT at 16 moments after `python -m zoo fit gmm ...` or the `zoo` console script starts (alternately;
+    four probes at a time): exit 130, exactly one line on stderr, no output folder. A probe that lands in
+    CPython's start-up, before the project's first line (:func:`_before_the_project`), is allowed in the
+    first half second only; on a loaded machine that can be the first few probes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands = [[sys.executable, "-m", "zoo"], [sys.executable, str(_console_script(tmp_path))]]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: _ctrl_c(commands[i % 2], CTRL_C_DELAYS[i], tmp_path / f"probe{i}"),
+                                range(len(CTRL_C_DELAYS))))
+    wrong = [(delay, code, err[-600:], left) for delay, code, err, left in results
+             if not (code == 130 and err == ONE_LINE and left == [])
+             and not (delay < 0.5 and _before_the_project(code, err) and left == [])]
+    assert not wrong, wrong
+    assert sum(code == 130 for _, code, _, _ in results) >= len(CTRL_C_DELAYS) - 4
+
+
+#: a Ctrl-C landing where Python does not simply propagate it (``os.kill`` stands in for the user)
+INTERRUPT = "os.kill(os.getpid(), signal.SIGINT)"
+LANDINGS = {
+    # CPython records a KeyboardInterrupt leaving exec/eval of source text as unhandled (below); imports
+    # run such text all the time (dataclasses, namedtuple)
+    "exec of source text": f"exec('{INTERRUPT}\\nwhile True: pass')",
+    # Python prints and drops an exception raised in a finalizer ("Exception ignored in ...")
+    "finalizer": f"class Dropped:\n    def __del__(self):\n        {INTERRUPT}\n        for _ in range(10**6): pass\n"
+                 "Dropped()\nwhile True: pass",
+    # Python 3.11 wraps an exception raised in __set_name__ (cached_property does it) in a RuntimeError
+    "__set_name__": f"class Named:\n    def __set_name__(self, owner, name):\n        {INTERRUPT}\n"
+                    "        for _ in range(10**6): pass\nclass Owner:\n    x = Named()\nwhile True: pass",
+    # raised inside a module's set-up, the exception broke compiled extensions (a crash at exit, or a lost
+    # Ctrl-C): the zoo waits for the import to finish (the module writes `imported` on its last line)
+    "import": "import landing_module\nwhile True: pass",
+}
+LANDING_MODULE = f"import os, signal\n{INTERRUPT}\nfor _ in range(10**6): pass\nopen('imported', 'w').close()\n"
+
+
+@pytest.mark.parametrize("landing", list(LANDINGS))
+def test_ctrl_c_where_python_drops_or_wraps_it(tmp_path, landing):
+    """Four ways a Ctrl-C in a real start-up did not end in 130 and one line, made deterministic: the zoo
+    process answers each with 130, one line."""
+    import textwrap
+
+    body = textwrap.indent(LANDINGS[landing], "    ")
+    (tmp_path / "landing_module.py").write_text(LANDING_MODULE)
+    (tmp_path / "probe_landing.py").write_text(
+        "import os, signal, sys\nimport zoo.cli\nfrom zoo.__main__ import main\n\n"
+        f"def run(argv, parsed):\n{body}\n\nzoo.cli._run = run\nsys.exit(main([]))\n")
+    result = subprocess.run([sys.executable, "-m", "probe_landing"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}, timeout=120)
+    assert (result.returncode, result.stderr) == (130, ONE_LINE)
+    assert (tmp_path / "imported").exists() == (landing == "import")
+
+
+def test_cpython_kills_python_m_after_a_ctrl_c_handled_in_exec(tmp_path):
+    """The cause of `python -m zoo` dying by SIGINT (returncode -2) after printing its one line: CPython
+    (3.11-3.14) records a KeyboardInterrupt that leaves an ``exec`` of source text as unhandled even when an
+    outer ``try`` handles it, and ``python -m`` kills itself with SIGINT on the way out. When this test
+    fails, CPython changed and ``zoo.__main__.Interrupted`` (a subclass, which CPython does not record)
+    may go."""
+    (tmp_path / "plain_exec.py").write_text(
+        f"import os, signal, sys\ntry:\n    {LANDINGS['exec of source text']}\nexcept KeyboardInterrupt:\n"
+        "    sys.exit(130)\n")
+    result = subprocess.run([sys.executable, "-m", "plain_exec"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert result.returncode == -signal.SIGINT, (result.returncode, result.stderr)
