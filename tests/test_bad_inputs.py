@@ -56,13 +56,15 @@ FILES = {   # written afresh into every case's temporary folder
 
 
 def _snapshot(root: Path) -> dict:
+    """Size and time of every file, and every folder (by name only: a folder's time changes when a cache
+    appears in it, e.g. numba's in zoo/__pycache__ on a fresh clone, and its entries are listed anyway)."""
     seen = {}
     for folder, subdirs, files in os.walk(root):
         subdirs[:] = [d for d in subdirs if d not in (".git", "__pycache__", ".pytest_cache")]
-        for name in files + subdirs:
-            p = os.path.join(folder, name)
-            st = os.lstat(p)
-            seen[p] = (st.st_size, st.st_mtime_ns)
+        for name in files:
+            st = os.lstat(os.path.join(folder, name))
+            seen[os.path.join(folder, name)] = (st.st_size, st.st_mtime_ns)
+        seen.update((os.path.join(folder, name), "folder") for name in subdirs)
     return seen
 
 
