@@ -514,6 +514,15 @@ def test_ctrl_c_at_every_phase(box, capsys, monkeypatch, where):
     assert "interrupted" in err and "Traceback" not in err
 
 
+@pytest.fixture
+def sigint_reaches_children():
+    """Child processes start with SIGINT at its default: when the tests run in a shell's background job,
+    SIGINT is ignored here and a child would inherit that (a handler, unlike an ignore, is reset by exec)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 #: moments (s after the start) at which a probe sends SIGINT to a real `zoo fit gmm`: the interpreter's
 #: start-up, the imports (argparse, torch, Pyro, ArviZ, the models: about 3 s on a quiet 2-core machine),
 #: data and model, the fit tracing and compiling its loss (on a loaded machine the late probes land in the
@@ -554,7 +563,7 @@ def _ctrl_c(command: list[str], delay: float, folder: Path) -> tuple[float, int,
     return delay, proc.returncode, err, sorted(p.name for p in folder.iterdir())
 
 
-def test_ctrl_c_in_a_real_process(tmp_path):
+def test_ctrl_c_in_a_real_process(tmp_path, sigint_reaches_children):
     """SIGINT at 16 moments after `python -m zoo fit gmm ...` or the `zoo` console script starts (alternately;
     four probes at a time): exit 130, exactly one line on stderr, no output folder. A probe that lands in
     CPython's start-up, before the project's first line (:func:`_before_the_project`), is allowed in the
@@ -591,24 +600,38 @@ LANDINGS = {
 LANDING_MODULE = f"import os, signal\n{INTERRUPT}\nfor _ in range(10**6): pass\nopen('imported', 'w').close()\n"
 
 
-@pytest.mark.parametrize("landing", list(LANDINGS))
-def test_ctrl_c_where_python_drops_or_wraps_it(tmp_path, landing):
-    """Four ways a Ctrl-C in a real start-up did not end in 130 and one line, made deterministic: the zoo
-    process answers each with 130, one line."""
+def _run_zoo_with(tmp_path: Path, body: str) -> subprocess.CompletedProcess:
+    """``python -m`` of a module that runs the zoo's process entry with ``body`` in place of the command."""
     import textwrap
 
-    body = textwrap.indent(LANDINGS[landing], "    ")
     (tmp_path / "landing_module.py").write_text(LANDING_MODULE)
     (tmp_path / "probe_landing.py").write_text(
         "import os, signal, sys\nimport zoo.cli\nfrom zoo.__main__ import main\n\n"
-        f"def run(argv, parsed):\n{body}\n\nzoo.cli._run = run\nsys.exit(main([]))\n")
-    result = subprocess.run([sys.executable, "-m", "probe_landing"], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}, timeout=120)
+        f"def run(argv, parsed):\n{textwrap.indent(body, '    ')}\n\nzoo.cli._run = run\nsys.exit(main([]))\n")
+    return subprocess.run([sys.executable, "-m", "probe_landing"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}, timeout=120)
+
+
+@pytest.mark.parametrize("landing", list(LANDINGS))
+def test_ctrl_c_where_python_drops_or_wraps_it(tmp_path, landing, sigint_reaches_children):
+    """Four ways a Ctrl-C in a real start-up did not end in 130 and one line, made deterministic: the zoo
+    process answers each with 130, one line."""
+    result = _run_zoo_with(tmp_path, LANDINGS[landing])
     assert (result.returncode, result.stderr) == (130, ONE_LINE)
     assert (tmp_path / "imported").exists() == (landing == "import")
 
 
-def test_cpython_kills_python_m_after_a_ctrl_c_handled_in_exec(tmp_path):
+def test_a_process_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
+    """As a shell's background job: the zoo does not take SIGINT back (Python's own rule)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)   # inherited by the child
+    try:
+        result = _run_zoo_with(tmp_path, f"{INTERRUPT}\nimport time\ntime.sleep(0.2)\nreturn 7")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (result.returncode, result.stderr) == (7, "")
+
+
+def test_cpython_kills_python_m_after_a_ctrl_c_handled_in_exec(tmp_path, sigint_reaches_children):
     """The cause of `python -m zoo` dying by SIGINT (returncode -2) after printing its one line: CPython
     (3.11-3.14) records a KeyboardInterrupt that leaves an ``exec`` of source text as unhandled even when an
     outer ``try`` handles it, and ``python -m`` kills itself with SIGINT on the way out. When this test

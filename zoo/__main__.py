@@ -77,9 +77,11 @@ def _ignore(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``zoo`` command as this process (it sets the process's SIGINT handling); the exit status."""
-    signal.signal(signal.SIGINT, _interrupt)
-    sys.unraisablehook = _unraisable
+    """Run the ``zoo`` command as this process (it sets the process's SIGINT handling, unless the process
+    was started with SIGINT ignored, as a shell starts a background job); the exit status."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
+        sys.unraisablehook = _unraisable
     try:
         from zoo.cli import main as run
 
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(MESSAGE, file=sys.stderr)
         return 130
     finally:   # a Python no-op, not SIG_IGN: a signal already pending is then consumed quietly
-        signal.signal(signal.SIGINT, _ignore)
+        if signal.getsignal(signal.SIGINT) == _interrupt:
+            signal.signal(signal.SIGINT, _ignore)
 
 
 if __name__ == "__main__":
