@@ -53,11 +53,14 @@ class ModelInfo:
 
 
 def _trace(model_fn: Callable, data):
-    """One trace of ``model_fn(data)``: seeded (global RNG untouched), no gradients, latent values from
-    :func:`init_to_uniform_any` (which also works for improper priors)."""
-    with torch.no_grad(), warnings.catch_warnings():
+    """One trace of ``model_fn(data)`` for its structure: seeded (global RNG untouched), no gradients,
+    latent values drawn from the prior (:func:`sample_or_uniform`: uniform on the unconstrained scale for
+    a prior that cannot be sampled) in the model's dtype, and validation off: the structure of a model
+    does not depend on whether that point is valid (e.g. positive but not ordered, where a support is
+    wider than the values the prior gives)."""
+    with torch.no_grad(), warnings.catch_warnings(), pyro.validation_enabled(False):
         warnings.simplefilter("ignore")
-        seeded = poutine.seed(InitMessenger(init_to_uniform_any)(model_fn), rng_seed=0)
+        seeded = poutine.seed(InitMessenger(sample_or_uniform)(model_fn), rng_seed=0)
         return poutine.trace(seeded).get_trace(data)
 
 

@@ -5,6 +5,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions.transforms import ExpTransform, OrderedTransform
 
 import zoo
 from inference.posterior import Posterior
@@ -29,6 +30,29 @@ def _plain_regression(data):
     noise = pyro.sample("noise", dist.HalfNormal(5.0))
     with pyro.plate("data", len(x)):
         pyro.sample("y", dist.Normal(slope * x, noise), obs=y)
+
+
+def _ordered_positive(y):
+    """Ordinal regression with positive, increasing cutpoints, as a user writes it. Torch calls the support
+    of this TransformedDistribution ``positive``: wider than the ordered values the prior gives, so a point
+    drawn on that support (uniform on the unconstrained scale) is positive but not ordered, and
+    OrderedLogistic's validation refuses it."""
+    base = dist.Normal(torch.zeros(3, dtype=y.dtype), 1.0).to_event(1)
+    c = pyro.sample("c", dist.TransformedDistribution(base, [OrderedTransform(), ExpTransform()]))   # (3,)
+    pyro.factor("shrink", -0.5 * (c ** 2).sum(-1))   # a prior correction
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.OrderedLogistic(torch.ones_like(y), c), obs=y)   # y in {0, 1, 2, 3}
+
+
+@pytest.fixture(scope="session")
+def ordered_positive():
+    return _ordered_positive
+
+
+@pytest.fixture(scope="session")
+def ordinal():
+    """Ordinal observations in {0, 1, 2, 3} for the ordered-positive model."""
+    return [0, 1, 1, 2, 3, 2, 1, 0, 2, 3, 1, 2, 2, 1, 3, 0]
 
 
 @pytest.fixture(scope="session")
