@@ -5,6 +5,8 @@ shapes table. The checks, in order (a failed one skips those that need it):
 
 - ``data``        the model's ``validate`` accepts the data (or ``simulate`` makes some);
 - ``model``       the model runs under Pyro's validation with warnings as errors (shapes against plates);
+- ``discrete``    no latent discrete site left unenumerated (NUTS cannot draw one, nor can an autoguide; a
+                  guide of the user's own that draws it passes, with a note);
 - ``guide``       the guide runs, draws every latent site the model has (enumerated ones excepted) and no
                   other, each with the model's shape and inside its support; Pyro's ELBO validation
                   (model/guide match, enumeration requirements) with warnings as errors;
@@ -31,7 +33,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro.poutine.util import site_is_subsample
 
-from inference.target import ModelInfo, Target, inspect_model, pointwise_log_likelihood, set_seed
+from inference.target import ModelInfo, Target, inspect_model, pointwise_log_likelihood, refuse_discrete, set_seed
 
 SIMULATED_N = 100      # data points simulated when no data is given, and for the recovery fit
 RECOVERY_STEPS = 200
@@ -87,10 +89,10 @@ def check(model, guide=None, data=None, *, seed: int = 0) -> CheckReport:
     # the recovery fit starts from a fresh copy: a guide that initializes itself from the data on its first
     # call (HMM, GMM) would otherwise start from the state the checks before it left on `data`
     state: dict = {"fresh": Target(model, guide=guide, copy_model=True)}
-    steps = [("data", _data), ("model", _model), ("guide", _guide), ("elbo", _elbo),
+    steps = [("data", _data), ("model", _model), ("discrete", _discrete), ("guide", _guide), ("elbo", _elbo),
              ("prior predictive", _prior_predictive), ("log_likelihood", _log_likelihood),
              ("align", _align), ("recovery", _recovery)]
-    needs = {"model": "data", "guide": "model", "elbo": "guide", "prior predictive": "model",
+    needs = {"model": "data", "discrete": "model", "guide": "discrete", "elbo": "guide", "prior predictive": "model",
              "log_likelihood": "model", "align": "guide", "recovery": "elbo"}
     passed: set[str] = set()
     with target.scope():
@@ -153,6 +155,19 @@ def _model(target, data, state, seed):
     state["info"], state["trace"] = info, trace
     return (f"observed {list(info.observed)}, latent {list(info.latent)}, enumerated {list(info.enumerated)}, "
             f"max_plate_nesting {info.max_plate_nesting}")
+
+
+def _discrete(target, data, state, seed):
+    discrete = state["info"].discrete
+    if discrete and target.guide is None:
+        try:
+            refuse_discrete(state["info"], "an autoguide", ", or give a guide of your own that draws them")
+        except ValueError as e:
+            raise _Failed(str(e).removeprefix("model: ")) from None
+    if discrete:   # a guide of the user's own: SVI can fit them (the guide check looks at its draws), NUTS cannot
+        return (f"NUTS cannot sample the latent discrete site(s) {list(discrete)} ({'; '.join(discrete.values())}); "
+                "SVI with this guide can")
+    return ""
 
 
 def _guide(target, data, state, seed):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from inference import nuts
 from inference.posterior import Posterior
 from inference.potential import Potential, has_compiler
-from inference.target import as_target, chain_seed, init_to_uniform_any, set_seed
+from inference.target import as_target, chain_seed, init_to_uniform_any, refuse_discrete, set_seed
 from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def run_nuts(model, data, *, num_samples: int = 1000, warmup_steps: int = 1000, 
     target = as_target(model)
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
+    refuse_discrete(info, "NUTS")
     if dense_mass:
         engine = "pyro"
     start = time.perf_counter()

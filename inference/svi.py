@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from inference.objectives import traced_loss
 from inference.posterior import Posterior
-from inference.target import Target, as_target, init_to_median_any, set_seed
+from inference.target import Target, as_target, init_to_median_any, refuse_discrete, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False
     if guide not in GUIDES:
         raise ValueError(f"guide: expected a callable or one of {', '.join(GUIDES)}, got {guide!r}")
     info = target.info(data, marginal=marginal)
+    refuse_discrete(info, f"the autoguide {guide!r}", ", or give a guide of your own that draws them")
     model_fn = target.form(marginal)
     values = init if init is not None else target.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     init = init_to_value(values=dict(values), fallback=init_to_median_any) if values else init_to_median_any

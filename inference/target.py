@@ -17,7 +17,7 @@ import math
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -50,6 +50,17 @@ class ModelInfo:
     shapes: dict[str, tuple[int, ...]]  # every sample and deterministic site
     deterministic: tuple[str, ...] = ()
     plates: dict[str, tuple[str, int, int] | None] | None = None   # observed site -> (plate, dim, size) or None
+    discrete: dict[str, str] = field(default_factory=dict)   # latent discrete site not enumerated -> its distribution
+
+
+def refuse_discrete(info: ModelInfo, who: str, alternative: str = "") -> None:
+    """A one-line ValueError naming the latent discrete sites that are not enumerated (``info.discrete``),
+    which ``who`` (NUTS, an autoguide) cannot draw, and what would work."""
+    if info.discrete:
+        sites = ", ".join(f"{name!r} ({fn})" for name, fn in info.discrete.items())
+        raise ValueError(f"model: latent discrete site(s) {sites} not enumerated, and {who} cannot draw them: mark a "
+                         f"finite-support site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}; "
+                         "sites with infinite support cannot be sampled by NUTS yet")
 
 
 def _trace(model_fn: Callable, data):
@@ -75,6 +86,7 @@ def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
         s["name"] for s in sites if not s["is_observed"] and s["infer"].get("enumerate") == "parallel"
     )
     latent = tuple(s["name"] for s in sites if not s["is_observed"] and s["name"] not in enumerated)
+    discrete = {name: _describe(trace.nodes[name]["fn"]) for name in latent if _is_discrete(trace.nodes[name]["fn"])}
     nesting = [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
     plates = {name: _outer_plate(trace.nodes[name]) for name in observed}
     first = plates[observed[0]] if observed else None
@@ -93,7 +105,25 @@ def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
         shapes={s["name"]: tuple(s["value"].shape) for s in sites},
         deterministic=deterministic,
         plates=plates,
+        discrete=discrete,
     )
+
+
+def _is_discrete(fn) -> bool:
+    try:
+        return bool(fn.support.is_discrete)
+    except NotImplementedError:
+        return False
+
+
+def _describe(fn) -> str:
+    """``Poisson, infinite support``: a distribution's family (wrappers such as ``.expand``, ``.to_event``
+    and masks removed) and whether it can be enumerated."""
+    family = fn
+    while hasattr(family, "base_dist") and type(family).__name__ in (
+            "Independent", "ExpandedDistribution", "MaskedDistribution"):
+        family = family.base_dist
+    return f"{type(family).__name__}, {'finite' if family.has_enumerate_support else 'infinite'} support"
 
 
 def _outer_plate(site) -> tuple[str, int, int] | None:

@@ -55,6 +55,32 @@ def ordinal():
     return [0, 1, 1, 2, 3, 2, 1, 0, 2, 3, 1, 2, 2, 1, 3, 0]
 
 
+def _poisson_count(y):
+    """A latent count: n ~ Poisson(rate), observed with Gaussian noise. Its support is infinite, so it cannot
+    be enumerated (nor sampled by NUTS)."""
+    rate = pyro.sample("rate", dist.Gamma(2.0, 0.5))
+    n = pyro.sample("n", dist.Poisson(rate))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(n, 1.0), obs=y)
+
+
+def _poisson_count_guide(y):
+    """A guide of the user's own that draws the count."""
+    shape = pyro.param("shape", torch.tensor(2.0), constraint=dist.constraints.positive)
+    pyro.sample("rate", dist.Gamma(shape, 0.5))
+    pyro.sample("n", dist.Poisson(pyro.param("q_rate", torch.tensor(3.0), constraint=dist.constraints.positive)))
+
+
+@pytest.fixture(scope="session")
+def poisson_count():
+    return _poisson_count
+
+
+@pytest.fixture(scope="session")
+def poisson_count_guide():
+    return _poisson_count_guide
+
+
 @pytest.fixture(scope="session")
 def plain_mixture():
     return _plain_mixture

@@ -37,6 +37,25 @@ def test_bad_chain_count_and_init(y, plain_mixture):
         inference.run_nuts(plain_mixture, y, num_chains=2, init=[{}], progress=False)
 
 
+def test_a_discrete_site_nuts_cannot_draw_is_a_one_line_error(poisson_count):
+    """A latent Poisson count (infinite support), and a Bernoulli nobody marked for enumeration: one line naming
+    the site, its distribution and what would work (NUTS used to fail in biject_to, or to leave the
+    Bernoulli out of the log-likelihood)."""
+    def unmarked(y):
+        p = pyro.sample("p", dist.Beta(1.0, 1.0))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Bernoulli(p))
+            pyro.sample("y", dist.Normal(3.0 * z, 1.0), obs=y)
+
+    y = torch.tensor([0.1, 2.9, 3.2, -0.4])
+    for model, site in ((poisson_count, "'n' (Poisson, infinite support)"), (unmarked, "'z' (Bernoulli, finite support)")):
+        with pytest.raises(ValueError) as e:
+            inference.run_nuts(model, y, num_samples=5, warmup_steps=5, num_chains=1, progress=False)
+        message = str(e.value)
+        assert "\n" not in message and site in message and "infer={'enumerate': 'parallel'}" in message
+        assert "infinite support cannot be sampled by NUTS" in message
+
+
 @pytest.mark.parametrize("name, engine", [("gmm", "zoo"), ("gmm", "pyro"), ("hmm", "zoo")])
 def test_nuts_is_reproducible_and_parallel_equals_sequential(name, engine):
     m = zoo.get(name, **({"n_components": 2} if name == "gmm" else {"n_states": 2}))

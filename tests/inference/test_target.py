@@ -27,3 +27,7 @@ def test_structure_needs_no_valid_point(ordered_positive, ordinal, dtype):
     c = torch.tensor([0.3, 1.0, 2.0], dtype=dtype)
     assert target.log_likelihood(y, {"c": c})["y"].dtype == dtype
 
+
+def test_latent_discrete_sites_that_are_not_enumerated_are_listed(poisson_count, y, plain_mixture):
+    assert Target(poisson_count).info(torch.ones(3)).discrete == {"n": "Poisson, infinite support"}
+    assert Target(plain_mixture).info(y).discrete == {}   # its assignments are enumerated
