@@ -33,7 +33,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro.poutine.util import site_is_subsample
 
-from inference.target import ModelInfo, Target, inspect_model, pointwise_log_likelihood, refuse_discrete, set_seed
+from inference.target import ModelInfo, Target, inspect_model, pointwise_log_likelihood, discrete_problem, set_seed
 
 SIMULATED_N = 100      # data points simulated when no data is given, and for the recovery fit
 RECOVERY_STEPS = 200
@@ -158,16 +158,11 @@ def _model(target, data, state, seed):
 
 
 def _discrete(target, data, state, seed):
-    discrete = state["info"].discrete
-    if discrete and target.guide is None:
-        try:
-            refuse_discrete(state["info"], "an autoguide", ", or give a guide of your own that draws them")
-        except ValueError as e:
-            raise _Failed(str(e).removeprefix("model: ")) from None
-    if discrete:   # a guide of the user's own: SVI can fit them (the guide check looks at its draws), NUTS cannot
-        return (f"NUTS cannot sample the latent discrete site(s) {list(discrete)} ({'; '.join(discrete.values())}); "
-                "SVI with this guide can")
-    return ""
+    info = state["info"]
+    if target.guide is None and info.discrete:
+        raise _Failed(discrete_problem(info, "an autoguide", ", or give a guide of your own that draws them"))
+    problem = discrete_problem(info, "NUTS")   # a guide of the user's own may draw them (the guide check looks)
+    return f"SVI with this guide can fit them: {problem}" if problem else ""
 
 
 def _guide(target, data, state, seed):

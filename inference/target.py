@@ -56,14 +56,21 @@ class ModelInfo:
     factors: dict[str, str] = field(default_factory=dict)    # pyro.factor site in a data plate -> observed site it joins
 
 
+def discrete_problem(info: ModelInfo, who: str, alternative: str = "") -> str:
+    """What is wrong when the model has latent discrete sites that are not enumerated (``info.discrete``),
+    which ``who`` (NUTS, an autoguide) cannot draw, and what would work; "" when it has none."""
+    if not info.discrete:
+        return ""
+    sites = ", ".join(f"{name!r} ({fn})" for name, fn in info.discrete.items())
+    return (f"latent discrete site(s) {sites} not enumerated, and {who} cannot draw them: mark a finite-support "
+            f"site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}; sites with infinite support "
+            "cannot be sampled by NUTS yet")
+
+
 def refuse_discrete(info: ModelInfo, who: str, alternative: str = "") -> None:
-    """A one-line ValueError naming the latent discrete sites that are not enumerated (``info.discrete``),
-    which ``who`` (NUTS, an autoguide) cannot draw, and what would work."""
-    if info.discrete:
-        sites = ", ".join(f"{name!r} ({fn})" for name, fn in info.discrete.items())
-        raise ValueError(f"model: latent discrete site(s) {sites} not enumerated, and {who} cannot draw them: mark a "
-                         f"finite-support site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}; "
-                         "sites with infinite support cannot be sampled by NUTS yet")
+    """A one-line ValueError for :func:`discrete_problem`, if any."""
+    if problem := discrete_problem(info, who, alternative):
+        raise ValueError(f"model: {problem}")
 
 
 def _trace(model_fn: Callable, data):
@@ -119,12 +126,16 @@ def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
     )
 
 
-def _is_factor(site) -> bool:
-    """A ``pyro.factor`` site: an observed, auxiliary ``Unit`` distribution (possibly masked or expanded)."""
-    fn = site["fn"]
+def _family(fn):
+    """A distribution without the wrappers of ``.expand``, ``.to_event`` and masks."""
     while hasattr(fn, "base_dist") and type(fn).__name__ in ("Independent", "ExpandedDistribution", "MaskedDistribution"):
         fn = fn.base_dist
-    return bool(site["is_observed"] and site["infer"].get("is_auxiliary") and isinstance(fn, Unit))
+    return fn
+
+
+def _is_factor(site) -> bool:
+    """A ``pyro.factor`` site: an observed, auxiliary ``Unit`` distribution."""
+    return bool(site["is_observed"] and site["infer"].get("is_auxiliary") and isinstance(_family(site["fn"]), Unit))
 
 
 def _is_discrete(fn) -> bool:
@@ -135,12 +146,8 @@ def _is_discrete(fn) -> bool:
 
 
 def _describe(fn) -> str:
-    """``Poisson, infinite support``: a distribution's family (wrappers such as ``.expand``, ``.to_event``
-    and masks removed) and whether it can be enumerated."""
-    family = fn
-    while hasattr(family, "base_dist") and type(family).__name__ in (
-            "Independent", "ExpandedDistribution", "MaskedDistribution"):
-        family = family.base_dist
+    """``Poisson, infinite support``: a distribution's family and whether it can be enumerated."""
+    family = _family(fn)
     return f"{type(family).__name__}, {'finite' if family.has_enumerate_support else 'infinite'} support"
 
 
