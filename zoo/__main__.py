@@ -56,6 +56,7 @@ def _interrupt(signum, frame):
         if time.monotonic() - _waiting_since < IMPORT_WAIT:
             _thread.start_new_thread(_send_again, (0.02,))
             return
+    _waiting_since = None
     raise Interrupted
 
 
