@@ -6,7 +6,8 @@ shapes table. The checks, in order (a failed one skips those that need it):
 - ``data``        the model's ``validate`` accepts the data (or ``simulate`` makes some);
 - ``model``       the model runs under Pyro's validation with warnings as errors (shapes against plates);
 - ``discrete``    every latent discrete site can be sampled: enumerated, or moved by run_nuts's Gibbs moves
-                  (named with how; a site that can be neither fails);
+                  (named with how; a site that can be neither fails); SVI's autoguides cannot draw the moved
+                  ones (a guide of the user's own that draws them can);
 - ``guide``       the guide runs, draws every latent site the model has (enumerated ones excepted) and no
                   other, each with the model's shape and inside its support; Pyro's ELBO validation
                   (model/guide match, enumeration requirements) with warnings as errors;
@@ -171,7 +172,10 @@ def _discrete(target, data, state, seed):
     except ValueError as e:
         raise _Failed(str(e).removeprefix("model: ")) from None
     moved = [k for k, kind in kinds.items() if kind in MOVED]
-    return describe(kinds, [k for k in state["info"].latent if k not in kinds]) if moved else ""
+    if not moved:
+        return ""
+    note = describe(kinds, [k for k in state["info"].latent if k not in kinds])
+    return note + ("; SVI needs a guide of your own that draws them (autoguides cannot)" if target.guide is None else "")
 
 
 def _guide(target, data, state, seed):

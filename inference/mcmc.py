@@ -37,7 +37,7 @@ from tqdm import tqdm
 from inference.sampling import gibbs, nuts
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
-from inference.target import ModelArgs, as_target, chain_seed, init_to_uniform_any, model_data, set_seed
+from inference.target import ModelArgs, as_target, chain_seed, init_to_uniform_any, model_data, refuse_discrete, set_seed
 from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
 from inference.validation import check_setting
 
@@ -101,6 +101,8 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     target = as_target(model, args_form=isinstance(data, ModelArgs))
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
+    if engine == "pyro":   # the zoo engine moves them (inference.sampling.discrete); Pyro's kernel cannot
+        refuse_discrete(info, "Pyro's NUTS kernel")
     start = time.perf_counter()
     density = moves = None
     if engine == "zoo":

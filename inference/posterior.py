@@ -191,6 +191,10 @@ class Posterior:
         for site, plate in (info.plates or {}).items():   # dims are cut to each variable's rank
             if plate is not None:
                 dims.setdefault(site, [plate[0]])
+        for name in self.pointwise:   # a variable of several sites (y+x_lik): its first site's plate
+            plate = (info.plates or {}).get(name.split("+")[0])
+            if plate is not None:
+                dims.setdefault(name, [plate[0]])
         posterior = {**self.samples, **self.deterministic, **self.aligned}
         groups: dict[str, Any] = {
             "posterior": {k: to_numpy(v) for k, v in posterior.items()},

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from inference.convergence import TYPICAL_STEPS, optimize
 from inference.objectives import traced_loss
 from inference.posterior import Posterior
-from inference.target import ModelArgs, Target, as_target, init_to_median_any, model_data, set_seed
+from inference.target import ModelArgs, Target, as_target, init_to_median_any, model_data, refuse_discrete, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def make_guide(target: Target, guide, data, init=None, *, marginal: bool = False
     if guide not in GUIDES:
         raise ValueError(f"guide: expected a callable or one of {', '.join(GUIDES)}, got {guide!r}")
     info = target.info(data, marginal=marginal)
+    refuse_discrete(info, f"the autoguide {guide!r}", ", or give a guide of your own that draws them")
     model_fn = target.form(marginal)
     values = init if init is not None else target.initial_values(data, seed=int(torch.randint(0, 2**31 - 1, ()).item()))
     if not values and warm_start and guide in ("normal", "mvn"):

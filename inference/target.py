@@ -15,6 +15,7 @@ the outermost plate of every observed site).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import warnings
@@ -28,6 +29,7 @@ import pyro
 import pyro.poutine as poutine
 import pyro.util
 import torch
+from pyro.distributions import Unit
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.infer.inspect import site_is_deterministic
@@ -53,6 +55,25 @@ class ModelInfo:
     shapes: dict[str, tuple[int, ...]]  # every sample and deterministic site
     deterministic: tuple[str, ...] = ()
     plates: dict[str, tuple[str, int, int] | None] | None = None   # observed site -> (plate, dim, size) or None
+    discrete: dict[str, str] = field(default_factory=dict)   # latent discrete site not enumerated -> its distribution
+    factors: dict[str, str] = field(default_factory=dict)    # pyro.factor site in a data plate -> observed site it joins
+
+
+def discrete_problem(info: ModelInfo, who: str, alternative: str = "") -> str:
+    """What is wrong when the model has latent discrete sites that are not enumerated (``info.discrete``),
+    which ``who`` (NUTS, an autoguide) cannot draw, and what would work; "" when it has none."""
+    if not info.discrete:
+        return ""
+    sites = ", ".join(f"{name!r} ({fn})" for name, fn in info.discrete.items())
+    return (f"latent discrete site(s) {sites} not enumerated, and {who} cannot draw them: mark a finite-support "
+            f"site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}; sites with infinite support "
+            "cannot be sampled by NUTS yet")
+
+
+def refuse_discrete(info: ModelInfo, who: str, alternative: str = "") -> None:
+    """A one-line ValueError for :func:`discrete_problem`, if any."""
+    if problem := discrete_problem(info, who, alternative):
+        raise ValueError(f"model: {problem}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,11 +123,14 @@ def call_with_args(fn: Callable) -> CallWithArgs:
 
 
 def _trace(model_fn: Callable, data):
-    """One trace of ``model_fn(data)``: seeded (global RNG untouched), no gradients, latent values from
-    :func:`init_to_uniform_any` (which also works for improper priors)."""
-    with torch.no_grad(), warnings.catch_warnings():
+    """One trace of ``model_fn(data)`` for its structure: seeded (global RNG untouched), no gradients,
+    latent values drawn from the prior (:func:`sample_or_uniform`: uniform on the unconstrained scale for
+    a prior that cannot be sampled) in the model's dtype, and validation off: the structure of a model
+    does not depend on whether that point is valid (e.g. positive but not ordered, where a support is
+    wider than the values the prior gives)."""
+    with torch.no_grad(), warnings.catch_warnings(), pyro.validation_enabled(False):
         warnings.simplefilter("ignore")
-        seeded = poutine.seed(InitMessenger(init_to_uniform_any)(model_fn), rng_seed=0)
+        seeded = poutine.seed(InitMessenger(sample_or_uniform)(model_fn), rng_seed=0)
         return poutine.trace(seeded).get_trace(data)
 
 
@@ -121,10 +145,17 @@ def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
         s["name"] for s in sites if not s["is_observed"] and s["infer"].get("enumerate") == "parallel"
     )
     latent = tuple(s["name"] for s in sites if not s["is_observed"] and s["name"] not in enumerated)
+    discrete = {name: _describe(trace.nodes[name]["fn"]) for name in latent if _is_discrete(trace.nodes[name]["fn"])}
     nesting = [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
     plates = {name: _outer_plate(trace.nodes[name]) for name in observed}
     first = plates[observed[0]] if observed else None
     data_plates = {p[0] for p in plates.values() if p is not None}
+    factors = {}
+    for site in trace.nodes.values():   # a factor in a data plate is part of its points' likelihood
+        frames = {f.name for f in site.get("cond_indep_stack", ())}
+        owner = next((name for name in observed if plates[name] and plates[name][0] in frames), None)
+        if site["type"] == "sample" and _is_factor(site) and owner is not None:
+            factors[site["name"]] = owner
     if global_sites is None:
         global_sites = tuple(name for name in latent
                              if not any(f.name in data_plates for f in trace.nodes[name]["cond_indep_stack"]))
@@ -139,7 +170,34 @@ def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
         shapes={s["name"]: tuple(s["value"].shape) for s in sites},
         deterministic=deterministic,
         plates=plates,
+        discrete=discrete,
+        factors=factors,
     )
+
+
+def _family(fn):
+    """A distribution without the wrappers of ``.expand``, ``.to_event`` and masks."""
+    while hasattr(fn, "base_dist") and type(fn).__name__ in ("Independent", "ExpandedDistribution", "MaskedDistribution"):
+        fn = fn.base_dist
+    return fn
+
+
+def _is_factor(site) -> bool:
+    """A ``pyro.factor`` site: an observed, auxiliary ``Unit`` distribution."""
+    return bool(site["is_observed"] and site["infer"].get("is_auxiliary") and isinstance(_family(site["fn"]), Unit))
+
+
+def _is_discrete(fn) -> bool:
+    try:
+        return bool(fn.support.is_discrete)
+    except NotImplementedError:
+        return False
+
+
+def _describe(fn) -> str:
+    """``Poisson, infinite support``: a distribution's family and whether it can be enumerated."""
+    family = _family(fn)
+    return f"{type(family).__name__}, {'finite' if family.has_enumerate_support else 'infinite'} support"
 
 
 def _outer_plate(site) -> tuple[str, int, int] | None:
@@ -407,32 +465,57 @@ def pointwise_log_likelihood(model_fn: Callable, data, params: Mapping[str, torc
     dims summed); outside any plate, every batch element is a point (as ArviZ's ``from_pyro``). Observed
     sites that share an enumerated site (directly or through a chain of them) are contracted together
     with Pyro's ``contract_to_tensor`` (sum over enumeration dims, product over every plate except the
-    data plate) and reported as one variable named after its sites (``y1+y2``). A masked enumerated site
-    keeps its prior, which sums to one over its values: padding adds nothing.
+    data plate) and reported as one variable named after its sites (``y1+y2``).
+
+    A ``pyro.factor`` site inside a data plate is part of its points' likelihood (e.g. the likelihood of an
+    observed covariate that is enumerated where it is missing): it is contracted with the enumerated sites
+    it shares dims with, like an observed site, and joins the variable of the observed site(s) it shares
+    them with, or else of the first observed site of its data plate (``ModelInfo.factors``); the name
+    then carries it: ``y+x_lik``. A factor outside every data plate (a prior term) is not in it.
+
+    A masked enumerated site keeps its prior, which sums to one over its values: padding adds nothing;
+    except where a factor depends on its value, which then carries its probability (the imputation
+    pattern: the site drawn with ``.mask(False)``, its log-probability added by ``pyro.factor``).
     """
     model = poutine.condition(model_fn, data=dict(params))
     if info.enumerated:
         model = poutine.enum(model, first_available_dim=-1 - info.max_plate_nesting)
     trace = poutine.trace(model).get_trace(data)
-    trace.compute_log_prob(lambda name, site: name in info.observed or name in info.enumerated)
+    points = (*info.observed, *info.factors)
+    trace.compute_log_prob(lambda name, site: name in points or name in info.enumerated)
     if not info.enumerated:
-        return {name: _points(trace.nodes[name]["log_prob"], info.plates[name]) for name in info.observed}
-    for name in info.enumerated:   # unmasked prior of an enumerated site
+        out = {}
+        for name in info.observed:
+            joined = [name, *(f for f, owner in info.factors.items() if owner == name)]
+            out[_label(joined)] = sum(_points(trace.nodes[n]["log_prob"], info.plates[name]) for n in joined)
+        return out
+    for name in info.enumerated:   # unmasked prior of an enumerated site, unless a factor carries it
         site = trace.nodes[name]
+        dim = site["infer"].get("_enumerate_dim")
+        if dim is not None and any(trace.nodes[f]["log_prob"].dim() >= -dim and trace.nodes[f]["log_prob"].shape[dim] > 1
+                                   for f in info.factors):
+            continue
         fn = site["fn"]
         while isinstance(fn, MaskedDistribution):
             fn = fn.base_dist
         site["log_prob"] = site["unscaled_log_prob"] = fn.log_prob(site["value"]) * site["scale"]
+    names = (*points, *info.enumerated)
+    dtype = functools.reduce(torch.promote_types, [trace.nodes[n]["log_prob"].dtype for n in names])
+    for name in names:   # one dtype (a site masked with False has a float32 log_prob of zeros whatever the model's)
+        trace.nodes[name]["log_prob"] = trace.nodes[name]["log_prob"].to(dtype)
     try:
         trace.pack_tensors()
     except ValueError as e:
         raise ValueError(f"model: enumerated sites need every batch dim declared by a pyro.plate ({e})") from None
     symbol = trace.plate_to_symbol
     plate_symbols = set(symbol.values())
-    dims = {name: set(trace.nodes[name]["packed"]["log_prob"]._pyro_dims) - plate_symbols
-            for name in (*info.observed, *info.enumerated)}
+    dims = {name: set(trace.nodes[name]["packed"]["log_prob"]._pyro_dims) - plate_symbols for name in names}
+    groups = _coupled(points, info.enumerated, dims)
+    for group in [g for g in groups if not any(n in info.observed for n in g)]:   # factors alone: to their site
+        groups.remove(group)
+        next(g for g in groups if info.factors[group[0]] in g).extend(group)
     out = {}
-    for group in _coupled(info.observed, info.enumerated, dims):
+    for group in groups:
         tree: OrderedDict = OrderedDict()
         for name in group:
             site = trace.nodes[name]
@@ -444,9 +527,14 @@ def pointwise_log_likelihood(model_fn: Callable, data, params: Mapping[str, torc
         sum_dims = set().union(*(dims[n] for n in group))
         result = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing())
         size = plate[2] if plate else 1
-        out["+".join(observed) if len(observed) <= 3 else f"{observed[0]}+...+{observed[-1]}"] = (
+        out[_label([*observed, *(n for n in group if n in info.factors)])] = (
             result.reshape(-1).expand(size) if result.numel() == 1 else result.reshape(-1))
     return out
+
+
+def _label(names: list[str]) -> str:
+    """The variable of sites whose points are one: ``y1+y2``, or ``x_0+...+x_9`` for more than three."""
+    return "+".join(names) if len(names) <= 3 else f"{names[0]}+...+{names[-1]}"
 
 
 def _points(log_prob: torch.Tensor, plate: tuple[str, int, int] | None) -> torch.Tensor:
@@ -461,8 +549,8 @@ def _points(log_prob: torch.Tensor, plate: tuple[str, int, int] | None) -> torch
 
 
 def _coupled(observed, enumerated, dims) -> list[list[str]]:
-    """Observed sites grouped with the enumerated sites they depend on (connected through shared
-    enumeration dims); an observed site without enumeration dims is a group of its own."""
+    """Observed sites (and data-plate factors) grouped with the enumerated sites they depend on (connected
+    through shared enumeration dims); an observed site without enumeration dims is a group of its own."""
     groups: list[tuple[set[str], list[str]]] = []
     for name in (*enumerated, *observed):
         merged_dims, merged = set(dims[name]), [name]

@@ -194,7 +194,38 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False, vector
     context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
     simd = {} if vectorize else {"cpp.simdlen": 0}
     with config.patch({"cpp.threads": 1, **simd, "fallback_random": fallback_random}), tracing(context):
-        return torch._inductor.compile(graph, example)
+        return torch._inductor.compile(fence_accumulating_scatters(graph), example)
+
+
+@torch.library.custom_op("latent_zoo::index_put_accumulate", mutates_args=())
+def index_put_accumulate(self: torch.Tensor, indices: list[torch.Tensor | None], values: torch.Tensor) -> torch.Tensor:
+    """``aten.index_put(self, indices, values, accumulate=True)`` as an operation of its own, which Inductor
+    runs as it is instead of generating (and fusing) its code."""
+    return torch.ops.aten.index_put.default(self, indices, values, True)
+
+
+@index_put_accumulate.register_fake
+def _(self, indices, values):
+    return torch.empty_like(self)
+
+
+def fence_accumulating_scatters(graph):
+    """``graph``, or a copy whose accumulating ``index_put`` (the gradient of indexing a tensor with a tensor,
+    e.g. ``transition[x]`` with an enumerated ``x``) is :func:`index_put_accumulate`, out of Inductor's
+    reach. Inductor (torch 2.13, CPU) fuses such a scatter with a kernel that reads its result, and the
+    fused loop reads the buffer before it adds to it: the gradient of the enumerated HMM of Pyro's
+    tutorial came out wrong by up to 1.5 (tests/inference/test_potential.py; upstream, the class of
+    pytorch#171493)."""
+    def accumulating(node):
+        return node.target is torch.ops.aten.index_put.default and node.args[3:4] == (True,)
+
+    if not any(accumulating(n) for n in graph.graph.nodes):
+        return graph
+    graph = copy.deepcopy(graph)
+    for node in [n for n in graph.graph.nodes if accumulating(n)]:
+        node.target, node.args = torch.ops.latent_zoo.index_put_accumulate.default, node.args[:3]
+    graph.recompile()
+    return graph
 
 
 def unvalidated(fn):

@@ -23,21 +23,13 @@ A built-in model keeps its name against a plugin of the same name (the plugin is
 
 from __future__ import annotations
 
-import ast
-import importlib
-import inspect
-import logging
-from importlib import metadata
-from pathlib import Path
-
-# ``import zoo`` is cheap (torch and Pyro load with the first model or with zoo.base), so the command
-# line can answer Ctrl-C during start-up cleanly; ``zoo.ZooModel`` is resolved on first use.
+# ``import zoo`` only defines functions (every import is made where it is used; torch and Pyro load with
+# the first model or with zoo.base): ``python -m zoo`` imports this package before zoo/__main__.py can
+# answer Ctrl-C. ``zoo.ZooModel`` is resolved on first use.
 __all__ = ["ENTRY_POINT_GROUP", "ZooModel", "get", "list_models", "model_class", "register"]
 
 #: the entry-point group an installed package declares its models in
 ENTRY_POINT_GROUP = "latent_zoo.models"
-
-log = logging.getLogger(__name__)
 
 #: classes added with register(): name -> class
 _REGISTERED: dict[str, type[ZooModel]] = {}
@@ -59,6 +51,9 @@ def register(name: str, cls: type[ZooModel]) -> None:
 def module_models(path: Path) -> dict[str, str]:
     """``{name: class name}`` of the ZooModel subclasses that a module's source defines at top level with a
     literal ``name = "..."`` (a class deriving from another model class of the same module counts too)."""
+    import ast
+    import logging
+
     mtime = path.stat().st_mtime
     cached = _MODULE_CACHE.get(path)
     if cached is not None and cached[0] == mtime:
@@ -66,7 +61,7 @@ def module_models(path: Path) -> dict[str, str]:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (SyntaxError, UnicodeDecodeError) as e:
-        log.warning("zoo: skipped %s while looking for models (%s)", path.name, e)
+        logging.getLogger(__name__).warning("zoo: skipped %s while looking for models (%s)", path.name, e)
         tree = ast.Module(body=[], type_ignores=[])
     models, found = {"ZooModel"}, {}
     for node in tree.body:
@@ -88,6 +83,10 @@ def module_models(path: Path) -> dict[str, str]:
 
 def _registry() -> dict[str, object]:
     """name -> ``"module:Class"`` (imported on first use), an entry point, or a registered class."""
+    import logging
+    from importlib import metadata
+    from pathlib import Path
+
     entries: dict[str, object] = {}
     for path in sorted(Path(__file__).parent.glob("*.py")):
         if not path.stem.startswith("_"):
@@ -96,7 +95,7 @@ def _registry() -> dict[str, object]:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in entries:
             if entries[ep.name] != ep.value:
-                log.warning("zoo: plugin model %r (%s) skipped: the name is taken by %s", ep.name, ep.value,
+                logging.getLogger(__name__).warning("zoo: plugin model %r (%s) skipped: the name is taken by %s", ep.name, ep.value,
                             entries[ep.name])
             continue
         entries[ep.name] = ep
@@ -124,12 +123,16 @@ def model_class(name: str) -> type[ZooModel]:
         if not (isinstance(cls, type) and issubclass(cls, ZooModel)):
             raise TypeError(f"model: the plugin entry point {name} = {entry.value!r} is not a ZooModel subclass")
         return cls
+    import importlib
+
     module, cls = entry.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def get(name: str, **config) -> ZooModel:
     """Build the zoo model ``name`` with its configuration, e.g. ``get("gmm", n_components=3)``."""
+    import inspect
+
     cls = model_class(name)
     params = inspect.signature(cls.__init__).parameters
     accepted = [p for p in params if p != "self"]

@@ -10,7 +10,8 @@
     zoo check MODEL [--data ...]                         # what is wrong with the model/guide pair
 
 User mistakes exit with status 2 and a one-line message naming the flag; no traceback. Ctrl-C exits
-with 130 at any moment, start-up included, and leaves no partial output. :func:`main` is the one place
+with 130 at any moment, start-up included, and leaves no partial output (the process entry around
+:func:`main`, ``zoo/__main__.py``, makes SIGINT raise from its first line). :func:`main` is the one place
 that maps exceptions to exit codes; :func:`output_folder` checks ``--out`` (and ``--checkpoint``)
 before any fitting, with :func:`inference.report.check_output_dir`.
 """
@@ -758,16 +759,32 @@ def main(argv: list[str] | None = None) -> int:
     parsed: dict = {}
     try:
         return _run(argv, parsed)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Exception) as e:
+        if not _after_ctrl_c(e):
+            args = parsed.get("args")
+            if getattr(args, "verbose", False):
+                raise
+            code, message = _user_message(e, args)
+            print(f"zoo: error: {message}", file=sys.stderr)
+            return code
         print("zoo: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except Exception as e:
-        args = parsed.get("args")
-        if getattr(args, "verbose", False):
-            raise
-        code, message = _user_message(e, args)
-        print(f"zoo: error: {message}", file=sys.stderr)
-        return code
+
+
+def _after_ctrl_c(e: BaseException) -> bool:
+    """True for a KeyboardInterrupt, or an error raised from one or while handling one: Python and libraries
+    turn a Ctrl-C into other errors (Python 3.11 wraps one raised in a class's ``__set_name__`` in a
+    RuntimeError; a half-imported module fails the next import)."""
+    chain, seen = [e], set()
+    while chain:
+        e = chain.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        chain += [e.__cause__, e.__context__]
+    return False
 
 
 def _run(argv, parsed: dict) -> int:
@@ -840,6 +857,3 @@ def model_config_keys(args) -> set[str]:
     except Exception:
         return set()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -5,6 +5,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions.transforms import ExpTransform, OrderedTransform
 
 import zoo
 from inference.posterior import Posterior
@@ -29,6 +30,55 @@ def _plain_regression(data):
     noise = pyro.sample("noise", dist.HalfNormal(5.0))
     with pyro.plate("data", len(x)):
         pyro.sample("y", dist.Normal(slope * x, noise), obs=y)
+
+
+def _ordered_positive(y):
+    """Ordinal regression with positive, increasing cutpoints, as a user writes it. Torch calls the support
+    of this TransformedDistribution ``positive``: wider than the ordered values the prior gives, so a point
+    drawn on that support (uniform on the unconstrained scale) is positive but not ordered, and
+    OrderedLogistic's validation refuses it."""
+    base = dist.Normal(torch.zeros(3, dtype=y.dtype), 1.0).to_event(1)
+    c = pyro.sample("c", dist.TransformedDistribution(base, [OrderedTransform(), ExpTransform()]))   # (3,)
+    pyro.factor("shrink", -0.5 * (c ** 2).sum(-1))   # a prior correction
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.OrderedLogistic(torch.ones_like(y), c), obs=y)   # y in {0, 1, 2, 3}
+
+
+@pytest.fixture(scope="session")
+def ordered_positive():
+    return _ordered_positive
+
+
+@pytest.fixture(scope="session")
+def ordinal():
+    """Ordinal observations in {0, 1, 2, 3} for the ordered-positive model."""
+    return [0, 1, 1, 2, 3, 2, 1, 0, 2, 3, 1, 2, 2, 1, 3, 0]
+
+
+def _poisson_count(y):
+    """A latent count: n ~ Poisson(rate), observed with Gaussian noise. Its support is infinite, so it cannot
+    be enumerated (nor sampled by NUTS)."""
+    rate = pyro.sample("rate", dist.Gamma(2.0, 0.5))
+    n = pyro.sample("n", dist.Poisson(rate))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(n, 1.0), obs=y)
+
+
+def _poisson_count_guide(y):
+    """A guide of the user's own that draws the count."""
+    shape = pyro.param("shape", torch.tensor(2.0), constraint=dist.constraints.positive)
+    pyro.sample("rate", dist.Gamma(shape, 0.5))
+    pyro.sample("n", dist.Poisson(pyro.param("q_rate", torch.tensor(3.0), constraint=dist.constraints.positive)))
+
+
+@pytest.fixture(scope="session")
+def poisson_count():
+    return _poisson_count
+
+
+@pytest.fixture(scope="session")
+def poisson_count_guide():
+    return _poisson_count_guide
 
 
 @pytest.fixture(scope="session")

@@ -129,6 +129,16 @@ def test_a_broken_pair_fails_the_named_check(data, pair, failed, words):
     assert "FAIL" in str(report)
 
 
+def test_a_discrete_site_left_unenumerated_is_a_named_problem(poisson_count, poisson_count_guide):
+    y = torch.tensor([2.1, 2.9, 3.2])
+    report = inference.check(poisson_count, None, y)
+    first = report.failures[0]
+    assert first.check == "discrete", str(report)
+    assert "'n' (Poisson, infinite support)" in first.message and "infer={'enumerate': 'parallel'}" in first.message
+    finding = next(f for f in inference.check(poisson_count, poisson_count_guide, y).findings if f.check == "discrete")
+    assert finding.ok and "NUTS cannot" in finding.message and "SVI with this guide can" in finding.message
+
+
 def test_cli_check(capsys):
     from zoo.cli import main
 

@@ -1,11 +1,13 @@
 """inference.mcmc (run_nuts): plain Pyro callables with discrete recovery, seeds and parallel chains, the
 closed-form density check, bad inputs, and the private members of Pyro's kernel it reads."""
 
+import arviz as az
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.distributions.transforms import ExpTransform, OrderedTransform
 
 import inference
 import zoo
@@ -33,6 +35,25 @@ def test_bad_chain_count_and_init(y, plain_mixture):
         inference.run_nuts(plain_mixture, y, num_chains=0, progress=False)
     with pytest.raises(ValueError, match="init"):
         inference.run_nuts(plain_mixture, y, num_chains=2, init=[{}], progress=False)
+
+
+def test_a_discrete_site_nuts_cannot_draw_is_a_one_line_error(poisson_count):
+    """A latent Poisson count (infinite support), and a Bernoulli nobody marked for enumeration: one line naming
+    the site, its distribution and what would work (NUTS used to fail in biject_to, or to leave the
+    Bernoulli out of the log-likelihood)."""
+    def unmarked(y):
+        p = pyro.sample("p", dist.Beta(1.0, 1.0))
+        with pyro.plate("data", len(y)):
+            z = pyro.sample("z", dist.Bernoulli(p))
+            pyro.sample("y", dist.Normal(3.0 * z, 1.0), obs=y)
+
+    y = torch.tensor([0.1, 2.9, 3.2, -0.4])
+    for model, site in ((poisson_count, "'n' (Poisson, infinite support)"), (unmarked, "'z' (Bernoulli, finite support)")):
+        with pytest.raises(ValueError) as e:
+            inference.run_nuts(model, y, num_samples=5, warmup_steps=5, num_chains=1, progress=False)
+        message = str(e.value)
+        assert "\n" not in message and site in message and "infer={'enumerate': 'parallel'}" in message
+        assert "infinite support cannot be sampled by NUTS" in message
 
 
 @pytest.mark.parametrize("name, engine", [("gmm", "zoo"), ("gmm", "pyro"), ("hmm", "zoo")])
@@ -129,3 +150,24 @@ def test_dense_mass_runs_the_zoo_engine_and_records_the_adapted_metric():
     rho = cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])
     for inverse in post.adaptation["inverse_metric"]:
         assert abs(inverse[0, 1] / np.sqrt(inverse[0, 0] * inverse[1, 1]) - rho) < 0.08, (inverse, rho)
+
+
+def test_ordered_positive_model_samples_its_posterior(ordered_positive, ordinal):
+    """The model whose support is wider than its prior's values samples like Pyro (which retries initial
+    points until the potential is finite), and its posterior means match importance sampling."""
+    y = torch.tensor(ordinal, dtype=torch.float64)
+    post = inference.run_nuts(ordered_positive, y, num_samples=400, warmup_steps=400, num_chains=1, seed=0,
+                              progress=False)
+    draws = post.samples["c"][0].numpy()   # (400, 3)
+    # reference: self-normalised importance sampling with 400000 prior draws, weights exp(shrink + log-lik)
+    u = torch.randn(400_000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    c = ExpTransform()(OrderedTransform()(u))   # prior draws of c
+    log_w = -0.5 * (c ** 2).sum(-1) + dist.OrderedLogistic(torch.ones_like(y), c[:, None]).log_prob(y).sum(-1)
+    w = torch.softmax(log_w, 0)
+    mean = (w[:, None] * c).sum(0).numpy()
+    sd = (w[:, None] * (c - torch.as_tensor(mean)) ** 2).sum(0).sqrt().numpy()
+    ess_is = float(1 / (w ** 2).sum())   # about 10000
+    # 4 standard errors of the difference: NUTS's sd / sqrt(bulk ESS) and the reference's sd / sqrt(its ESS)
+    ess = np.array([az.ess(draws[None, :, k]) for k in range(3)])
+    se = np.sqrt(sd ** 2 / ess + sd ** 2 / ess_is)
+    assert np.all(np.abs(draws.mean(0) - mean) < 4 * se), (draws.mean(0), mean, se)

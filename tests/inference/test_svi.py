@@ -15,6 +15,21 @@ from inference.svi import Optimization, SVIDivergedError
 from inference.target import inspect_model
 
 
+@pytest.mark.parametrize("guide", [None, "delta", "mvn"])
+def test_an_autoguide_refuses_a_discrete_site_it_cannot_draw(poisson_count, guide):
+    with pytest.raises(ValueError) as e:
+        inference.fit_svi(poisson_count, torch.tensor([2.1, 2.9, 3.2]), guide=guide, num_steps=2, progress=False)
+    message = str(e.value)
+    assert "\n" not in message and "'n' (Poisson, infinite support)" in message
+    assert "infer={'enumerate': 'parallel'}" in message and "a guide of your own" in message
+
+
+def test_a_guide_of_your_own_draws_the_discrete_site(poisson_count, poisson_count_guide):
+    post = inference.fit_svi(poisson_count, torch.tensor([2.1, 2.9, 3.2]), guide=poisson_count_guide, num_steps=3,
+                             num_samples=4, progress=False)
+    assert post.samples["n"].shape == (1, 4)
+
+
 def test_elbo_auto_picks_enumeration(y, plain_mixture, plain_regression):
     info = inspect_model(plain_mixture, y)
     assert isinstance(inference.svi.make_elbo("auto", info, 1, False), pyro.infer.TraceEnum_ELBO)
