@@ -37,7 +37,8 @@ from tqdm import tqdm
 from inference.sampling import gibbs, nuts
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
-from inference.target import ModelArgs, as_target, chain_seed, init_to_uniform_any, model_data, refuse_discrete, set_seed
+from inference.target import (ModelArgs, as_target, chain_seed, discrete_problem, init_to_uniform_any, model_data,
+                              set_seed)
 from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
 from inference.validation import check_setting
 
@@ -101,16 +102,13 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     target = as_target(model, args_form=isinstance(data, ModelArgs))
     data = target.validate(data)
     info = target.info(data, marginal=True)   # NUTS samples the marginal form (zoo.base.ZooModel.marginal_model)
-    if engine == "pyro":   # the zoo engine moves them (inference.sampling.discrete); Pyro's kernel cannot
-        refuse_discrete(info, "Pyro's NUTS kernel")
+    if engine == "pyro" and (problem := discrete_problem(info, "Pyro's NUTS kernel")):
+        raise ValueError(f"engine: {problem}")   # the zoo engine moves them (inference.sampling.discrete)
     start = time.perf_counter()
     density = moves = None
     if engine == "zoo":
         density = potential_of(target, data, potential, calls=(warmup_steps + num_samples) * LEAPFROGS_PER_ITERATION)
         moves = gibbs.Moves.holding(target.marginal_fn, data, density, calls=warmup_steps + num_samples)
-    elif gibbs.initial(target.marginal_fn, data, max_plate_nesting=info.max_plate_nesting)[1]:
-        raise ValueError("engine: Pyro's NUTS kernel cannot sample latent discrete sites that are not enumerated; "
-                         "use engine='zoo' (HMC-within-Gibbs)")
 
     def chain(c: int, position: int = 0):
         cseed = chain_seed(seed, c)

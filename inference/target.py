@@ -66,8 +66,8 @@ def discrete_problem(info: ModelInfo, who: str, alternative: str = "") -> str:
         return ""
     sites = ", ".join(f"{name!r} ({fn})" for name, fn in info.discrete.items())
     return (f"latent discrete site(s) {sites} not enumerated, and {who} cannot draw them: mark a finite-support "
-            f"site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}; sites with infinite support "
-            "cannot be sampled by NUTS yet")
+            f"site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}, or sample them with "
+            "run_nuts's own engine (engine='zoo'), which moves them by Gibbs updates")
 
 
 def refuse_discrete(info: ModelInfo, who: str, alternative: str = "") -> None:
