@@ -71,6 +71,28 @@ def ess(x: np.ndarray, *, method: str = "bulk") -> np.ndarray:
     return np.asarray(values)
 
 
+def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed log weights along the last axis and their k-hat (``az.psislw``, relative ESS 1),
+    ArviZ's warnings about large k silenced: callers judge k themselves."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lw, k = az.psislw(np.asarray(log_weights, dtype=float), reff=1.0)
+    return np.asarray(lw), np.asarray(k)
+
+
+def elpd_data(*, elpd: float, se: float, p_loo: float, n_samples: int, loo_i: np.ndarray, pareto_k: np.ndarray,
+              scale: str, good_k: float):
+    """An ``ELPDData`` as ``az.loo(pointwise=True)`` returns it, from its parts (``loo_i`` on ``scale``)."""
+    import xarray as xr   # ArviZ's own dependency: the port to ArviZ 1.x changes this function only
+
+    return az.ELPDData(
+        data=[elpd, se, p_loo, n_samples, len(loo_i), bool(np.any(pareto_k > good_k)),
+              xr.DataArray(np.asarray(loo_i), dims=["observation"], name="loo_i"),
+              xr.DataArray(np.asarray(pareto_k), dims=["observation"], name="pareto_shape"), scale, good_k],
+        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k", "scale",
+               "good_k"])
+
+
 @contextmanager
 def quiet():
     """Silence ArviZ's log warnings (e.g. split R-hat on the single 'chain' of SVI draws)."""

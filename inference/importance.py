@@ -26,12 +26,11 @@ import logging
 import math
 import warnings
 
-import arviz as az
 import numpy as np
 import pyro
 import torch
-import xarray as xr
 
+from inference import azcompat
 from inference.posterior import Posterior
 from inference.potential import Potential
 
@@ -102,10 +101,8 @@ def psis(posterior) -> tuple[np.ndarray, float] | None:
         return None
     flat = ratios.reshape(-1)
     flat = np.where(np.isfinite(flat), flat, -np.inf)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lw, k = az.psislw(flat - flat[np.isfinite(flat)].max(), reff=1.0)
-    return np.asarray(lw), float(k)
+    lw, k = azcompat.psislw(flat - flat[np.isfinite(flat)].max())
+    return lw, float(k)
 
 
 def khat(posterior) -> float | None:
@@ -139,7 +136,7 @@ def ess(log_weights: np.ndarray) -> float:
     return float(np.exp(-np.logaddexp.reduce(2 * (log_weights - np.logaddexp.reduce(log_weights)))))
 
 
-def loo_corrected(log_likelihood: np.ndarray, ratios: np.ndarray, *, scale: str = "log") -> az.ELPDData:
+def loo_corrected(log_likelihood: np.ndarray, ratios: np.ndarray, *, scale: str = "log"):
     """PSIS-LOO of draws from an approximation q (Magnusson et al. 2019): ``log_likelihood`` (draws, points),
     ``ratios`` the log importance ratios log p(x, z) - log q(z) of the same draws. The leave-one-out
     weights are ``ratios - log_likelihood[:, i]``, Pareto-smoothed per point; the lppd behind ``p_loo``
@@ -148,18 +145,13 @@ def loo_corrected(log_likelihood: np.ndarray, ratios: np.ndarray, *, scale: str 
     r = np.asarray(ratios, dtype=float).reshape(-1)
     r = r - r.max()
     n_samples, n_points = ll.shape
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lw, k = az.psislw((r[:, None] - ll).T, reff=1.0)     # (points, draws)
-        post_lw, _ = az.psislw(r, reff=1.0)                   # the full-data posterior weights
+    lw, k = azcompat.psislw((r[:, None] - ll).T)     # (points, draws)
+    post_lw, _ = azcompat.psislw(r)                   # the full-data posterior weights
     loo_i = np.logaddexp.reduce(lw + ll.T, axis=1)
     lppd = float(np.logaddexp.reduce(post_lw[:, None] + ll, axis=0).sum())
     factor = {"log": 1.0, "negative_log": -1.0, "deviance": -2.0}[scale]
     elpd = float(loo_i.sum())
     good_k = min(1 - 1 / math.log10(n_samples), KHAT_MAX)
-    return az.ELPDData(
-        data=[factor * elpd, abs(factor) * float(np.sqrt(n_points * np.var(loo_i))), lppd - elpd, n_samples, n_points,
-              bool(np.any(k > good_k)), xr.DataArray(factor * loo_i, dims=["observation"], name="loo_i"),
-              xr.DataArray(np.asarray(k), dims=["observation"], name="pareto_shape"), scale, good_k],
-        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k", "scale",
-               "good_k"])
+    return azcompat.elpd_data(elpd=factor * elpd, se=abs(factor) * float(np.sqrt(n_points * np.var(loo_i))),
+                              p_loo=lppd - elpd, n_samples=n_samples, loo_i=factor * loo_i, pareto_k=k, scale=scale,
+                              good_k=good_k)

@@ -217,8 +217,7 @@ def test_fixed_prior_is_the_simulation_prior_whatever_the_data(emission):
     """prior="fixed": the log prior of the same parameters under two data sets is the scipy density with
     centre 0, spread 1 and mean count 1 (what simulate draws from), so SBC's check accepts the model;
     prior="data" (empirical Bayes) is refused by that check."""
-    from inference.sbc import check_fixed_prior
-    from inference.target import as_target
+    from inference.sbc import check_inputs
 
     p = random_params(emission, S=2, seed=6, D=1)
     m = zoo.get("hmm", n_states=2, emission=emission, prior="fixed")
@@ -228,9 +227,9 @@ def test_fixed_prior_is_the_simulation_prior_whatever_the_data(emission):
         lp = sum(float(trace.nodes[k]["fn"].log_prob(trace.nodes[k]["value"]).sum()) for k in m.global_sites)
         assert lp == pytest.approx(log_prior(emission, p, seqs, fixed=True), rel=1e-12)
         assert lp != pytest.approx(log_prior(emission, p, seqs), rel=1e-3)   # the data are not standardized
-    check_fixed_prior(as_target(m), 30, seed=0)
+    check_inputs(m, num_observations=30, seed=0)
     with pytest.raises(ValueError, match="prior of 'hmm' depends on the data"):
-        check_fixed_prior(as_target(zoo.get("hmm", n_states=2, emission=emission)), 30, seed=0)
+        check_inputs(zoo.get("hmm", n_states=2, emission=emission), num_observations=30, seed=0)
 
 
 class OwnGuide(torch.nn.Module):

@@ -376,12 +376,11 @@ def test_a_fixed_prior_ignores_the_data():
     torch.testing.assert_close(center, x.mean(0))
     torch.testing.assert_close(s, x.std(0, unbiased=False))
     # only the fixed prior passes simulation-based calibration's check (a fit of each: test_sbc.py)
-    from inference.sbc import check_fixed_prior
-    from inference.target import as_target
+    from inference.sbc import check_inputs
 
-    check_fixed_prior(as_target(fixed), 40, seed=0)
+    check_inputs(fixed, num_observations=40, seed=0)
     with pytest.raises(ValueError, match="prior of 'ppca' depends on the data"):
-        check_fixed_prior(as_target(zoo.get("ppca", n_components=K, dim=D)), 40, seed=0)
+        check_inputs(zoo.get("ppca", n_components=K, dim=D), num_observations=40, seed=0)
 
 
 def test_sbc_ranks_the_identifiable_quantities():
