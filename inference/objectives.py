@@ -399,8 +399,8 @@ def _untraceable(loss_obj, guide_fn, data) -> tuple[str, int]:
         return f"{type(loss_obj).__name__}, not Trace_ELBO", 0
     if loss_obj.vectorize_particles:
         return "vectorized particles", 0
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), warnings.catch_warnings(), pyro.validation_enabled(False):   # its structure only: a
+        warnings.simplefilter("ignore")                      # NaN at the start is step 0's error, not this one's
         state = get_rng_state()
         trace = poutine.trace(guide_fn).get_trace(data)
         set_rng_state(state)

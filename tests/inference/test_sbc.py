@@ -272,9 +272,9 @@ def test_the_replicates_share_one_route_by_the_cost_rule(monkeypatch):
     from inference.sbc import check_inputs
     from inference.tracing import LEAPFROGS_PER_ITERATION
 
-    asked = []
+    asked, needed = [], 20 * 200 * LEAPFROGS_PER_ITERATION   # the calls of 20 replicates of 100 + 100 iterations
     monkeypatch.setattr(inference.potential, "worth_compiling",
-                        lambda calls, operations, on_cpu=True: asked.append(calls) or calls >= 20 * 200 * 8)
+                        lambda calls, operations, on_cpu=True: asked.append(calls) or calls >= needed)
     monkeypatch.setattr(inference.potential, "compile_graph", lambda graph, example: graph)   # no compiler needed
     x, y = torch.linspace(-2, 2, 20), torch.zeros(20)
     args = dict(model_args=(x,), model_kwargs={"y": y})
@@ -284,7 +284,7 @@ def test_the_replicates_share_one_route_by_the_cost_rule(monkeypatch):
         return plan.fit_kwargs.get("potential")
 
     assert route(20, num_samples=100, warmup_steps=100) == "compiled"
-    assert asked == [20 * 200 * LEAPFROGS_PER_ITERATION]
+    assert asked == [needed]
     assert route(19, num_samples=100, warmup_steps=100) == "graph"
     assert route(20, num_samples=100, warmup_steps=100, potential="eager") == "eager"
     assert "potential" not in check_inputs(zoo.get("hmm", **HMM), num_simulations=100).fit_kwargs
