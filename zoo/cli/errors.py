@@ -50,7 +50,7 @@ def user_message(e: BaseException, args) -> tuple[int, str]:
         return 2, f"{where}{e.strerror or message}" + (f": {path!r}" if path else "")
     if isinstance(e, (ValueError, TypeError, FileExistsError, FileNotFoundError)):
         key, sep, rest = message.partition(": ")
-        flag = flag_of(key, args) if sep else None
+        flag = _flag_of(key, args) if sep else None
         if flag == "--option":
             message = f"--option {key}: {rest}"
         elif flag:
@@ -59,7 +59,7 @@ def user_message(e: BaseException, args) -> tuple[int, str]:
     return 1, f"{type(e).__name__}: {message} (internal error; run again with -v for the traceback)"
 
 
-def flag_of(key: str, args) -> str | None:
+def _flag_of(key: str, args) -> str | None:
     """The flag that set the API keyword ``key``: the command's own, or for a model setting the way the user
     gave it (its flag or ``--option``), else its flag, else ``--option``; None for anything else."""
     if key in FLAG_OF:
