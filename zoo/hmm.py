@@ -62,7 +62,8 @@ from zoo import kernels
 from zoo.base import ZooModel, check_setting
 from zoo.baselines import baum_welch, kmeans_start
 from zoo.data import Sequences, as_sequences
-from zoo.hmm_emissions import EMISSIONS, LogRatioToSimplex, dirichlet_log_ratio, log_simplex
+from zoo.hmm_emissions import EMISSIONS
+from zoo.hmm_simplex import LogRatioToSimplex, dirichlet_log_ratio, log_simplex
 from zoo.relabel import align_draws, permute, permute_all
 
 __all__ = ["HiddenMarkovModel", "Sequences"]
@@ -170,7 +171,7 @@ class HiddenMarkovModel(ZooModel):
         (what ``inference.run_nuts`` samples instead of tracing the model at every leapfrog step).
 
         Returns ``(transforms, fn)``: ``transforms[site]`` maps unconstrained values onto the site's
-        support (simplex rows by :class:`~zoo.hmm_emissions.LogRatioToSimplex`); ``fn(u)`` takes float64
+        support (simplex rows by :class:`~zoo.hmm_simplex.LogRatioToSimplex`); ``fn(u)`` takes float64
         numpy arrays and returns ``(log p(params, x) + log |det J|, gradient dict)``, the likelihood's
         gradient by forward-backward (:func:`zoo.kernels.gradient`), the emission prior's by its family.
         """

@@ -15,9 +15,8 @@ observed steps; V the size of the parameters' last axis)::
     check(observed, mask)        the support of the observations (a clear error naming the step)
     cluster(x, S, V, seed)       k-means starting values; signature(params): what relabelling matches
 
-Also here: :class:`LogRatioToSimplex`, the coordinates in which NUTS sees every simplex (the chain's
-``initial`` and ``transition`` rows and categorical ``emission_probs``), with :func:`log_simplex`
-and :func:`dirichlet_log_ratio`, the numpy pieces of the closed form.
+The simplex coordinates of the closed form (categorical ``emission_probs``, as the chain's rows) are in
+:mod:`zoo.hmm_simplex`.
 """
 
 from __future__ import annotations
@@ -34,12 +33,13 @@ import torch.nn.functional as F
 from pyro.nn import PyroParam
 from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
-from torch.distributions.transforms import ExpTransform, SigmoidTransform, Transform, identity_transform
+from torch.distributions.transforms import ExpTransform, SigmoidTransform, identity_transform
 from torch.distributions.utils import clamp_probs
 
 from zoo.base import check_setting
 from zoo.baselines import kmeans, kmeans_gaussians
 from zoo.data import reject
+from zoo.hmm_simplex import LogRatioToSimplex, dirichlet_log_ratio, log_simplex
 
 log = logging.getLogger("zoo.hmm")
 
@@ -354,50 +354,3 @@ def _weighted_mean(x, w):
 def _warn_vocabulary(V: int, N: int) -> None:
     log.warning("vocabulary of %d symbols is larger than the %d observed steps: most emission probabilities are "
                 "set by the prior alone (recode the symbols to 0..V-1?)", V, N)
-
-
-# --- the simplex in log-ratio coordinates (NUTS) -----------------------------------------------
-
-
-class LogRatioToSimplex(Transform):
-    """R^(K-1) -> the simplex in R^K, y = softmax(u, 0) (additive log-ratios, u_k = log(y_k / y_K)).
-
-    log |det J| = sum_k log y_k; rows are transformed independently (event dim 1)."""
-
-    domain = constraints.independent(constraints.real, 1)
-    codomain = constraints.simplex
-    bijective = True
-
-    def __eq__(self, other):
-        return isinstance(other, LogRatioToSimplex)
-
-    def _call(self, u):
-        return F.pad(u, (0, 1)).softmax(-1)
-
-    def _inverse(self, y):
-        return y[..., :-1].log() - y[..., -1:].log()
-
-    def log_abs_det_jacobian(self, u, y):
-        return F.pad(u, (0, 1)).log_softmax(-1).sum(-1)
-
-    def forward_shape(self, shape):
-        return shape[:-1] + (shape[-1] + 1,)
-
-    def inverse_shape(self, shape):
-        return shape[:-1] + (shape[-1] - 1,)
-
-
-def log_simplex(u: np.ndarray) -> np.ndarray:
-    """log softmax(u, 0) along the last axis: (..., K-1) -> (..., K)."""
-    padded = np.concatenate([u, np.zeros(u.shape[:-1] + (1,))], -1)
-    return padded - np.logaddexp.reduce(padded, axis=-1, keepdims=True)
-
-
-def dirichlet_log_ratio(log_y: np.ndarray, weights: np.ndarray, grad: dict, name: str) -> float:
-    """Dirichlet(1) rows in log-ratio coordinates: log p(y) + log |J| = sum_k log y_k + log (K-1)!.
-
-    ``weights`` (..., K) is 1 + d(log-likelihood)/d log y; the gradient of sum_k weights_k log y_k in
-    u is weights_k - (sum_j weights_j) y_k for k < K; stored in ``grad[name]``."""
-    K = log_y.shape[-1]
-    grad[name] = weights[..., :-1] - weights.sum(-1, keepdims=True) * np.exp(log_y[..., :-1])
-    return float(log_y.sum() + log_y[..., 0].size * math.lgamma(K))

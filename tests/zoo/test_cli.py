@@ -107,3 +107,43 @@ def test_model_flags_come_from_the_models_constructors(capsys, monkeypatch):
     args = build_parser().parse_args(["fit", "widgets", "--widgets", "5", "--no-shiny", "--components", "3"])
     assert model_config(args) == {"n_components": 3, "n_widgets": 5, "shiny": False}
     assert zoo.get("widgets", **model_config(args)).n_widgets == 5
+
+
+def test_importing_the_cli_loads_nothing_heavy():
+    """zoo/__main__.py imports zoo.cli once Ctrl-C is answered; torch, Pyro, ArviZ, matplotlib and inference
+    load inside the commands (a Ctrl-C in the middle of their set-up is the hard case, zoo/__main__.py)."""
+    heavy = ("torch", "pyro", "numpy", "pandas", "matplotlib", "arviz", "inference")
+    code = f"import sys, zoo.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
+@pytest.mark.parametrize("method, engine", [("svi", "fit_svi"), ("map", "fit_svi"), ("nuts", "run_nuts"),
+                                            ("gibbs", "run_gibbs")])
+def test_one_mapping_from_flags_to_each_fit(monkeypatch, method, engine):
+    """zoo.cli.fitting.fit calls the method's inference function with keywords its signature accepts, each
+    set from its flag (checked by binding them to the real function's signature)."""
+    import inspect
+
+    import inference
+    from zoo.cli import build_parser
+    from zoo.cli.fitting import check_args, fit
+
+    calls = []
+
+    def record(real):
+        return lambda *a, **kw: calls.append((real.__name__, inspect.signature(real).bind(*a, **kw).arguments))
+
+    for name in ("fit_svi", "run_nuts", "run_gibbs"):
+        monkeypatch.setattr(inference, name, record(getattr(inference, name)))
+    args = build_parser().parse_args(["compare", "gmm", "--steps", "7", "--lr", "0.2", "--guide", "normal",
+                                      "--samples", "11", "--warmup", "5", "--chains", "3", "--particles", "2",
+                                      "--seed", "4", "--quiet"])
+    check_args(args)
+    fit(args, method, "MODEL", "DATA", {"feature": ["a"]})
+    (name, bound), = calls
+    common = {"model": "MODEL", "data": "DATA", "seed": 4, "coords": {"feature": ["a"]}, "progress": False,
+              "num_samples": 11}
+    own = {"fit_svi": {"num_steps": 7, "lr": 0.2, "num_particles": 2, "guide": "delta" if method == "map" else "normal"},
+           "run_nuts": {"warmup_steps": 5, "num_chains": 3}}
+    assert (name, bound) == (engine, {**common, **own.get(engine, own["run_nuts"])})

@@ -16,7 +16,7 @@ import zoo
 from inference.posterior import Posterior
 from inference.target import Target
 from zoo.data import Sequences
-from zoo.hmm_emissions import LogRatioToSimplex
+from zoo.hmm_simplex import LogRatioToSimplex
 
 E_SHAPE = {"gaussian": (2,), "categorical": (), "poisson": (), "bernoulli": (4,)}
 TRUTH = {  # two well separated, sticky states
