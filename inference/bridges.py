@@ -28,8 +28,7 @@ import torch
 from pyro.infer import MCMC
 from pyro.infer.autoguide import AutoDelta
 
-from inference.posterior import Posterior
-from inference.svi import sample_guide
+from inference.posterior import Posterior, sample_guide
 from inference.target import ModelArgs, Target, _trace, model_data
 
 

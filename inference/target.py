@@ -108,7 +108,7 @@ def model_data(data=None, model_args=None, model_kwargs=None):
 
 class CallWithArgs:
     """``fn(*args, **kwargs)`` as a callable of one :class:`ModelArgs`. Its ``__self__`` is ``fn``, as a
-    bound method's is: where the parameters of a module are looked for (``inference.svi``)."""
+    bound method's is: where the parameters of a module are looked for (``inference.variational.svi``)."""
 
     def __init__(self, fn: Callable):
         self.__self__ = fn

@@ -13,7 +13,7 @@ User mistakes exit with status 2 and a one-line message naming the flag; no trac
 with 130 at any moment, start-up included, and leaves no partial output (the process entry around
 :func:`main`, ``zoo/__main__.py``, makes SIGINT raise from its first line). :func:`main` is the one place
 that maps exceptions to exit codes; :func:`output_folder` checks ``--out`` (and ``--checkpoint``)
-before any fitting, with :func:`inference.report.check_output_dir`.
+before any fitting, with :func:`inference.files.check_output_dir`.
 """
 
 from __future__ import annotations
@@ -302,14 +302,14 @@ def output_folder(args, checkpoint: bool = False):
     """``--out`` (default runs/<model>-<command>) checked before any fitting: never the working folder or an
     ancestor, nor a folder holding the input data; replaced only with --force and only if it is a report.
     With ``checkpoint``, also the checkpoint file (default OUT.ckpt.pt). Returns ``(out, checkpoint)``."""
-    from inference.report import check_output_dir, check_output_file
+    from inference.files import check_output_dir, check_output_file
 
     protect = [p for p in (args.data, args.data_dir) if p and os.path.exists(p)]
     out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force,
                            name="--out", protect=protect)
     if not checkpoint:
         return out, None
-    from inference.train import read_checkpoint
+    from inference.variational.train import read_checkpoint
 
     path = args.checkpoint or f"{out}.ckpt.pt"
     check_output_file(path, args.force or args.resume, name="--checkpoint", protect=protect, is_ours=read_checkpoint,
@@ -342,7 +342,7 @@ def _setup(args):
     from zoo import datasets
 
     if args.lr is None:
-        args.lr = 0.05   # fit_svi's first step size (inference.svi.LR)
+        args.lr = 0.05   # fit_svi's first step size (inference.variational.svi.LR)
     model = zoo.get(args.model, **model_config(args))
     out, _ = output_folder(args)
     dataset = datasets.load(args.data or model.default_dataset, data_dir=args.data_dir)
@@ -400,7 +400,7 @@ def cmd_compare(args, sbc=None) -> int:
     """SVI vs NUTS on one model and data; ``sbc`` (from ``zoo report --sbc/--sbc-from``): a function returning
     the SBCResult to include, called after the fits."""
     import inference
-    from inference.compare import summary_line
+    from inference.checks.compare import summary_line
 
     if check_args(args):
         return compare_amortized(args)
@@ -467,7 +467,7 @@ def _sbc_runner(args, simulations: int, method: str, fit: dict, model_flag: str)
     """Check the SBC inputs now (before other long work) and return a function that runs it. Errors name
     the CLI flags (``model_flag`` for a model SBC cannot calibrate), not the Python arguments."""
     import zoo
-    from inference.sbc import check_inputs, sbc
+    from inference.checks.sbc import check_inputs, sbc
 
     flags = {"num_simulations:": "--simulations:" if args.command == "sbc" else "--sbc:",
              "num_observations:": "--observations:", "n_jobs:": "--jobs:", "model:": model_flag}
@@ -506,8 +506,8 @@ def cmd_select(args) -> int:
     every candidate's netCDF."""
     import inference
     import zoo
-    from inference.plots import plot_khat, plot_select
-    from inference.select import check_loo_data, select
+    from inference.reporting.plots import plot_khat, plot_select
+    from inference.checks.select import check_loo_data, select
 
     keys = model_config_keys(args)
     counts = [dest for dest, key in args.model_flags.items() if key.startswith("n_") and key in keys]
@@ -566,7 +566,7 @@ def cmd_report(args) -> int:
     (--sbc N) or read from a `zoo sbc` folder (--sbc-from DIR)."""
     from pathlib import Path
 
-    from inference.html import read_posteriors, sbc_items, write_html
+    from inference.reporting.html import read_posteriors, sbc_items, write_html
 
     if args.sbc is not None and args.sbc_from is not None:
         raise ValueError("--sbc/--sbc-from: give one: run the calibration here, or include one run by `zoo sbc`")
@@ -617,7 +617,7 @@ def _read_sbc(args):
     """The SBCResult in the folder --sbc-from (written by `zoo sbc`), checked to be of the model reported on."""
     from pathlib import Path
 
-    from inference.sbc import SBCResult
+    from inference.checks.sbc import SBCResult
 
     path = Path(args.sbc_from) / "sbc.nc"
     if not path.is_file():
@@ -649,7 +649,7 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 def _plot_names(text: str) -> tuple[str, ...]:
-    from inference.html import PLOTS
+    from inference.reporting.html import PLOTS
 
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [v for v in names if v not in PLOTS]
@@ -685,10 +685,10 @@ def _sizes(text: str) -> tuple[int, ...]:
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
-    from inference.plots import plot_history
+    from inference.reporting.plots import plot_history
     from inference.posterior import heldout
-    from inference.report import training_text
-    from inference.train import train
+    from inference.reporting.report import training_text
+    from inference.variational.train import train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":
@@ -704,7 +704,7 @@ def _train_amortized(args):
     kw = dict(valid=valid, elbo=args.elbo, num_particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
               lr=args.lr or 1e-3, seed=args.seed, progress=not args.quiet)
     if args.trainer == "lightning":
-        from inference.lightning import train_lightning
+        from inference.variational.lightning import train_lightning
 
         fit = train_lightning(model, data, devices=args.devices, accelerator="gpu" if args.device == "cuda" else "cpu", **kw)
     else:
@@ -734,7 +734,7 @@ def fit_amortized(args) -> int:
 
 def compare_amortized(args) -> int:
     import inference
-    from inference.amortization import amortization_gap, gap_sections
+    from inference.checks.amortization import amortization_gap, gap_sections
 
     fit, post, evaluation, out, held, figures = _train_amortized(args)
     points = post.data[:args.points]
@@ -805,7 +805,7 @@ def _run(argv, parsed: dict) -> int:
 
 def _user_message(e: BaseException, args) -> tuple[int, str]:
     """(exit code, one line) for an exception; the leading ``keyword:`` of a message becomes its flag."""
-    from inference.svi import SVIDivergedError
+    from inference.variational.svi import SVIDivergedError
 
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if isinstance(e, SVIDivergedError):

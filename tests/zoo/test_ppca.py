@@ -376,7 +376,7 @@ def test_a_fixed_prior_ignores_the_data():
     torch.testing.assert_close(center, x.mean(0))
     torch.testing.assert_close(s, x.std(0, unbiased=False))
     # only the fixed prior passes simulation-based calibration's check (a fit of each: test_sbc.py)
-    from inference.sbc import check_fixed_prior
+    from inference.checks.sbc import check_fixed_prior
     from inference.target import as_target
 
     check_fixed_prior(as_target(fixed), 40, seed=0)
