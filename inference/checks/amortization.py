@@ -44,6 +44,7 @@ from inference.checks.compare import compare
 from inference.posterior import Posterior, sample_guide
 from inference.sampling.mcmc import run_nuts
 from inference.target import Target, inspect_model, set_seed
+from inference.thresholds import AGREE_SMD
 from inference.variational.objectives import elbo_estimate, importance_estimate
 from inference.variational.svi import fit_svi
 
@@ -214,10 +215,10 @@ def gap_sections(gap: AmortizationGap) -> Mapping[str, object]:
     per_point = pd.concat({(i, label): c.drop(columns=["site", "verdict"]) for i, d in gap.comparisons.items()
                            for label, c in d.items()}, names=["point", "against_nuts", "quantity"])
     per_point.attrs.update(csv="amortization_compare.csv", markdown=False)
-    verdicts = pd.DataFrame({label: [int((d[label]["smd"].abs() < 0.25).sum()) for d in gap.comparisons.values()]
+    verdicts = pd.DataFrame({label: [int((d[label]["smd"].abs() < AGREE_SMD).sum()) for d in gap.comparisons.values()]
                              for label in ("amortized", "optimized")}).rename_axis("point")
     return {"Amortization gap (Cremer et al. 2018)": summary, "Per data point (nats)": table,
-            "Latents whose mean agrees with NUTS (|smd| < 0.25), per data point": verdicts,
+            f"Latents whose mean agrees with NUTS (|smd| < {AGREE_SMD}), per data point": verdicts,
             "Per-point comparisons against NUTS": per_point}
 
 

@@ -17,9 +17,7 @@ import torch
 
 from inference.azcompat import quiet as quiet_arviz
 from inference.posterior import Posterior
-
-AGREE_SMD = 0.25     # |mean_a - mean_b| / sd_b below this: the means agree
-SD_RATIO = (0.5, 2.0)
+from inference.thresholds import AGREE_SMD, SD_RATIO
 
 log = logging.getLogger(__name__)
 

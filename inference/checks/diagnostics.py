@@ -33,15 +33,11 @@ import numpy as np
 import pandas as pd
 
 from inference.azcompat import quiet as quiet_arviz
-from inference.checks.importance import KHAT_GOOD, KHAT_MAX, khat
+from inference.checks.importance import khat
 from inference.posterior import Posterior
+from inference.thresholds import BFMI_MIN, ESS_MIN, KHAT_GOOD, KHAT_MAX, RHAT_MAX
 
 log = logging.getLogger(__name__)
-
-RHAT_MAX = 1.01
-ESS_MIN = 400
-BFMI_MIN = 0.3
-
 
 @dataclass
 class Diagnosis:

@@ -34,12 +34,9 @@ import xarray as xr
 
 from inference.posterior import Posterior
 from inference.potential import Potential
+from inference.thresholds import KHAT_MAX
 
 log = logging.getLogger(__name__)
-
-KHAT_GOOD = 0.5
-KHAT_MAX = 0.7
-
 
 def log_ratios(posterior) -> np.ndarray | None:
     """``log p(x, z_s) - log q(z_s)`` per draw, shape (chain, draw), cached on the posterior; None (with

@@ -23,9 +23,7 @@ import pandas as pd
 from inference.checks.importance import khat, log_ratios, loo_corrected
 from inference.posterior import Posterior
 from inference.target import as_target
-
-PARETO_K_MAX = 0.7   # above this a point's importance weights are unreliable (Vehtari et al. 2024)
-
+from inference.thresholds import KHAT_MAX
 
 def loo(posterior, *, name: str = "posterior", correct: bool = True, var_name: str | None = None) -> az.ELPDData:
     """PSIS-LOO (pointwise) of a :class:`Posterior` or an InferenceData with a ``log_likelihood`` group.
@@ -38,7 +36,7 @@ def loo(posterior, *, name: str = "posterior", correct: bool = True, var_name: s
     ``var_name``: one observed site's log-likelihood (default: the only one, or all sites' joint for a
     Posterior). ``name`` is the argument named in error messages.
     """
-    idata = _loo_idata(posterior, name)
+    idata = _loo_idata(posterior, name, var_name)
     method = posterior.method if isinstance(posterior, Posterior) else idata.posterior.attrs.get("inference_method")
     ratios = log_ratios(posterior) if correct and isinstance(posterior, Posterior) else None
     if ratios is not None:
@@ -73,13 +71,42 @@ def select(candidates: Mapping[str, Posterior], *, scale: str = "log") -> pd.Dat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = az.compare(loos, ic="loo", scale=scale)
-    k = {label: np.asarray(r.pareto_k) for label, r in loos.items()}
-    table["pareto_k_max"] = [float(k[label].max()) for label in table.index]
-    table[f"pareto_k>{PARETO_K_MAX}"] = [int((k[label] > PARETO_K_MAX).sum()) for label in table.index]
-    table["draws"] = [loos[label].attrs.get("draws", "") for label in table.index]
+    for column in ("pareto_k_max", f"pareto_k>{KHAT_MAX}", "draws"):
+        table[column] = [_columns(loos[label])[column] for label in table.index]
     table.index.name = "model"
     table.attrs["loo"] = loos
     return table
+
+
+def loo_table(posteriors: Mapping[str, Posterior], *, by_site: bool = False) -> pd.DataFrame:
+    """PSIS-LOO (:func:`loo`) of each posterior's marginal pointwise log-likelihood, one row per posterior
+    (``by_site``: per observed site of each, labelled "label: site" where there are several): ``elpd_loo``,
+    ``se``, ``p_loo``, ``points``, ``pareto_k_max``, ``pareto_k>0.7`` (points whose estimate is unreliable,
+    ``inference.thresholds.KHAT_MAX``) and ``draws`` (SVI: corrected for the guide). A posterior LOO does
+    not apply to (a point estimate, one item of the data plate) has no row; ``df.attrs["notes"]`` says why.
+    The one LOO table of ``select``'s columns, the report folder and report.html."""
+    rows, notes = {}, []
+    for label, post in posteriors.items():
+        sites = list(post.pointwise) if by_site else [None]
+        for site in sites:
+            try:
+                result = loo(post, name=label, var_name=site)
+            except (ValueError, TypeError) as e:
+                notes.append(str(e))
+                continue
+            row = label if site is None or len(sites) == 1 else f"{label}: {site}"
+            rows[row] = {"elpd_loo": float(result.elpd_loo), "se": float(result.se), "p_loo": float(result.p_loo),
+                         "points": int(result.n_data_points), **_columns(result)}
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+    table.attrs["notes"] = notes
+    return table
+
+
+def _columns(result: az.ELPDData) -> dict:
+    """The Pareto k and draws columns of one LOO result."""
+    k = np.asarray(result.pareto_k)
+    return {"pareto_k_max": float(k.max()), f"pareto_k>{KHAT_MAX}": int((k > KHAT_MAX).sum()),
+            "draws": result.attrs.get("draws", "")}
 
 
 def check_loo_data(model, data, *, name: str = "data") -> int:
@@ -95,7 +122,7 @@ def check_loo_data(model, data, *, name: str = "data") -> int:
     return info.data_size if info.data_size is not None else 1
 
 
-def _loo_idata(posterior, name: str):
+def _loo_idata(posterior, name: str, var_name: str | None = None):
     """The InferenceData to run LOO on, or a one-line error naming ``name``."""
     if isinstance(posterior, Posterior):
         if posterior.num_chains * posterior.num_draws < 2:
@@ -111,7 +138,7 @@ def _loo_idata(posterior, name: str):
     if "log_likelihood" not in idata.groups():
         raise ValueError(f"{name}: no log_likelihood group; PSIS-LOO needs the pointwise log-likelihood "
                          "(the idata of inference.fit_svi / run_nuts holds the marginal one)")
-    ll = next(iter(idata.log_likelihood.data_vars.values()))
+    ll = idata.log_likelihood[var_name] if var_name else next(iter(idata.log_likelihood.data_vars.values()))
     if ll.sizes.get("chain", 1) * ll.sizes.get("draw", 1) < 2:
         raise ValueError(f"{name}: a single draw has no posterior to leave points out of; fit by NUTS or SVI")
     if int(np.prod([s for d, s in ll.sizes.items() if d not in ("chain", "draw")])) < 2:

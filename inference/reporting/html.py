@@ -1,7 +1,7 @@
 """``report.html``: one self-contained page per report folder (images as data URIs, CSS inline, no JS).
 
 Sections, each with a line on what to look at, and a one-line note where its inputs are absent:
-data and model, SVI vs NUTS, diagnostics and verdicts, trace/rank/energy/pair plots, posterior
+data and model, the comparison of the fits (its heading names them: "SVI vs NUTS vs GIBBS"), diagnostics and verdicts, trace/rank/energy/pair plots, posterior
 predictive checks, PSIS-LOO and model choice, simulation-based calibration, files.
 
 Content comes from three places, in this order: ``pieces`` handed in by the caller (matplotlib
@@ -30,8 +30,10 @@ import pandas as pd
 from inference.checks.compare import summary_line
 from inference.checks.ppc import plot_ppc
 from inference.checks.sbc import SBCResult
-from inference.checks.select import loo
+from inference.checks.select import loo_table
+from inference.files import atomic_write
 from inference.reporting.plots import plot_energy, plot_pair, plot_rank, plot_trace
+from inference.thresholds import AGREE_SMD, BFMI_MIN, ESS_MIN, KHAT_GOOD, KHAT_MAX, RHAT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,15 @@ log = logging.getLogger(__name__)
 SECTIONS = {
     "data": ("Data and model", "Do the data look like what the model assumes (scales, clusters, gaps)? "
                                "Are the runs' settings and wall times what you asked for?"),
-    "comparison": ("SVI vs NUTS", "Rows whose verdict is not 'agree': SVI means off by more than a quarter of "
-                                  "a NUTS sd, or sds too small (mean-field SVI underestimates variance)."),
-    "diagnostics": ("Diagnostics and verdicts", "Every verdict should be 'pass': R-hat <= 1.01, bulk ESS >= 400, "
-                                                "no divergences; E-BFMI below 0.3 means poor exploration. SVI: "
-                                                "'converged' (the iterates became stationary) and Pareto k-hat "
-                                                "of the guide below 0.5 (close to the posterior); 0.5-0.7 use "
-                                                "with care; above 0.7 the guide misses the posterior: do not "
-                                                "trust its sds."),
+    "comparison": ("Comparison of the fits", f"Rows whose verdict is not 'agree': means off by more than {AGREE_SMD} "
+                                             "sd of the reference fit, or sds too small (mean-field SVI "
+                                             "underestimates variance)."),
+    "diagnostics": ("Diagnostics and verdicts", f"Every verdict should be 'pass': R-hat <= {RHAT_MAX}, bulk ESS >= "
+                                                f"{ESS_MIN}, no divergences; E-BFMI below {BFMI_MIN} means poor "
+                                                "exploration. SVI: 'converged' (the iterates became stationary) and "
+                                                f"Pareto k-hat of the guide below {KHAT_GOOD} (close to the "
+                                                f"posterior); {KHAT_GOOD}-{KHAT_MAX} use with care; above {KHAT_MAX} "
+                                                "the guide misses the posterior: do not trust its sds."),
     "plots": ("Trace, rank, energy and pair plots", "Traces should overlap like fuzzy caterpillars, rank "
                                                    "histograms be flat, the energy transition distribution be as "
                                                    "wide as the marginal energy, pairs show no funnels or "
@@ -54,7 +57,7 @@ SECTIONS = {
     "ppc": ("Posterior predictive checks", "Observed data (or statistic) inside the cloud of replicated data; "
                                            "Bayesian p-values near 0 or 1 name what the model misses."),
     "loo": ("PSIS-LOO and model choice", "Higher elpd_loo predicts better; a difference smaller than about "
-                                        "2 dse is no evidence; Pareto k above 0.7 makes that point's estimate "
+                                        f"2 dse is no evidence; Pareto k above {KHAT_MAX} makes that point's estimate "
                                         "unreliable. SVI rows are corrected for the guide ('draws'); an "
                                         "uncorrected SVI row treats guide draws as posterior draws."),
     "more": ("Further results", "Results particular to this model or command (held-out log-likelihood, "
@@ -127,8 +130,11 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
     sbc_result = (folder / "sbc.nc").is_file() or "sbc" in pieces     # sbc.png/.csv come with its verdict
     found = _folder_items(folder, skip=given | (SBC_FILES if sbc_result else set()))
     title = title or _first_heading(summary) or "Latent Zoo report"
+    headings = {sid: heading for sid, (heading, _) in SECTIONS.items()}
+    if len(posteriors) > 1:   # what was compared: "SVI vs NUTS", "SVI vs NUTS vs GIBBS"
+        headings["comparison"] = " vs ".join(str(label).upper() for label in posteriors)
     body = [f"<h1>{_e(title)}</h1>",
-            "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, (h, _) in SECTIONS.items()) + "</nav>"]
+            "<nav>" + "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, h in headings.items()) + "</nav>"]
     builders = {
         "data": lambda: _data(idatas, dataset, summary),
         "comparison": lambda: _comparison(comparison, folder),
@@ -151,7 +157,7 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         "more": "Nothing further for this run.",
         "files": "No files.",
     }
-    for sid, (heading, look) in SECTIONS.items():
+    for sid, (_, look) in SECTIONS.items():
         try:
             items = builders[sid]() + (found[sid] if sid != "plots" else [])
         except Exception as e:   # one section that cannot be built must not lose the page
@@ -160,16 +166,15 @@ def write_html(folder, posteriors: Mapping[str, Any] | None = None, *, title: st
         items += pieces.get(sid, [])
         parts = [_render(item) for item in items]
         parts = parts or [_render(_Absent(absent[sid]))]
-        body.append(f'<section id="{sid}"><h2>{_e(heading)}</h2><p class="look"><b>What to look at:</b> '
+        body.append(f'<section id="{sid}"><h2>{_e(headings[sid])}</h2><p class="look"><b>What to look at:</b> '
                      f'{_e(look)}</p>{"".join(parts)}</section>')
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
     out = Path(path) if path is not None else folder / "report.html"
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_write(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out
 
 
@@ -340,22 +345,9 @@ def _ppc(idatas, found):
 
 
 def _loo(posteriors):
-    rows, notes = {}, []
-    for label, post in posteriors.items():
-        try:
-            r = loo(post, name=label)
-        except (ValueError, TypeError) as e:
-            notes.append(str(e))
-            continue
-        k = np.asarray(r.pareto_k)
-        rows[label] = {"elpd_loo": float(r.elpd_loo), "se": float(r.se), "p_loo": float(r.p_loo),
-                       "points": int(r.n_data_points), "pareto_k_max": float(k.max()),
-                       "pareto_k > 0.7": int((k > 0.7).sum()), "draws": r.attrs.get("draws", "")}
-    items: list = []
-    if rows:
-        items.append(("PSIS-LOO on the marginal pointwise log-likelihood",
-                      pd.DataFrame.from_dict(rows, orient="index").rename_axis("fit")))
-    return items + notes
+    table = loo_table(posteriors)
+    items: list = [("PSIS-LOO on the marginal pointwise log-likelihood", table)] if len(table) else []
+    return items + table.attrs["notes"]
 
 
 def sbc_items(folder) -> list:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from inference.checks.importance import khat, log_ratios
-from inference.checks.select import PARETO_K_MAX
 from inference.figures import figure_of
 from inference.posterior import from_dict
+from inference.thresholds import KHAT_MAX
 
 #: scalar quantities shown in a pair plot
 PAIR_MAX = 6
@@ -235,7 +235,7 @@ def plot_importance_tail(posteriors):
 def plot_select(table):
     """``az.plot_compare`` of an :func:`inference.select` table: elpd_loo +- se per candidate, differences
     to the best."""
-    ax = az.plot_compare(table.drop(columns=["pareto_k_max", f"pareto_k>{PARETO_K_MAX}"]), insample_dev=False,
+    ax = az.plot_compare(table.drop(columns=["pareto_k_max", f"pareto_k>{KHAT_MAX}"]), insample_dev=False,
                          show=False, figsize=(7, 0.6 * len(table) + 1.6))
     fig = ax.figure
     ax.set_title("Model choice by PSIS-LOO (marginal log-likelihood): higher is better", fontsize=10)
@@ -244,14 +244,14 @@ def plot_select(table):
 
 
 def plot_khat(loos: Mapping[str, az.ELPDData]):
-    """Pareto k of every data point, one panel per candidate, with the 0.7 threshold."""
+    """Pareto k of every data point, one panel per candidate, with the ``KHAT_MAX`` threshold."""
     n = len(loos)
     fig, axes = plt.subplots(1, n, figsize=(min(3.6 * n, 14), 3.2), squeeze=False, sharey=True)
     for ax, (label, result) in zip(axes[0], loos.items()):
         az.plot_khat(result, ax=ax, show_hlines=True, show=False)
-        ax.axhline(PARETO_K_MAX, color="C3", ls="--", lw=1)
+        ax.axhline(KHAT_MAX, color="C3", ls="--", lw=1)
         ax.set_title(f"{label}: max k = {float(np.max(result.pareto_k)):.2f}", fontsize=9)
-    fig.suptitle(f"Pareto k per data point (above {PARETO_K_MAX}: that point's LOO estimate is unreliable)",
+    fig.suptitle(f"Pareto k per data point (above {KHAT_MAX}: that point's LOO estimate is unreliable)",
                  fontsize=10)
     fig.tight_layout()
     return fig

@@ -22,7 +22,7 @@ import pandas as pd
 
 from inference.checks.compare import summary_line
 from inference.checks.diagnostics import Diagnosis
-from inference.checks.select import loo
+from inference.checks.select import loo_table
 from inference.files import MARKER, atomic_write, check_output_dir
 from inference.posterior import Posterior
 from inference.reporting.html import write_html
@@ -141,21 +141,6 @@ def training_text(fit, heldout: pd.DataFrame, split: str, eval_particles: int | 
             + (f"; checkpoint {fit.checkpoint}" if fit.checkpoint else "") + ".")
 
 
-def loo_table(posteriors: Mapping[str, Posterior]) -> pd.DataFrame:
-    """PSIS-LOO from each posterior's marginal pointwise log-likelihood, one row per observed site; SVI
-    rows corrected for the guide (``draws``: :func:`inference.checks.select.loo`)."""
-    rows = {}
-    for label, post in posteriors.items():
-        for site, ll in post.pointwise.items():
-            if post.num_chains * post.num_draws < 10 or ll[0, 0].numel() < 2:   # one sequence: nothing left
-                continue
-            result = loo(post, name=label, var_name=site)
-            rows[label if len(post.pointwise) == 1 else f"{label}: {site}"] = {
-                "elpd_loo": float(result.elpd_loo), "se": float(result.se), "p_loo": float(result.p_loo),
-                "pareto_k > 0.7": int((np.asarray(result.pareto_k) > 0.7).sum()), "draws": result.attrs["draws"]}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
-
-
 def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None, files=(), title="",
                    sections=None, sbc=None):
     """The summary as a list of ``(kind, content)`` blocks: h1, h2, p, table, pre, file."""
@@ -185,7 +170,7 @@ def summary_blocks(posteriors, *, dataset=None, comparison=None, diagnoses=None,
                    ("table", comparison.drop(columns=["site"]))]
     if diagnoses:
         blocks += [("h2", "Diagnostics")] + [("pre", str(d)) for d in diagnoses.values()]
-    loo = loo_table(posteriors)
+    loo = loo_table(posteriors, by_site=True)
     if len(loo):
         blocks += [("h2", "PSIS-LOO (marginal pointwise log-likelihood)"), ("table", loo)]
     if sbc is not None:

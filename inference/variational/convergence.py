@@ -6,12 +6,12 @@ variational inference"). So the tools of MCMC apply to them:
 
 - **stationarity**: split R-hat of every tracked coordinate of the parameter vector over a window of the
   latest iterates (the window split in two halves, as two chains); the iterates are stationary when the
-  largest R-hat over one of a few candidate windows is at most ``RHAT_MAX`` = 1.1 (the longest such window
+  largest R-hat over one of a few candidate windows is at most ``ITERATE_RHAT_MAX`` = 1.1 (the longest such window
   is averaged). Candidate windows run from ``WINDOW_MIN`` iterates to 95 % of the iterates at the current
   step size (FASO);
 - **iterate averaging**: the mean of the stationary window estimates the optimum far better than the
   last iterate (the noise of single iterates averages out), provided the window holds enough effective
-  draws: its bulk effective sample size is at least ``ESS_MIN`` for every tracked coordinate, and the
+  draws: its bulk effective sample size is at least ``ITERATE_ESS_MIN`` for every tracked coordinate, and the
   Monte Carlo standard error of the average is ``sd / sqrt(ESS)`` per coordinate;
 - **step-size levels** (Welandawe et al. 2022, RABVI): once stationary, the parameters restart from
   the average with the step size multiplied by ``RHO``; the run stops at the last level, or earlier when
@@ -37,10 +37,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-RHAT_MAX = 1.1          # Dhaka et al. 2020; Welandawe et al. 2022
+ITERATE_RHAT_MAX = 1.1          # Dhaka et al. 2020; Welandawe et al. 2022
 WINDOW_MIN = 200        # the smallest window R-hat is computed on (FASO's W_min)
 CHECK_EVERY = 100       # steps between checks; windows are multiples of it
-ESS_MIN = WINDOW_MIN // 8   # effective iterates an average needs (FASO)
+ITERATE_ESS_MIN = WINDOW_MIN // 8   # effective iterates an average needs (FASO)
 RHO = 0.5               # step-size factor between levels (RABVI)
 MAX_LEVELS = 3
 AGREE_Z = 3.0           # two levels agree: |difference| <= 3 combined MCSEs, every coordinate
@@ -133,7 +133,7 @@ class IterateMonitor:
     def stationary(self, since: int) -> tuple[bool, int, float]:
         """Whether the iterates after step ``since`` end in a stationary window: ``(ok, window, rhat)`` for
         the longest of up to five candidate windows (multiples of ``CHECK_EVERY``, from ``WINDOW_MIN`` to
-        95 % of the iterates since ``since``) whose R-hat is at most ``RHAT_MAX`` (else the one of least
+        95 % of the iterates since ``since``) whose R-hat is at most ``ITERATE_RHAT_MAX`` (else the one of least
         R-hat): the longest holds the most effective iterates to average."""
         available = self.steps - since
         upper = int(0.95 * available) // CHECK_EVERY * CHECK_EVERY
@@ -142,7 +142,7 @@ class IterateMonitor:
         windows = sorted({int(w) // CHECK_EVERY * CHECK_EVERY for w in np.linspace(WINDOW_MIN, upper, 5)})
         x = np.asarray(self.history[self.steps - windows[-1]:])
         rhats = [float(split_rhat(x[len(x) - w:]).max()) for w in windows]
-        passing = [i for i, r in enumerate(rhats) if r <= RHAT_MAX]
+        passing = [i for i, r in enumerate(rhats) if r <= ITERATE_RHAT_MAX]
         best = passing[-1] if passing else int(np.argmin(rhats))   # the longest stationary window: most iterates
         return bool(passing), windows[best], rhats[best]
 
@@ -197,7 +197,7 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         if not ok:
             continue
         ess, mcse = monitor.window_stats(window)
-        if ess.min() < ESS_MIN:
+        if ess.min() < ITERATE_ESS_MIN:
             few = float(ess.min())
             continue
         average = monitor.average(window)
@@ -210,7 +210,7 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         report.stationary_at, report.rhat = monitor.steps - window, rhat
         if mode == "single" or agree or level + 1 >= max_levels:
             report.converged = True
-            report.reason = (f"stationary (iterate R-hat {rhat:.3f} <= {RHAT_MAX}) {_at(loop.lr)}"
+            report.reason = (f"stationary (iterate R-hat {rhat:.3f} <= {ITERATE_RHAT_MAX}) {_at(loop.lr)}"
                              + ("; the last two step sizes agree" if agree else "")
                              + f"; parameters averaged over the last {window} iterates")
             break
@@ -226,7 +226,7 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
         report.stationary_at = monitor.steps - window if ok else None
         report.reason = (f"{monitor.steps} fixed steps; the last {window} iterates are stationary (R-hat {rhat:.3f})"
                          if ok else f"{monitor.steps} fixed steps; the last iterates are not stationary "
-                         f"(R-hat {rhat:.3f} > {RHAT_MAX}): the optimisation was still moving" if np.isfinite(rhat)
+                         f"(R-hat {rhat:.3f} > {ITERATE_RHAT_MAX}): the optimisation was still moving" if np.isfinite(rhat)
                          else f"{monitor.steps} fixed steps: too few to judge stationarity (R-hat needs "
                          f"{math.ceil(WINDOW_MIN / 0.95)})")
     elif not report.converged:
@@ -237,12 +237,12 @@ def optimize(loop, loss_fn, params: list[torch.Tensor], *, num_steps: int, mode:
                     "parameters from the last average")
         if report.levels:   # an earlier step size converged; the budget ended at a smaller one
             report.converged = True
-            report.reason = (f"stationary (iterate R-hat {report.rhat:.3f} <= {RHAT_MAX}) at step size "
+            report.reason = (f"stationary (iterate R-hat {report.rhat:.3f} <= {ITERATE_RHAT_MAX}) at step size "
                              f"{report.levels[-1]['lr']:.3g}; the budget ended at step size {loop.lr:.3g}; {averaged}")
         else:
             report.rhat = rhat_now
-            why = (f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ESS_MIN}" if ok
-                   else f"iterate R-hat {rhat_now:.3f} > {RHAT_MAX}" if np.isfinite(rhat_now)
+            why = (f"stationary, but only {few:.0f} effective iterates in the window, fewer than {ITERATE_ESS_MIN}" if ok
+                   else f"iterate R-hat {rhat_now:.3f} > {ITERATE_RHAT_MAX}" if np.isfinite(rhat_now)
                    else f"too few steps to judge stationarity: R-hat needs {math.ceil(WINDOW_MIN / 0.95)}")
             report.reason = (f"not converged after {monitor.steps} steps ({why} {_at(loop.lr)}); {averaged}; "
                              "raise num_steps")

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from inference.target import chain_seed, inspect_model
+from inference.validation import check_setting
 from inference.variational.objectives import make_objective
 from inference.variational.svi import Optimization
 from inference.variational.train import TrainResult, minibatch_loss, prepare_eval, training_parameters, training_target
@@ -45,8 +46,7 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
     except ImportError:
         raise ValueError("trainer: Lightning training needs PyTorch Lightning; pip install 'latent-zoo[dist]'") from None
 
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"devices: expected a positive integer, got {devices!r}")
+    check_setting(devices, "devices", kind="int", minimum=1)
     target, module = training_target(model)
     data = target.validate(data).cpu()
     if transform == "auto":

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from inference.posterior import Posterior, sample_guide
 from inference.potential import Potential
 from inference.target import ModelArgs, Target, as_target, init_to_median_any, model_data, refuse_discrete, set_seed
+from inference.validation import check_setting
 from inference.variational.convergence import TYPICAL_STEPS, optimize
 from inference.variational.objectives import traced_loss
 
@@ -366,9 +367,8 @@ def fit_svi(model, data=None, *, model_args=None, model_kwargs=None, guide=None,
         produced the fit is ``settings["loss_route"]``.
     :raises SVIDivergedError: when the loss becomes NaN/inf (parameters rolled back first).
     """
-    _check_positive("num_steps", num_steps)
-    _check_positive("num_samples", num_samples)
-    _check_positive("num_particles", num_particles)
+    for name, value in (("num_steps", num_steps), ("num_samples", num_samples), ("num_particles", num_particles)):
+        check_setting(value, name, kind="int", minimum=1)
     if optim is not None and lr is not None:
         raise ValueError(f"lr: the step size of optim={type(optim).__name__} is its own; got lr={lr!r} as well")
     lr = LR if lr is None and optim is None else lr
@@ -459,9 +459,3 @@ def _parameter_names(modules) -> dict[int, str]:
         if isinstance(module, torch.nn.Module):
             names.update((id(p), name) for name, p in module.named_parameters())
     return names
-
-
-
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")

@@ -44,6 +44,7 @@ import torch
 from inference.files import atomic_write
 from inference.posterior import Posterior
 from inference.target import Target, as_target, chain_seed, inspect_model, is_zoo_model, set_seed
+from inference.validation import check_setting
 from inference.variational.objectives import OBJECTIVES, FixedSubsample, make_objective, traced_loss
 from inference.variational.svi import Optimization, collect_parameters
 
@@ -151,10 +152,8 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
         The IWAE bound runs as Pyro computes it.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("num_particles", num_particles)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ValueError(f"patience: expected a positive integer or None, got {patience!r}")
+        check_setting(value, name, kind="int", minimum=1)
+    check_setting(patience, "patience", kind="int", minimum=1, allow_none=True)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
     if elbo not in OBJECTIVES:

@@ -249,7 +249,9 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     shot = Path(os.environ.get("ZOO_REPORT_SCREENSHOT", tmp_path / "report.png"))
     page = render(run_dir / "report.html", tmp_path, screenshot=shot)
     assert [s[0] for s in page["sections"]] == list(SECTIONS)
-    assert [s[1] for s in page["sections"]] == [h for h, _ in SECTIONS.values()]
+    headings = [h for h, _ in SECTIONS.values()]
+    headings[list(SECTIONS).index("comparison")] = "SVI vs NUTS"   # what was compared
+    assert [s[1] for s in page["sections"]] == headings
     assert page["images"] and all(complete and width > 0 for complete, width, _ in page["images"])
     assert [s[2] > 0 for s in page["sections"][:5]] == [True, True, False, True, True]   # diagnostics: text only
     assert dict((sid, n) for sid, _, n in page["sections"])["sbc"] == 1               # the ECDF plot

@@ -35,9 +35,9 @@ def test_split_rhat_is_arviz_rhat_of_the_two_halves():
 
 def test_split_rhat_flags_a_trend_and_passes_noise():
     noise = ar1(0.5, 400, 20, seed=1)
-    assert split_rhat(noise).max() < convergence.RHAT_MAX
+    assert split_rhat(noise).max() < convergence.ITERATE_RHAT_MAX
     trend = noise + np.linspace(0, 5, 400)[:, None]   # the halves' means differ by ~2.5 sds
-    assert split_rhat(trend).min() > convergence.RHAT_MAX
+    assert split_rhat(trend).min() > convergence.ITERATE_RHAT_MAX
 
 
 def test_ess_of_ar1_iterates_is_the_closed_form():
