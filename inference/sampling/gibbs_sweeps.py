@@ -30,8 +30,8 @@ from inference.posterior import Posterior
 from inference.potential import Potential
 from inference.sampling import nuts
 from inference.sampling.adaptation import WindowAdaptation, curvature
+from inference.sampling.chains import num_workers, parallel
 from inference.sampling.integrator import Point, evaluate
-from inference.sampling.mcmc import _num_workers, _parallel
 from inference.sampling.metric import make_metric
 from inference.target import as_target, chain_seed, set_seed
 from inference.tracing import mismatch
@@ -69,8 +69,8 @@ def run_gibbs(model, data, *, num_samples: int = 1000, warmup_steps: int = 500, 
                       target_accept=target_accept, max_tree_depth=max_tree_depth, progress=progress,
                       desc=f"Gibbs chain {c + 1}/{num_chains}", position=position)
 
-    workers = _num_workers(num_chains, chain_method, data)
-    results = _parallel(chain, num_chains, workers) if workers > 1 else [chain(c) for c in range(num_chains)]
+    workers = num_workers(num_chains, chain_method, data)
+    results = parallel(chain, num_chains, workers) if workers > 1 else [chain(c) for c in range(num_chains)]
     chains, stats, adapted = zip(*results)
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     post = Posterior(target, data, samples, method="gibbs", wall_time=time.perf_counter() - start,

@@ -7,38 +7,32 @@ traced once with its gradient and compiled when the run is long enough to pay: n
 autograd per leapfrog step. Every route is checked against Pyro's potential before and while it runs;
 a chain that finds its route wrong is run again on the next route, with a warning. A chain starts, as
 Pyro's do, at the first of up to 100 draws where the log density is finite. Chains run in forked worker
-processes with per-chain seeds
-derived from one user seed; per-draw statistics carry ArviZ's names (``energy``, ``lp``,
-``diverging``, ``tree_depth``, ...). Enumerated sites are recovered on request with
-``infer_discrete``. Discrete sites that are not enumerated are sampled by Gibbs moves between NUTS
-transitions (HMC-within-Gibbs, :mod:`inference.sampling.hmc_within_gibbs`). Pyro's own NUTS kernel remains as
-``engine="pyro"``, the reference.
+processes (:mod:`inference.sampling.chains`) with per-chain seeds derived from one user seed; per-draw
+statistics carry ArviZ's names (``energy``, ``lp``, ``diverging``, ``tree_depth``, ...). Enumerated sites
+are recovered on request with ``infer_discrete`` (:mod:`inference.sampling.recovery`). Discrete sites that
+are not enumerated are sampled by Gibbs moves between NUTS transitions (HMC-within-Gibbs,
+:mod:`inference.sampling.hmc_within_gibbs`). Pyro's own NUTS kernel remains as ``engine="pyro"``, the
+reference (:mod:`inference.sampling.pyro_engine`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
-import os
 import time
-import traceback
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
-import pyro.poutine as poutine
 import torch
-from pyro.infer import NUTS, infer_discrete
-from pyro.infer.autoguide.initialization import init_to_value
-from pyro.ops.integrator import potential_grad
 from tqdm import tqdm
 
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
 from inference.sampling import hmc_within_gibbs, nuts
-from inference.target import (ModelArgs, as_target, chain_seed, discrete_problem, init_to_uniform_any, model_data,
-                              set_seed)
+from inference.sampling.chains import num_workers, parallel
+from inference.sampling.pyro_engine import pyro_chain
+from inference.sampling.recovery import discrete_draws
+from inference.target import ModelArgs, as_target, chain_seed, discrete_problem, model_data, set_seed
 from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
 from inference.validation import check_setting
 
@@ -122,19 +116,19 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
                                target_accept=target_accept, max_tree_depth=max_tree_depth,
                                metric="dense" if dense_mass else "diag", desc=desc, progress=progress,
                                position=position, moves=moves)
-        strategy = init_to_value(values=dict(values), fallback=init_to_uniform_any) if values else init_to_uniform_any
-        kernel = NUTS(target.marginal_fn, target_accept_prob=target_accept, jit_compile=jit,
-                      ignore_jit_warnings=True, max_plate_nesting=info.max_plate_nesting,
-                      max_tree_depth=max_tree_depth, full_mass=dense_mass, init_strategy=strategy)
-        return _run_chain(kernel, data, warmup_steps, num_samples, desc=desc, progress=progress, position=position)
+        return pyro_chain(target.marginal_fn, data, values, max_plate_nesting=info.max_plate_nesting,
+                          warmup_steps=warmup_steps, num_samples=num_samples, target_accept=target_accept,
+                          max_tree_depth=max_tree_depth, dense_mass=dense_mass, jit=jit, desc=desc, progress=progress,
+                          position=position)
 
-    workers = _num_workers(num_chains, chain_method, data)
+    workers = num_workers(num_chains, chain_method, data)
     if workers > 1:
-        results = _parallel(chain, num_chains, workers)
+        results = parallel(chain, num_chains, workers)
     else:
         results = [chain(c) for c in range(num_chains)]
     chains, stats, adapted = zip(*results)
     routes = [s.pop("route", "pyro kernel") for s in stats]
+    accepted = [s.pop("acceptance") for s in stats if "acceptance" in s]   # Pyro's kernel: one rate per chain
     samples = {k: torch.stack([ch[k] for ch in chains]) for k in chains[0]}
     sample_stats = {k: np.stack([s[k] for s in stats]) for k in stats[0]}
     route = ", ".join(dict.fromkeys(r.split(" (")[0] for r in routes))   # the route(s) the draws came from
@@ -148,6 +142,7 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
                       target_accept=target_accept, engine=engine, dense_mass=dense_mass, workers=workers,
                       potential=route, routes=routes,
                       compile_seconds=round(getattr(density, "compile_seconds", 0.0), 2),
+                      **({"acceptance_rate": accepted} if accepted else {}),
                       **(moves.settings(target, data) if moves else {})),
     )
     divergences = int(sample_stats["diverging"].sum())
@@ -240,172 +235,3 @@ def start_point(density: Potential, values, rng: np.random.Generator, discrete=N
     cause = f"; the model raised {type(error).__name__}: {error}" if error is not None else ""
     raise ValueError(f"init: the log density is not finite at {where} ({MAX_TRIES if free.any() else 1} "
                      f"tried){cause}; pass init= with values inside the support")
-
-
-def _num_workers(num_chains: int, chain_method: str, data) -> int:
-    if chain_method == "sequential" or num_chains == 1 or "fork" not in mp.get_all_start_methods():
-        return 1
-    on_gpu = any(t.is_cuda for t in _tensors(data)) or (torch.cuda.is_available() and torch.cuda.is_initialized())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if on_gpu else max(1, min(num_chains, cores))
-
-
-def _tensors(data):
-    if torch.is_tensor(data):
-        return [data]
-    values = data.values() if isinstance(data, Mapping) else data if isinstance(data, (list, tuple)) else []
-    return [v for v in values if torch.is_tensor(v)]
-
-
-def _parallel(chain, num_chains: int, workers: int):
-    """Run ``chain(c, position)`` for every chain in forked processes, ``workers`` at a time.
-
-    Forking (not spawning) means the model needs no pickling; each worker uses one torch thread, as
-    PyTorch's own DataLoader workers do. Results come back through pipes.
-    """
-    ctx = mp.get_context("fork")
-    results = [None] * num_chains
-    for first in range(0, num_chains, workers):
-        batch = list(range(first, min(num_chains, first + workers)))
-        procs = []
-        for position, c in enumerate(batch):
-            receiver, sender = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker, args=(chain, c, position, sender), daemon=True)
-            proc.start()
-            sender.close()
-            procs.append((c, proc, receiver))
-        for c, proc, receiver in procs:
-            try:
-                status, payload = receiver.recv()
-            except EOFError:
-                status, payload = "error", f"worker for chain {c} died (exit code {proc.exitcode})"
-            proc.join()
-            if status == "interrupt":   # Ctrl-C reached the worker first: the parent's own interrupt follows
-                for _, other, _ in procs:
-                    other.terminate()
-                raise KeyboardInterrupt
-            if status == "error":
-                for _, other, _ in procs:
-                    other.terminate()
-                raise RuntimeError(f"NUTS chain {c} failed: {payload}")
-            draws, stats, adapted = payload
-            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats, adapted)
-    return results
-
-
-def _worker(chain, c, position, sender):
-    torch.set_num_threads(1)
-    try:
-        draws, stats, adapted = chain(c, position)
-        # numpy, not tensors: torch would share tensor memory through file descriptors that die with us
-        sender.send(("ok", ({k: v.numpy() for k, v in draws.items()}, stats, adapted)))
-    except KeyboardInterrupt:
-        sender.send(("interrupt", None))
-    except BaseException as e:  # report, do not hang the parent
-        sender.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-    finally:
-        sender.close()
-
-
-def _run_chain(kernel, data, warmup_steps, num_samples, *, desc, progress, position=0):
-    """One chain of Pyro's NUTS kernel (``engine="pyro"``, the reference). It touches three private
-    members of the kernel: ``potential_fn`` (replaced to count leapfrog steps), ``_mean_accept_prob``
-    and ``_adapter`` (in :func:`_curvature_metric`); tests/inference/sampling/test_mcmc.py's
-    ``test_pyro_kernel_private_members_still_exist`` fails loudly when Pyro changes them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        kernel.setup(warmup_steps, data)
-    if warmup_steps:
-        _curvature_metric(kernel)
-    calls = [0]
-    potential = kernel.potential_fn
-
-    def counted(z):
-        calls[0] += 1
-        return potential(z)
-
-    kernel.potential_fn = counted
-    params = kernel.initial_params
-    draws: dict[str, list[torch.Tensor]] = {k: [] for k in params}
-    stats = {k: np.zeros(num_samples) for k in ("step_size", "acceptance_rate", "n_steps", "tree_depth")}
-    stats["diverging"] = np.zeros(num_samples, dtype=bool)
-    prev_mean, n_div = 0.0, 0
-    bar = tqdm(total=warmup_steps + num_samples, desc=desc, disable=None if progress else True, leave=False,
-               position=position)
-    try:
-        for i in range(warmup_steps + num_samples):
-            calls[0] = 0
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-                params = kernel.sample(params)
-            j = i - warmup_steps
-            if j >= 0:
-                for k, v in params.items():
-                    t = kernel.transforms.get(k)
-                    draws[k].append((t.inv(v) if t is not None else v).detach().clone())
-                divs = len(kernel.diagnostics()["divergences"])
-                mean_accept = float(kernel._mean_accept_prob)   # private (running mean): see the test below
-                stats["diverging"][j] = divs > n_div
-                stats["step_size"][j] = kernel.step_size
-                stats["acceptance_rate"][j] = (j + 1) * mean_accept - j * prev_mean
-                stats["n_steps"][j] = calls[0]
-                stats["tree_depth"][j] = math.ceil(math.log2(calls[0] + 1)) if calls[0] else 0
-                n_div, prev_mean = divs, mean_accept
-            if i % 10 == 0 or i == warmup_steps + num_samples - 1:
-                bar.set_postfix(phase="warmup" if j < 0 else "sample", step=f"{kernel.step_size:.3g}",
-                                div=n_div)
-            bar.update()
-    finally:
-        bar.close()
-        kernel.cleanup()
-    return {k: torch.stack(v) for k, v in draws.items()}, stats, None
-
-
-def _curvature_metric(kernel) -> None:
-    """Start Pyro's diagonal metric at the curvature of the potential at the starting point
-    (:func:`inference.sampling.adaptation.curvature`), not at the identity.
-
-    Stan's schedule, which Pyro follows, keeps the unit metric for the first 100 warmup iterations;
-    on a posterior whose scales differ by 10x that costs trees of 30+ leapfrog steps. Warmup
-    re-estimates the metric from draws as before.
-    """
-    z = {k: v.detach() for k, v in kernel.initial_params.items()}
-    names = tuple(sorted(z))
-    if not names:
-        return
-    dtype = z[names[0]].dtype
-    sizes = [z[k].numel() for k in names]
-
-    def log_density(theta):
-        parts = torch.as_tensor(theta, dtype=dtype).split(sizes)
-        grads, potential = potential_grad(kernel.potential_fn, {k: p.reshape(z[k].shape) for k, p in zip(names, parts)})
-        return -float(potential), -torch.cat([grads[k].reshape(-1) for k in names]).double().numpy()
-
-    start = torch.cat([z[k].reshape(-1) for k in names]).double().numpy()
-    inverse = torch.as_tensor(1 / nuts.curvature(log_density, start, eps=torch.finfo(dtype).eps), dtype=dtype)
-    dense = kernel.mass_matrix_adapter.inverse_mass_matrix[names].dim() == 2
-    kernel.mass_matrix_adapter.inverse_mass_matrix = {names: inverse.diag() if dense else inverse}
-    kernel._adapter.reset_step_size_adaptation(z)   # a step size for the new metric
-
-
-def discrete_draws(posterior: Posterior, *, temperature: int = 1, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Draw every enumerated site given each posterior draw (``infer_discrete``), ``(chain, draw, ...)``.
-
-    ``temperature=1`` samples from the conditional posterior; ``temperature=0`` gives the MAP
-    (Viterbi-like) configuration per draw.
-    """
-    target, data = posterior.target, posterior.data
-    info = target.info(data)   # the explicit story: discrete latents as sample sites
-    C, S = posterior.num_chains, posterior.num_draws
-    flat = {k: v.reshape(C * S, *v.shape[2:]) for k, v in posterior.samples.items() if k in info.latent}
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in info.enumerated}
-    with torch.no_grad():
-        for i in tqdm(range(C * S), desc="infer_discrete", disable=None if progress else True,
-                      leave=False):
-            conditioned = poutine.condition(target.model_fn, data={k: v[i] for k, v in flat.items()})
-            decoded = infer_discrete(conditioned, first_available_dim=-1 - info.max_plate_nesting,
-                                     temperature=temperature)
-            trace = poutine.trace(decoded).get_trace(data)
-            for k in info.enumerated:
-                out[k].append(trace.nodes[k]["value"])
-    return {k: torch.stack(v).reshape(C, S, *v[0].shape) for k, v in out.items()}

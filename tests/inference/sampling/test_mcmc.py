@@ -100,20 +100,30 @@ def test_closed_form_log_density_is_checked_against_the_pyro_model():
     assert inference.run_nuts(zoo.get("hmm", n_states=2), x, **kw).settings["potential"] == "closed form"
 
 
-def test_pyro_kernel_private_members_still_exist():
-    """engine="pyro" reads three private members of Pyro's NUTS kernel (inference.sampling.mcmc._run_chain)."""
-    from pyro.infer import NUTS
+def test_the_pyro_engine_is_pyros_own_nuts():
+    """engine="pyro" runs Pyro's kernel through its public API (initialize_model, NUTS(potential_fn=...)) and
+    patches nothing: with the chain's seed and the same start strategy, its draws are exactly those of
+    pyro.infer.MCMC on the model; the chain's acceptance rate is Pyro's."""
+    from pyro.infer import MCMC, NUTS
+
+    from inference.target import chain_seed, init_to_uniform_any
 
     def model(data):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-        pyro.sample("obs", dist.Normal(mu, 1.0), obs=data)
+        sigma = pyro.sample("sigma", dist.HalfNormal(2.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Normal(mu, sigma), obs=data)
 
-    kernel = NUTS(model)
-    kernel.setup(5, torch.zeros(3))
-    assert callable(kernel.potential_fn)
-    assert hasattr(kernel, "_mean_accept_prob")
-    assert callable(kernel._adapter.reset_step_size_adaptation)
-    kernel.cleanup()
+    y = torch.tensor([0.3, -1.2, 0.8, 2.1, 0.4], dtype=torch.float64)
+    post = inference.run_nuts(model, y, num_samples=40, warmup_steps=40, num_chains=1, seed=5, engine="pyro",
+                              progress=False)
+    pyro.set_rng_seed(chain_seed(5, 0))
+    mcmc = MCMC(NUTS(model, max_plate_nesting=1, init_strategy=init_to_uniform_any), num_samples=40,
+                warmup_steps=40, disable_progbar=True)
+    mcmc.run(y)
+    for k, v in mcmc.get_samples(group_by_chain=True).items():
+        assert torch.equal(post.samples[k], v), k
+    assert post.settings["acceptance_rate"] == [round(float(mcmc.diagnostics()["acceptance rate"]["chain 0"]), 4)]
 
 
 def _line(data):
