@@ -28,8 +28,9 @@ import torch
 from pyro.infer import MCMC
 from pyro.infer.autoguide import AutoDelta
 
+from inference.inspection import ModelArgs, _trace, model_data
 from inference.posterior import Posterior, sample_guide
-from inference.target import ModelArgs, Target, _trace, model_data
+from inference.target import Target
 from inference.validation import check_setting
 
 

@@ -31,7 +31,8 @@ from pyro.infer import Predictive
 from pyro.infer.autoguide.initialization import InitMessenger
 
 from inference.azcompat import from_dict
-from inference.target import Target, num_observations, sample_or_uniform
+from inference.initialization import sample_or_uniform
+from inference.target import Target, num_observations
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,8 @@ from pyro.infer import config_enumerate
 from pyro.infer.mcmc.util import TraceEinsumEvaluator, initialize_model
 from torch.distributions import biject_to
 
-from inference.target import InitMessenger, init_to_uniform_any
+from inference.initialization import init_to_uniform_any
+from pyro.infer.autoguide.initialization import InitMessenger
 from inference.tracing import (
     Guard,
     Mismatch,

@@ -24,7 +24,7 @@ from pyro.nn import PyroModule, PyroSample
 from scipy import special, stats
 
 import inference
-from inference.target import inspect_model
+from inference.inspection import inspect_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -41,9 +41,10 @@ from pyro.nn import PyroParam
 from torch.distributions import biject_to
 
 from inference.checks.compare import compare
+from inference.inspection import inspect_model
 from inference.posterior import Posterior, sample_guide
 from inference.sampling.mcmc import run_nuts
-from inference.target import Target, inspect_model, set_seed
+from inference.target import Target, set_seed
 from inference.thresholds import AGREE_SMD
 from inference.variational.objectives import elbo_estimate, importance_estimate
 from inference.variational.svi import fit_svi

@@ -31,12 +31,12 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
-
 from pyro.poutine.util import site_is_subsample
 
+from inference.inspection import ModelArgs, ModelInfo, inspect_model, model_data
+from inference.likelihood import pointwise_log_likelihood
 from inference.sampling.discrete import MOVED, describe, discrete_sites, refuse_impossible
-from inference.target import (ModelArgs, ModelInfo, Target, inspect_model, model_data, pointwise_log_likelihood,
-                              set_seed)
+from inference.target import Target, set_seed
 from inference.variational.svi import collect_parameters, fit_svi, make_guide
 
 SIMULATED_N = 100      # data points simulated when no data is given, and for the recovery fit

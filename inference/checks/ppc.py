@@ -36,8 +36,8 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from tqdm import tqdm
 
 from inference.figures import figure_of, panels
+from inference.initialization import sample_or_uniform
 from inference.posterior import Posterior, from_dict, to_numpy
-from inference.target import sample_or_uniform
 from inference.validation import check_setting
 
 log = logging.getLogger(__name__)

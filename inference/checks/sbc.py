@@ -56,8 +56,9 @@ from tqdm import tqdm
 
 from inference import azcompat
 from inference.checks.sbc_result import SBCResult
+from inference.inspection import ModelArgs, _trace, model_data
 from inference.sampling.mcmc import potential_of, run_nuts
-from inference.target import ModelArgs, Target, _trace, as_target, chain_seed, model_data
+from inference.target import Target, as_target, chain_seed
 from inference.tracing import LEAPFROGS_PER_ITERATION, flatten_data
 from inference.validation import check_setting
 from inference.variational.svi import fit_svi

@@ -34,13 +34,14 @@ import torch
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.util import site_is_subsample
 
+from inference.initialization import init_to_uniform_any
 from inference.sampling.adaptation import WindowAdaptation, curvature
 from inference.sampling.discrete import (MOVED, Conditionals, base_of, classify, describe, discrete_sites,
                                          refuse_impossible, support_values)
 from inference.sampling.integrator import Point, evaluate
 from inference.sampling.metric import make_metric
 from inference.sampling.nuts import STATS, Callback, Chain, transition
-from inference.target import PlainModel, init_to_uniform_any
+from inference.target import PlainModel
 
 log = logging.getLogger(__name__)
 

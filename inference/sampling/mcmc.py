@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.inspection import ModelArgs, discrete_problem, model_data
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
 from inference.sampling import hmc_within_gibbs, nuts
 from inference.sampling.chains import num_workers, parallel
 from inference.sampling.pyro_engine import pyro_chain
 from inference.sampling.recovery import discrete_draws
-from inference.target import ModelArgs, as_target, chain_seed, discrete_problem, model_data, set_seed
+from inference.target import as_target, chain_seed, set_seed
 from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
 from inference.validation import check_setting
 

@@ -17,7 +17,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from tqdm import tqdm
 
-from inference.target import init_to_uniform_any
+from inference.initialization import init_to_uniform_any
 
 
 def pyro_chain(model_fn, data, values, *, max_plate_nesting: int, warmup_steps: int, num_samples: int,

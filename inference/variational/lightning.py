@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from inference.target import chain_seed, inspect_model
+from inference.inspection import inspect_model
+from inference.target import chain_seed
 from inference.validation import check_setting
 from inference.variational.objectives import make_objective
 from inference.variational.svi import Optimization

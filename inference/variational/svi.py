@@ -33,9 +33,11 @@ from pyro.infer.autoguide import (
 from pyro.infer.autoguide.initialization import InitMessenger
 from tqdm import tqdm
 
+from inference.initialization import init_to_median_any
+from inference.inspection import ModelArgs, model_data, refuse_discrete
 from inference.posterior import Posterior, sample_guide
 from inference.potential import Potential
-from inference.target import ModelArgs, Target, as_target, init_to_median_any, model_data, refuse_discrete, set_seed
+from inference.target import Target, as_target, set_seed
 from inference.validation import check_setting
 from inference.variational.convergence import TYPICAL_STEPS, optimize
 from inference.variational.objectives import traced_loss

@@ -42,8 +42,9 @@ import pyro
 import torch
 
 from inference.files import atomic_write
+from inference.inspection import inspect_model
 from inference.posterior import Posterior
-from inference.target import Target, as_target, chain_seed, inspect_model, is_zoo_model, set_seed
+from inference.target import Target, as_target, chain_seed, is_zoo_model, set_seed
 from inference.validation import check_setting
 from inference.variational.objectives import OBJECTIVES, FixedSubsample, make_objective, traced_loss
 from inference.variational.svi import Optimization, collect_parameters

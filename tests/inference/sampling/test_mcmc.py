@@ -106,7 +106,8 @@ def test_the_pyro_engine_is_pyros_own_nuts():
     pyro.infer.MCMC on the model; the chain's acceptance rate is Pyro's."""
     from pyro.infer import MCMC, NUTS
 
-    from inference.target import chain_seed, init_to_uniform_any
+    from inference.initialization import init_to_uniform_any
+    from inference.target import chain_seed
 
     def model(data):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))

@@ -11,7 +11,7 @@ import torch
 
 import inference
 import zoo
-from inference.target import inspect_model
+from inference.inspection import inspect_model
 from inference.variational.svi import Optimization, SVIDivergedError
 
 
