@@ -24,7 +24,8 @@ from inference.posterior import Posterior
 from inference.reporting.report import write_report
 from inference.sampling.gibbs_sweeps import run_gibbs
 from inference.sampling.mcmc import discrete_draws, run_nuts
-from inference.variational.svi import SVIDivergedError, fit_svi
+from inference.variational.optimization import SVIDivergedError
+from inference.variational.svi import fit_svi
 
 __all__ = ["CheckReport", "Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "check",
            "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_gibbs", "run_nuts",

@@ -805,7 +805,7 @@ def _run(argv, parsed: dict) -> int:
 
 def _user_message(e: BaseException, args) -> tuple[int, str]:
     """(exit code, one line) for an exception; the leading ``keyword:`` of a message becomes its flag."""
-    from inference.variational.svi import SVIDivergedError
+    from inference import SVIDivergedError
 
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if isinstance(e, SVIDivergedError):

@@ -37,7 +37,9 @@ from inference.inspection import ModelArgs, ModelInfo, inspect_model, model_data
 from inference.likelihood import pointwise_log_likelihood
 from inference.sampling.discrete import MOVED, describe, discrete_sites, refuse_impossible
 from inference.target import Target, set_seed
-from inference.variational.svi import collect_parameters, fit_svi, make_guide
+from inference.variational.guides import make_guide
+from inference.variational.optimization import collect_parameters
+from inference.variational.svi import fit_svi
 
 SIMULATED_N = 100      # data points simulated when no data is given, and for the recovery fit
 RECOVERY_STEPS = 200

@@ -4,7 +4,7 @@
     >>> fit = train_lightning(m, x, accelerator="gpu", devices=4)        # 4 GPUs (nccl)
 
 The objective, the fixed-subsample data plate, the per-epoch transform and the optimisation step
-(:class:`inference.variational.svi.Optimization`: Adam, schedule, clipping, NaN rollback, run by Lightning's
+(:class:`inference.variational.optimization.Optimization`: Adam, schedule, clipping, NaN rollback, run by Lightning's
 manual optimization) are those of ``inference.variational.train``; Lightning supplies the processes, the
 ``DistributedSampler`` (each process sees its share of every epoch), the gradient averaging (in
 ``manual_backward``; it keeps the loss an estimate of the whole data set's ELBO) and the progress
@@ -29,7 +29,7 @@ from inference.inspection import inspect_model
 from inference.target import chain_seed
 from inference.validation import check_setting
 from inference.variational.objectives import make_objective
-from inference.variational.svi import Optimization
+from inference.variational.optimization import Optimization
 from inference.variational.train import TrainResult, minibatch_loss, prepare_eval, training_parameters, training_target
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def train_lightning(model, data, *, valid=None, guide=None, elbo: str = "trace",
         def __init__(self):
             super().__init__()
             self.net = module
-            self.automatic_optimization = False   # the step is inference.variational.svi.Optimization's
+            self.automatic_optimization = False   # the step is inference.variational.optimization.Optimization's
 
         def on_fit_start(self):
             torch.manual_seed(chain_seed(seed, 1000 + self.global_rank))   # different noise per process

@@ -5,9 +5,9 @@ the data with them (the Pyro idiom ``with pyro.plate("data", len(data)) as idx: 
 Each step fixes those indices to the next minibatch (:class:`FixedSubsample`), so the plate scales
 the batch's terms by N / B and the loss estimates the ELBO of the whole data set. The guide is the
 model's own (amortized) guide or any guide whose parameters live in the model's module. The step is
-:class:`inference.variational.svi.Optimization` (Adam, schedule, clipping, NaN rollback, progress), as in
+:class:`inference.variational.optimization.Optimization` (Adam, schedule, clipping, NaN rollback, progress), as in
 ``fit_svi``; ``Trace_ELBO`` of long runs is traced and compiled with the batch's indices as an input
-of the graph (:func:`inference.variational.objectives.traced_loss`).
+of the graph (:func:`inference.variational.traced_loss.traced_loss`).
 
 Objectives:
 
@@ -46,8 +46,9 @@ from inference.inspection import inspect_model
 from inference.posterior import Posterior
 from inference.target import Target, as_target, chain_seed, is_zoo_model, set_seed
 from inference.validation import check_setting
-from inference.variational.objectives import OBJECTIVES, FixedSubsample, make_objective, traced_loss
-from inference.variational.svi import Optimization, collect_parameters
+from inference.variational.objectives import OBJECTIVES, FixedSubsample, make_objective
+from inference.variational.optimization import Optimization, collect_parameters
+from inference.variational.traced_loss import traced_loss
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class TrainResult:
     """What :func:`train` returns. ``model`` is the fitted copy (the best epoch's parameters when a
     validation split was given); ``losses`` are per step, ``history`` per epoch, both
     per data element (negative objective / positive objective); ``loss_route`` is how the
-    training loss was computed (:func:`inference.variational.objectives.traced_loss`)."""
+    training loss was computed (:func:`inference.variational.traced_loss.traced_loss`)."""
 
     model: Any
     guide: Callable
@@ -148,7 +149,7 @@ def train(model, data, *, guide=None, valid=None, elbo: str = "trace", num_parti
         unless ``resume=True``, which continues from it.
     :param device: "cpu", "cuda", ... (default: where the data is).
     :param loss_route: "auto", "compiled", "graph" or "pyro": how a ``Trace_ELBO`` step is computed
-        (:func:`inference.variational.objectives.traced_loss`, the batch's indices an input of the graph; "auto":
+        (:func:`inference.variational.traced_loss.traced_loss`, the batch's indices an input of the graph; "auto":
         the route policy of :mod:`inference.tracing` on the planned steps, checked while it runs).
         The IWAE bound runs as Pyro computes it.
     """

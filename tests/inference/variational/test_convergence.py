@@ -9,7 +9,7 @@ import torch
 
 from inference.variational import convergence
 from inference.variational.convergence import effective_sample_size, optimize, split_rhat
-from inference.variational.svi import Optimization
+from inference.variational.optimization import Optimization
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors: a thread pool only contends
 

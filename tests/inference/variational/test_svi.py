@@ -12,7 +12,7 @@ import torch
 import inference
 import zoo
 from inference.inspection import inspect_model
-from inference.variational.svi import Optimization, SVIDivergedError
+from inference.variational.optimization import Optimization, SVIDivergedError
 
 
 @pytest.mark.parametrize("guide", [None, "delta", "mvn"])
@@ -97,7 +97,7 @@ def test_nan_loss_stops_with_step_and_restores_last_finite_parameters():
     assert float(pyro.param("nan_test_loc").detach()) < 2.0
     pyro.clear_param_store()
 
-# --- inference.variational.svi.Optimization, the one optimisation step of fit_svi, train and train_lightning: Adam,
+# --- inference.variational.optimization.Optimization, the one optimisation step of fit_svi, train and train_lightning: Adam,
 # schedule and clipping against hand computations, NaN rollback, errors that are not divergences.
 
 

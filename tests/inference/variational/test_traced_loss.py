@@ -1,4 +1,4 @@
-"""The traced ELBO (inference.variational.objectives) against Pyro's Trace_ELBO, on plain models written here."""
+"""The traced ELBO (inference.variational.traced_loss) against Pyro's Trace_ELBO, on plain models written here."""
 
 import logging
 
@@ -14,8 +14,9 @@ from pyro.util import get_rng_state, set_rng_state
 
 import inference
 from inference.tracing import has_compiler
-from inference.variational.objectives import FixedSubsample, traced_loss
-from inference.variational.svi import collect_parameters
+from inference.variational.objectives import FixedSubsample
+from inference.variational.optimization import collect_parameters
+from inference.variational.traced_loss import traced_loss
 
 
 def regression(data):
@@ -68,7 +69,7 @@ def test_traced_loss_equals_pyro_trace_elbo_draw_for_draw(data, particles):
 
 
 def test_untraceable_pairs_keep_pyro_and_say_why(data, caplog):
-    caplog.set_level(logging.INFO, logger="inference.variational.objectives")
+    caplog.set_level(logging.INFO, logger="inference.variational.traced_loss")
     x = torch.tensor([1.0, 0.0, 1.0, 1.0])
 
     def score_guide(data):   # a discrete latent: a score-function gradient, not traceable
@@ -237,6 +238,6 @@ def test_train_gives_the_same_numbers_whichever_route_and_seed_for_seed(caplog):
     np.testing.assert_allclose(graph.losses, pyro_.losses, rtol=1e-9)
     for (k, a), (_, b) in zip(graph.model.state_dict().items(), pyro_.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10, msg=k)
-    caplog.set_level(logging.INFO, logger="inference.variational.objectives")
+    caplog.set_level(logging.INFO, logger="inference.variational.traced_loss")
     iwae = train(Factor(), x, elbo="iwae", num_particles=2, loss_route="graph", **kw)
     assert iwae.loss_route == "pyro" and "IWAE, not Trace_ELBO" in caplog.text
