@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page per report folder (images as data URIs, CSS inline, no JS).
 
 Sections, each with a line on what to look at, and a one-line note where its inputs are absent:
-data and model, the comparison of the fits (its heading names them: "SVI vs NUTS vs GIBBS"), diagnostics and verdicts, trace/rank/energy/pair plots, posterior
+data and model, the comparison of the fits (its heading names them: "SVI vs NUTS vs GIBBS"), diagnostics and
+verdicts, trace/rank/energy/pair plots, posterior
 predictive checks, PSIS-LOO and model choice, simulation-based calibration, files.
 
 Content comes from three places, in this order: ``pieces`` handed in by the caller (matplotlib

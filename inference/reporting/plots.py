@@ -259,7 +259,8 @@ def plot_khat(loos: Mapping[str, az.ELPDData]):
 
 def plot_history(history: dict[str, list[float]], label: str = "objective"):
     """Per-epoch training and validation objective (ELBO or IWAE bound per data point) of a minibatch
-    fit (``TrainResult.history`` of :func:`inference.variational.train.train` or :func:`inference.variational.lightning.train_lightning`)."""
+    fit (``TrainResult.history`` of :func:`inference.variational.train.train` or
+    :func:`inference.variational.lightning.train_lightning`)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     ax.plot(history["epoch"], history["train"], label="training (running mean over the epoch)")
     if any(math.isfinite(v) for v in history["valid"]):

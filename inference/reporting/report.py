@@ -26,7 +26,8 @@ from inference.checks.select import loo_table
 from inference.files import MARKER, atomic_write, check_output_dir
 from inference.posterior import Posterior
 from inference.reporting.html import write_html
-from inference.reporting.plots import plot_forest, plot_importance_tail, plot_losses, plot_overlay, plot_rank, plot_trace
+from inference.reporting.plots import (plot_forest, plot_importance_tail, plot_losses, plot_overlay, plot_rank,
+                                       plot_trace)
 
 log = logging.getLogger(__name__)
 

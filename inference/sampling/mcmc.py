@@ -162,7 +162,8 @@ def potential_of(target, data, potential: str = "auto", calls: int = 0) -> Poten
     if closed_form is None and potential == "closed_form":
         raise ValueError(f"potential: 'closed_form', but {target.name} has no log_density")
     nesting = target.info(data, marginal=True).max_plate_nesting
-    _, held = hmc_within_gibbs.initial(target.marginal_fn, data, max_plate_nesting=nesting)   # discrete sites Gibbs moves update
+    # the discrete sites Gibbs moves update
+    _, held = hmc_within_gibbs.initial(target.marginal_fn, data, max_plate_nesting=nesting)
     return Potential(target.marginal_fn, data, max_plate_nesting=nesting, given=held or None,
                      route="auto" if potential == "closed_form" else potential, closed_form=closed_form, calls=calls,
                      name=target.name)
@@ -194,7 +195,8 @@ def _flat_chain(density: Potential, values, seed: int, *, desc: str, progress: b
                     if moves is None:
                         chain = nuts.sample(density, start, seed=seed, callback=callback, **options)
                     else:
-                        chain, held = hmc_within_gibbs.sample(density, moves, start, seed=seed, callback=callback, **options)
+                        chain, held = hmc_within_gibbs.sample(density, moves, start, seed=seed, callback=callback,
+                                                              **options)
                 density.verify(chain.draws[-1])
                 break
             except Mismatch:

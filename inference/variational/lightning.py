@@ -1,4 +1,5 @@
-"""Data-parallel minibatch training with PyTorch Lightning (DDP) for the models :func:`inference.variational.train.train` fits.
+"""Data-parallel minibatch training with PyTorch Lightning (DDP) for the models
+:func:`inference.variational.train.train` fits.
 
     >>> fit = train_lightning(m, x, valid=v, devices=2)                  # 2 CPU processes (gloo)
     >>> fit = train_lightning(m, x, accelerator="gpu", devices=4)        # 4 GPUs (nccl)

@@ -24,7 +24,8 @@ from inference.variational.convergence import TYPICAL_STEPS, optimize
 from inference.variational.traced_loss import traced_loss
 
 from inference.variational.guides import make_guide
-from inference.variational.optimization import Optimization, collect_parameters, nonfinite_unchecked, optim_name, parameter_names
+from inference.variational.optimization import (Optimization, collect_parameters, nonfinite_unchecked, optim_name,
+                                                parameter_names)
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ as :mod:`inference.potential` does for NUTS. Inductor is told to draw random num
 generator (``fallback_random``), so a seed gives the same draws with or without compilation.
 
 Minibatches (``subsample=``): the indices the data plate covers are an input of the graph, like the
-data and the parameters (:class:`~inference.variational.objectives.FixedSubsample` puts the traced indices into the plate), so one
+data and the parameters (:class:`~inference.variational.objectives.FixedSubsample` puts the traced indices
+into the plate), so one
 trace serves every batch of that size and every epoch's data; a batch of another size (the last
 one of an epoch) runs Pyro's ELBO.
 

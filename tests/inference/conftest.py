@@ -1,5 +1,6 @@
 """Fixtures shared by the inference tests: plain Pyro models written as a user would (not from the zoo),
-and one small VAE fit for the tests of inference.variational.train, inference.reporting.report and inference.checks.amortization."""
+and one small VAE fit for the tests of inference.variational.train, inference.reporting.report and
+inference.checks.amortization."""
 
 import pyro
 import pyro.distributions as dist

@@ -274,7 +274,8 @@ def test_the_replicates_share_one_route_by_the_cost_rule(monkeypatch):
 
     asked = []
     monkeypatch.setattr(inference.potential, "worth_compiling",
-                        lambda calls, operations, on_cpu=True: asked.append(calls) or calls >= 20 * 200 * LEAPFROGS_PER_ITERATION)
+                        lambda calls, operations, on_cpu=True:
+                        asked.append(calls) or calls >= 20 * 200 * LEAPFROGS_PER_ITERATION)
     monkeypatch.setattr(inference.potential, "compile_graph", lambda graph, example: graph)   # no compiler needed
     x, y = torch.linspace(-2, 2, 20), torch.zeros(20)
     args = dict(model_args=(x,), model_kwargs={"y": y})

@@ -97,8 +97,9 @@ def test_nan_loss_stops_with_step_and_restores_last_finite_parameters():
     assert float(pyro.param("nan_test_loc").detach()) < 2.0
     pyro.clear_param_store()
 
-# --- inference.variational.optimization.Optimization, the one optimisation step of fit_svi, train and train_lightning: Adam,
-# schedule and clipping against hand computations, NaN rollback, errors that are not divergences.
+# --- inference.variational.optimization.Optimization, the one optimisation step of fit_svi, train and
+# train_lightning: Adam, schedule and clipping against hand computations, NaN rollback, errors that are not
+# divergences.
 
 
 def quadratic(p, c=2.0):
