@@ -253,7 +253,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     headings[list(SECTIONS).index("comparison")] = "SVI vs NUTS"   # what was compared
     assert [s[1] for s in page["sections"]] == headings
     assert page["images"] and all(complete and width > 0 for complete, width, _ in page["images"])
-    assert [s[2] > 0 for s in page["sections"][:5]] == [True, True, False, True, True]   # diagnostics: text only
+    assert [s[2] > 0 for s in page["sections"][:5]] == [True, True, True, True, True]   # diagnostics: the k-hat tail
     assert dict((sid, n) for sid, _, n in page["sections"])["sbc"] == 1               # the ECDF plot
     assert page["resources"] == []                                    # nothing fetched
     assert [m for m in page["console"] if m["level"] in ("SEVERE", "WARNING")] == []
