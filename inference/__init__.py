@@ -18,12 +18,14 @@ from inference.checks.check import CheckReport, check
 from inference.checks.compare import compare
 from inference.checks.diagnostics import Diagnosis, diagnose
 from inference.checks.ppc import PPCResult, ppc
-from inference.checks.sbc import SBCResult, sbc
+from inference.checks.sbc import sbc
+from inference.checks.sbc_result import SBCResult
 from inference.checks.select import loo, select
 from inference.posterior import Posterior
 from inference.reporting.report import write_report
 from inference.sampling.gibbs_sweeps import run_gibbs
-from inference.sampling.mcmc import discrete_draws, run_nuts
+from inference.sampling.mcmc import run_nuts
+from inference.sampling.recovery import discrete_draws
 from inference.variational.optimization import SVIDivergedError
 from inference.variational.svi import fit_svi
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from inference.checks.compare import summary_line
 from inference.checks.ppc import plot_ppc
-from inference.checks.sbc import SBCResult
+from inference.checks.sbc_result import SBCResult
 from inference.checks.select import loo_table
 from inference.reporting.plots import plot_energy, plot_pair, plot_rank, plot_trace
 from inference.thresholds import AGREE_SMD, BFMI_MIN, ESS_MIN, KHAT_GOOD, KHAT_MAX, RHAT_MAX
