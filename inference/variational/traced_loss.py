@@ -291,7 +291,7 @@ def _untraceable(loss_obj, guide_fn, data) -> tuple[str, int]:
         return f"{type(loss_obj).__name__}, not Trace_ELBO", 0
     if loss_obj.vectorize_particles:
         return "vectorized particles", 0
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), pyro.validation_enabled(False):   # a NaN is step 0's to report
         warnings.simplefilter("ignore")
         state = get_rng_state()
         trace = poutine.trace(guide_fn).get_trace(data)
