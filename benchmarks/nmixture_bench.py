@@ -2,7 +2,7 @@
 
 The model as a user writes it (``nmix``): N_i ~ Poisson(lam) animals at site i, y_it ~ Binomial(N_i, p)
 counted at visit t. ``run_nuts`` samples it as it stands: NUTS for (lam, p), the counts N_i by random-walk
-Metropolis-Hastings between NUTS transitions (:mod:`inference.sampling.gibbs`). What users do by hand
+Metropolis-Hastings between NUTS transitions (:mod:`inference.sampling.hmc_within_gibbs`). What users do by hand
 instead (``truncated``): N_i = max_t y_it + k_i, k_i ~ Categorical over 0..bound with the Poisson's log pmf as
 logits, marked for enumeration, so that NUTS samples (lam, p) with the counts summed out (exact up to the
 truncation).

@@ -332,7 +332,7 @@ def _nutpie(case: str, warmup: int, draws: int, seed: int) -> dict:
     if case == "gauss20":
         density, start = gauss20_density(), np.zeros(20)
     else:
-        from inference.mcmc import potential_of
+        from inference.sampling.mcmc import potential_of
         from inference.target import as_target, chain_seed
 
         model, data = zoo_case(case)

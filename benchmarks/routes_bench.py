@@ -38,9 +38,9 @@ def measure(case: str) -> dict:
 
     import zoo
     from defaults_bench import pyro_data, pyro_models
-    from inference.objectives import TracedLoss
+    from inference.variational.traced_loss import TracedLoss
     from inference.potential import Potential
-    from inference.svi import collect_parameters
+    from inference.variational.optimization import collect_parameters
     from inference.tracing import compile_graph, operations, trace_graph
     from nuts_bench import gmm_data
 

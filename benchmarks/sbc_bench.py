@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import zoo  # noqa: E402
-from inference.sbc import check_inputs, replicate  # noqa: E402
+from inference.checks.sbc import check_inputs, replicate  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """VAE benchmarks on real MNIST (see benchmarks/README.md for the recorded numbers and commands).
 
-    # Pyro overhead: seconds per epoch of the zoo VAE trained by inference.train (each loss route)
+    # Pyro overhead: seconds per epoch of the zoo VAE trained by inference.variational.train (each loss route)
     # against a plain PyTorch VAE of the same architecture, same data, batch size, optimizer and
     # threads, in one run, epochs interleaved
     python benchmarks/vae_bench.py overhead --data-dir ../shared/datasets --epochs 5 --threads 1 \
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inference  # noqa: E402,F401  (sets Pyro's module-local parameters)
 import zoo  # noqa: E402
-from inference.train import load_model, read_checkpoint, train  # noqa: E402
+from inference.variational.train import load_model, read_checkpoint, train  # noqa: E402
 from zoo import datasets  # noqa: E402
 from zoo.vae import Decoder, Encoder  # noqa: E402
 
@@ -166,7 +166,7 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default=None)
     p.add_argument("--routes", default="pyro,compiled",
-                   help="overhead: loss routes of inference.train to time, comma-separated (pyro, graph, compiled)")
+                   help="overhead: loss routes of inference.variational.train to time, comma-separated (pyro, graph, compiled)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:

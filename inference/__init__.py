@@ -14,17 +14,20 @@ of Pyro.
 """
 
 from inference.bridges import from_pyro
-from inference.check import CheckReport, check
-from inference.compare import compare
-from inference.diagnostics import Diagnosis, diagnose
-from inference.gibbs import run_gibbs
-from inference.mcmc import discrete_draws, run_nuts
+from inference.checks.check import CheckReport, check
+from inference.checks.compare import compare
+from inference.checks.diagnostics import Diagnosis, diagnose
+from inference.checks.ppc import PPCResult, ppc
+from inference.checks.sbc import sbc
+from inference.checks.sbc_result import SBCResult
+from inference.checks.select import loo, select
 from inference.posterior import Posterior
-from inference.ppc import PPCResult, ppc
-from inference.report import write_report
-from inference.sbc import SBCResult, sbc
-from inference.select import loo, select
-from inference.svi import SVIDivergedError, fit_svi
+from inference.reporting.report import write_report
+from inference.sampling.gibbs_sweeps import run_gibbs
+from inference.sampling.mcmc import run_nuts
+from inference.sampling.recovery import discrete_draws
+from inference.variational.optimization import SVIDivergedError
+from inference.variational.svi import fit_svi
 
 __all__ = ["CheckReport", "Diagnosis", "PPCResult", "Posterior", "SBCResult", "SVIDivergedError", "check",
            "compare", "diagnose", "discrete_draws", "fit_svi", "from_pyro", "loo", "ppc", "run_gibbs", "run_nuts",

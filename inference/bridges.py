@@ -28,9 +28,10 @@ import torch
 from pyro.infer import MCMC
 from pyro.infer.autoguide import AutoDelta
 
-from inference.posterior import Posterior
-from inference.svi import sample_guide
-from inference.target import ModelArgs, Target, _trace, model_data
+from inference.inspection import ModelArgs, _trace, model_data
+from inference.posterior import Posterior, sample_guide
+from inference.target import Target
+from inference.validation import check_setting
 
 
 def from_pyro(obj, model=None, *, model_args=(), model_kwargs=None, num_samples: int = 1000, seed: int = 0,
@@ -47,8 +48,7 @@ def from_pyro(obj, model=None, *, model_args=(), model_kwargs=None, num_samples:
     :param seed: seed of the guide's draws (the global RNG is left as it was).
     :param dims, coords: as ``az.from_pyro``'s: ``{variable: [dim, ...]}`` and ``{dim: values}``.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}")
+    check_setting(num_samples, "num_samples", kind="int", minimum=1)
     guide = obj if callable(obj) and not isinstance(obj, (MCMC, Mapping)) else None
     if not isinstance(obj, (MCMC, Mapping)) and guide is None:
         raise TypeError(f"obj: expected a pyro.infer.MCMC that has run, a trained guide or a dict of draws "

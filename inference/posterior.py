@@ -25,13 +25,14 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import Predictive
-
 from pyro.infer.autoguide.initialization import InitMessenger
 
 from inference.azcompat import from_dict
-from inference.target import Target, num_observations, sample_or_uniform
+from inference.initialization import sample_or_uniform
+from inference.target import Target, num_observations
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +276,24 @@ def _joint(pointwise: Mapping[str, torch.Tensor]) -> torch.Tensor:
     if len({tuple(v.shape) for v in values}) == 1:
         return sum(values[1:], values[0]).flatten(2)
     return torch.cat([v.flatten(2) for v in values], -1)
+
+def sample_guide(guide_fn, data, sites, num_samples: int, *, log_density: bool = False):
+    """``num_samples`` draws of every one of ``sites`` the guide draws, as ``(1, num_samples, ...)`` tensors;
+    with ``log_density``, also log q of each draw (the guide trace's ``log_prob_sum``), shape (1, num_samples)."""
+    draws: dict[str, list[torch.Tensor]] = {k: [] for k in sites}
+    log_q = []
+    with torch.no_grad():
+        for _ in range(num_samples):
+            trace = poutine.trace(guide_fn).get_trace(data)
+            for k in sites:
+                if k in trace.nodes:
+                    draws[k].append(trace.nodes[k]["value"].detach())
+            if log_density:
+                log_q.append(float(trace.log_prob_sum()))
+    missing = [k for k, v in draws.items() if not v]
+    if missing:
+        log.warning("guide: draws no value of latent site(s) %s; the model draws them from their prior", missing)
+    samples = {k: torch.stack(v).unsqueeze(0) for k, v in draws.items() if v}
+    if not log_density:
+        return samples
+    return samples, (np.asarray(log_q)[None] if not missing else None)

@@ -20,7 +20,7 @@ autograd gradient at the point it was built from and at other points before it i
 it runs (:class:`inference.tracing.Guard`); a route that disagrees (a model whose Python control flow
 depends on latent values, an operation in numpy that the tracer saw as a constant) steps aside.
 
-**Held sites** (HMC-within-Gibbs, :mod:`inference.sampling.gibbs`): latent sites whose values are given
+**Held sites** (HMC-within-Gibbs, :mod:`inference.sampling.hmc_within_gibbs`): latent sites whose values are given
 rather than sampled, ``given={site: value}`` (discrete sites that enumeration cannot sum out), make the
 density a conditional one, log p(theta | held values). Their values are inputs of the graph, as the data
 are, so one traced (compiled) graph serves every value :meth:`Potential.set_given` moves them to; the
@@ -45,7 +45,8 @@ from pyro.infer import config_enumerate
 from pyro.infer.mcmc.util import TraceEinsumEvaluator, initialize_model
 from torch.distributions import biject_to
 
-from inference.target import InitMessenger, init_to_uniform_any
+from inference.initialization import init_to_uniform_any
+from pyro.infer.autoguide.initialization import InitMessenger
 from inference.tracing import (
     Guard,
     Mismatch,

@@ -4,208 +4,32 @@ A zoo model already has it. Any other Pyro callable ``model(data)`` (optionally 
 ``guide(data)``) is wrapped once in :class:`PlainModel`, which implements the same protocol by
 tracing, so nothing below ever asks which kind of model it got. A model written with Pyro's calling
 convention, ``model(*args, **kwargs)`` (e.g. ``model(x, y=None)``), gets its arguments as one data
-object, :class:`ModelArgs` (:func:`model_data`), and is called ``model(*data.args, **data.kwargs)``:
-inference keeps passing one ``data`` around. Facts a model does not declare are
-found by tracing it once (:func:`inspect_model`): observed sites (``pyro.deterministic`` sites are
-not observations), sites marked for enumeration, ``max_plate_nesting``, the data plate (the
-outermost plate of the first observed site) and the global sites (latent, not enumerated, outside
-the outermost plate of every observed site).
+object, :class:`~inference.inspection.ModelArgs` (:func:`~inference.inspection.model_data`), and is
+called ``model(*data.args, **data.kwargs)``: inference keeps passing one ``data`` around. Facts a model
+does not declare are found by tracing it once (:mod:`inference.inspection`); its pointwise log-likelihood
+is :mod:`inference.likelihood`'s, its start :mod:`inference.initialization`'s.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import math
 import warnings
-from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import pyro
 import pyro.poutine as poutine
 import pyro.util
 import torch
-from pyro.distributions import Unit
-from pyro.distributions.torch_distribution import MaskedDistribution
-from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
-from pyro.infer.inspect import site_is_deterministic
-from pyro.ops.contract import contract_to_tensor
-from pyro.ops.rings import LogRing
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import transform_to
+
+from inference.inspection import ModelInfo, _trace, call_with_args, inspect_model
+from inference.likelihood import pointwise_log_likelihood
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Structure of a model on given data, found by tracing it once."""
-
-    max_plate_nesting: int
-    observed: tuple[str, ...]           # observed sites (``pyro.deterministic`` sites excluded)
-    enumerated: tuple[str, ...]
-    latent: tuple[str, ...]             # sampled latent sites, enumerated ones excluded
-    global_sites: tuple[str, ...]       # as the model declares them, else latent sites outside every data plate
-    data_plate: str | None              # outermost plate of the first observed site
-    data_size: int | None
-    shapes: dict[str, tuple[int, ...]]  # every sample and deterministic site
-    deterministic: tuple[str, ...] = ()
-    plates: dict[str, tuple[str, int, int] | None] | None = None   # observed site -> (plate, dim, size) or None
-    discrete: dict[str, str] = field(default_factory=dict)   # latent discrete site not enumerated -> its distribution
-    factors: dict[str, str] = field(default_factory=dict)    # pyro.factor site in a data plate -> observed site it joins
-
-
-def discrete_problem(info: ModelInfo, who: str, alternative: str = "") -> str:
-    """What is wrong when the model has latent discrete sites that are not enumerated (``info.discrete``),
-    which ``who`` (NUTS, an autoguide) cannot draw, and what would work; "" when it has none."""
-    if not info.discrete:
-        return ""
-    sites = ", ".join(f"{name!r} ({fn})" for name, fn in info.discrete.items())
-    return (f"latent discrete site(s) {sites} not enumerated, and {who} cannot draw them: mark a finite-support "
-            f"site for enumeration (infer={{'enumerate': 'parallel'}}){alternative}, or sample them with "
-            "run_nuts's own engine (engine='zoo'), which moves them by Gibbs updates")
-
-
-def refuse_discrete(info: ModelInfo, who: str, alternative: str = "") -> None:
-    """A one-line ValueError for :func:`discrete_problem`, if any."""
-    if problem := discrete_problem(info, who, alternative):
-        raise ValueError(f"model: {problem}")
-
-
-@dataclass(frozen=True, eq=False)
-class ModelArgs:
-    """The arguments of one call ``model(*args, **kwargs)`` (Pyro's convention: ``model_args`` and
-    ``model_kwargs`` of ``initialize_model`` and ``Predictive``), as the one data object inference
-    passes around. Its tensors (those of ``args`` and the values of ``kwargs``) are the data tensors."""
-
-    args: tuple = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def model_data(data=None, model_args=None, model_kwargs=None):
-    """What inference passes to the model: ``data`` for the one-argument form ``model(data)``, or, when
-    ``model_args`` or ``model_kwargs`` is given, :class:`ModelArgs` for ``model(*model_args,
-    **model_kwargs)`` (one positional argument and no keywords is the one-argument form itself)."""
-    if model_args is None and model_kwargs is None:
-        return data
-    if data is not None:
-        raise ValueError("data: give the data either as data (for model(data)) or as model_args/model_kwargs "
-                         "(for model(*args, **kwargs)), not both")
-    if model_args is not None and not isinstance(model_args, (tuple, list)):
-        raise TypeError(f"model_args: expected a tuple of the model's positional arguments, got "
-                        f"{type(model_args).__name__}")
-    if model_kwargs is not None and not (isinstance(model_kwargs, Mapping)
-                                         and all(isinstance(k, str) for k in model_kwargs)):
-        raise TypeError(f"model_kwargs: expected a dict of the model's keyword arguments, got "
-                        f"{type(model_kwargs).__name__}")
-    args, kwargs = tuple(model_args or ()), dict(model_kwargs or {})
-    return args[0] if len(args) == 1 and not kwargs else ModelArgs(args, kwargs)
-
-
-class CallWithArgs:
-    """``fn(*args, **kwargs)`` as a callable of one :class:`ModelArgs`. Its ``__self__`` is ``fn``, as a
-    bound method's is: where the parameters of a module are looked for (``inference.svi``)."""
-
-    def __init__(self, fn: Callable):
-        self.__self__ = fn
-
-    def __call__(self, data: ModelArgs):
-        return self.__self__(*data.args, **data.kwargs)
-
-
-def call_with_args(fn: Callable) -> CallWithArgs:
-    """``fn`` called on :class:`ModelArgs` (idempotent)."""
-    return fn if isinstance(fn, CallWithArgs) else CallWithArgs(fn)
-
-
-def _trace(model_fn: Callable, data):
-    """One trace of ``model_fn(data)`` for its structure: seeded (global RNG untouched), no gradients,
-    latent values drawn from the prior (:func:`sample_or_uniform`: uniform on the unconstrained scale for
-    a prior that cannot be sampled) in the model's dtype, and validation off: the structure of a model
-    does not depend on whether that point is valid (e.g. positive but not ordered, where a support is
-    wider than the values the prior gives)."""
-    with torch.no_grad(), warnings.catch_warnings(), pyro.validation_enabled(False):
-        warnings.simplefilter("ignore")
-        seeded = poutine.seed(InitMessenger(sample_or_uniform)(model_fn), rng_seed=0)
-        return poutine.trace(seeded).get_trace(data)
-
-
-def inspect_model(model_fn: Callable, data, global_sites=None) -> ModelInfo:
-    """Trace ``model_fn(data)`` once and describe it; ``global_sites`` overrides the discovered ones."""
-    trace = _trace(model_fn, data)
-    sites = [s for s in trace.nodes.values()
-             if s["type"] == "sample" and not site_is_subsample(s) and not s["infer"].get("is_auxiliary")]
-    deterministic = tuple(s["name"] for s in sites if site_is_deterministic(s))
-    observed = tuple(s["name"] for s in sites if s["is_observed"] and s["name"] not in deterministic)
-    enumerated = tuple(
-        s["name"] for s in sites if not s["is_observed"] and s["infer"].get("enumerate") == "parallel"
-    )
-    latent = tuple(s["name"] for s in sites if not s["is_observed"] and s["name"] not in enumerated)
-    discrete = {name: _describe(trace.nodes[name]["fn"]) for name in latent if _is_discrete(trace.nodes[name]["fn"])}
-    nesting = [-f.dim for s in sites for f in s["cond_indep_stack"] if f.vectorized]
-    plates = {name: _outer_plate(trace.nodes[name]) for name in observed}
-    first = plates[observed[0]] if observed else None
-    data_plates = {p[0] for p in plates.values() if p is not None}
-    factors = {}
-    for site in trace.nodes.values():   # a factor in a data plate is part of its points' likelihood
-        frames = {f.name for f in site.get("cond_indep_stack", ())}
-        owner = next((name for name in observed if plates[name] and plates[name][0] in frames), None)
-        if site["type"] == "sample" and _is_factor(site) and owner is not None:
-            factors[site["name"]] = owner
-    if global_sites is None:
-        global_sites = tuple(name for name in latent
-                             if not any(f.name in data_plates for f in trace.nodes[name]["cond_indep_stack"]))
-    return ModelInfo(
-        max_plate_nesting=max(nesting, default=0),
-        observed=observed,
-        enumerated=enumerated,
-        latent=latent,
-        global_sites=tuple(global_sites),
-        data_plate=first[0] if first else None,
-        data_size=first[2] if first else None,
-        shapes={s["name"]: tuple(s["value"].shape) for s in sites},
-        deterministic=deterministic,
-        plates=plates,
-        discrete=discrete,
-        factors=factors,
-    )
-
-
-def _family(fn):
-    """A distribution without the wrappers of ``.expand``, ``.to_event`` and masks."""
-    while hasattr(fn, "base_dist") and type(fn).__name__ in ("Independent", "ExpandedDistribution", "MaskedDistribution"):
-        fn = fn.base_dist
-    return fn
-
-
-def _is_factor(site) -> bool:
-    """A ``pyro.factor`` site: an observed, auxiliary ``Unit`` distribution."""
-    return bool(site["is_observed"] and site["infer"].get("is_auxiliary") and isinstance(_family(site["fn"]), Unit))
-
-
-def _is_discrete(fn) -> bool:
-    try:
-        return bool(fn.support.is_discrete)
-    except NotImplementedError:
-        return False
-
-
-def _describe(fn) -> str:
-    """``Poisson, infinite support``: a distribution's family and whether it can be enumerated."""
-    family = _family(fn)
-    return f"{type(family).__name__}, {'finite' if family.has_enumerate_support else 'infinite'} support"
-
-
-def _outer_plate(site) -> tuple[str, int, int] | None:
-    frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-    if not frames:
-        return None
-    outer = min(frames, key=lambda f: f.dim)
-    return outer.name, outer.dim, outer.size
 
 
 def is_zoo_model(obj) -> bool:
@@ -219,7 +43,7 @@ class PlainModel:
 
     - ``global_sites = None``: discovered (latent sites outside every data plate);
     - ``log_likelihood``: per observed site, the site's log density at each point given every
-      non-enumerated latent, enumerated sites summed out (:func:`pointwise_log_likelihood`);
+      non-enumerated latent, enumerated sites summed out (:func:`inference.likelihood.pointwise_log_likelihood`);
     - ``align`` and ``validate``: the identity; no ``simulate`` (nothing to simulate from without
       knowing the size of the data).
     """
@@ -298,7 +122,7 @@ class Target:
     (:meth:`scope`): two fits never share state, and nothing changes Pyro's global settings.
 
     ``args_form=True``: a plain model (and guide) written ``model(*args, **kwargs)``, given its
-    arguments as :class:`ModelArgs` (:func:`model_data`).
+    arguments as :class:`~inference.inspection.ModelArgs` (:func:`~inference.inspection.model_data`).
     """
 
     def __init__(self, model, *, guide: Callable | None = None, copy_model: bool = False, args_form: bool = False):
@@ -455,151 +279,6 @@ class Target:
         with self.scope():
             trace = _trace(self.marginal_fn, data)
         return {k: trace.nodes[k]["value"] for k in self.info(data, marginal=True).observed}
-
-
-def pointwise_log_likelihood(model_fn: Callable, data, params: Mapping[str, torch.Tensor],
-                             info: ModelInfo) -> dict[str, torch.Tensor]:
-    """log p(y_n | params) per point n of every observed site y, enumerated sites summed out exactly.
-
-    The points of a site inside plates are the elements of its outermost plate (inner plates and event
-    dims summed); outside any plate, every batch element is a point (as ArviZ's ``from_pyro``). Observed
-    sites that share an enumerated site (directly or through a chain of them) are contracted together
-    with Pyro's ``contract_to_tensor`` (sum over enumeration dims, product over every plate except the
-    data plate) and reported as one variable named after its sites (``y1+y2``).
-
-    A ``pyro.factor`` site inside a data plate is part of its points' likelihood (e.g. the likelihood of an
-    observed covariate that is enumerated where it is missing): it is contracted with the enumerated sites
-    it shares dims with, like an observed site, and joins the variable of the observed site(s) it shares
-    them with, or else of the first observed site of its data plate (``ModelInfo.factors``); the name
-    then carries it: ``y+x_lik``. A factor outside every data plate (a prior term) is not in it.
-
-    A masked enumerated site keeps its prior, which sums to one over its values: padding adds nothing;
-    except where a factor depends on its value, which then carries its probability (the imputation
-    pattern: the site drawn with ``.mask(False)``, its log-probability added by ``pyro.factor``).
-    """
-    model = poutine.condition(model_fn, data=dict(params))
-    if info.enumerated:
-        model = poutine.enum(model, first_available_dim=-1 - info.max_plate_nesting)
-    trace = poutine.trace(model).get_trace(data)
-    points = (*info.observed, *info.factors)
-    trace.compute_log_prob(lambda name, site: name in points or name in info.enumerated)
-    if not info.enumerated:
-        out = {}
-        for name in info.observed:
-            joined = [name, *(f for f, owner in info.factors.items() if owner == name)]
-            out[_label(joined)] = sum(_points(trace.nodes[n]["log_prob"], info.plates[name]) for n in joined)
-        return out
-    for name in info.enumerated:   # unmasked prior of an enumerated site, unless a factor carries it
-        site = trace.nodes[name]
-        dim = site["infer"].get("_enumerate_dim")
-        if dim is not None and any(trace.nodes[f]["log_prob"].dim() >= -dim and trace.nodes[f]["log_prob"].shape[dim] > 1
-                                   for f in info.factors):
-            continue
-        fn = site["fn"]
-        while isinstance(fn, MaskedDistribution):
-            fn = fn.base_dist
-        site["log_prob"] = site["unscaled_log_prob"] = fn.log_prob(site["value"]) * site["scale"]
-    names = (*points, *info.enumerated)
-    dtype = functools.reduce(torch.promote_types, [trace.nodes[n]["log_prob"].dtype for n in names])
-    for name in names:   # one dtype (a site masked with False has a float32 log_prob of zeros whatever the model's)
-        trace.nodes[name]["log_prob"] = trace.nodes[name]["log_prob"].to(dtype)
-    try:
-        trace.pack_tensors()
-    except ValueError as e:
-        raise ValueError(f"model: enumerated sites need every batch dim declared by a pyro.plate ({e})") from None
-    symbol = trace.plate_to_symbol
-    plate_symbols = set(symbol.values())
-    dims = {name: set(trace.nodes[name]["packed"]["log_prob"]._pyro_dims) - plate_symbols for name in names}
-    groups = _coupled(points, info.enumerated, dims)
-    for group in [g for g in groups if not any(n in info.observed for n in g)]:   # factors alone: to their site
-        groups.remove(group)
-        next(g for g in groups if info.factors[group[0]] in g).extend(group)
-    out = {}
-    for group in groups:
-        tree: OrderedDict = OrderedDict()
-        for name in group:
-            site = trace.nodes[name]
-            ordinal = frozenset(symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
-            tree.setdefault(ordinal, []).append(site["packed"]["log_prob"])
-        observed = [n for n in group if n in info.observed]
-        plate = info.plates[observed[0]]
-        target = frozenset([symbol[plate[0]]]) if plate and plate[0] in symbol else frozenset()
-        sum_dims = set().union(*(dims[n] for n in group))
-        result = contract_to_tensor(tree, sum_dims, target_ordinal=target, ring=LogRing())
-        size = plate[2] if plate else 1
-        out[_label([*observed, *(n for n in group if n in info.factors)])] = (
-            result.reshape(-1).expand(size) if result.numel() == 1 else result.reshape(-1))
-    return out
-
-
-def _label(names: list[str]) -> str:
-    """The variable of sites whose points are one: ``y1+y2``, or ``x_0+...+x_9`` for more than three."""
-    return "+".join(names) if len(names) <= 3 else f"{names[0]}+...+{names[-1]}"
-
-
-def _points(log_prob: torch.Tensor, plate: tuple[str, int, int] | None) -> torch.Tensor:
-    """A site's log density per point: its outermost plate's elements, else its batch elements."""
-    if plate is None:
-        return log_prob.reshape(1) if log_prob.dim() == 0 else log_prob
-    _, dim, size = plate
-    lp = log_prob.reshape((1,) * max(0, -dim - log_prob.dim()) + tuple(log_prob.shape))
-    points = lp.movedim(dim, 0)
-    points = points.reshape(points.shape[0], -1).sum(-1)
-    return points.expand(size) if points.shape[0] == 1 else points
-
-
-def _coupled(observed, enumerated, dims) -> list[list[str]]:
-    """Observed sites (and data-plate factors) grouped with the enumerated sites they depend on (connected
-    through shared enumeration dims); an observed site without enumeration dims is a group of its own."""
-    groups: list[tuple[set[str], list[str]]] = []
-    for name in (*enumerated, *observed):
-        merged_dims, merged = set(dims[name]), [name]
-        for g in [g for g in groups if g[0] & dims[name]]:
-            groups.remove(g)
-            merged_dims |= g[0]
-            merged = g[1] + merged
-        groups.append((merged_dims, merged))
-    order = (*observed, *enumerated)
-    return [sorted(g, key=order.index) for _, g in groups if any(n in observed for n in g)]
-
-
-def init_to_uniform_any(site=None, radius: float = 2.0):
-    """Pyro's ``init_to_uniform`` (uniform in (-radius, radius) on the unconstrained scale) that also
-    works for priors that cannot be sampled, such as ``ImproperUniform``; discrete sites are sampled."""
-    if site is None:
-        return init_to_uniform_any
-    fn = site["fn"]
-    if fn.support.is_discrete:
-        return fn.sample().detach()
-    t = transform_to(fn.support)
-    try:
-        prototype = fn.sample().detach()
-        shape, dtype = t.inv(prototype).shape, prototype.dtype   # the model's dtype, not the default
-    except NotImplementedError:
-        shape, dtype = t.inverse_shape(fn.batch_shape + fn.event_shape), torch.get_default_dtype()
-    value = t(torch.rand(shape, dtype=dtype) * (2 * radius) - radius).detach()
-    value._pyro_custom_init = False
-    return value
-
-
-def sample_or_uniform(site=None):
-    """A prior draw, or :func:`init_to_uniform_any` for a prior that cannot be sampled."""
-    if site is None:
-        return sample_or_uniform
-    try:
-        return site["fn"].sample().detach()
-    except NotImplementedError:
-        return init_to_uniform_any(site)
-
-
-def init_to_median_any(site=None):
-    """Pyro's ``init_to_median``, falling back to :func:`init_to_uniform_any` where it cannot sample."""
-    if site is None:
-        return init_to_median_any
-    try:
-        return init_to_median(site, fallback=None)
-    except (NotImplementedError, ValueError):
-        return init_to_uniform_any(site)
 
 
 def as_target(model, *, guide: Callable | None = None, copy_model: bool = False, args_form: bool = False) -> Target:

@@ -252,7 +252,7 @@ def flatten_data(data):
     traced graph, so one graph serves new data of the same shapes."""
     if torch.is_tensor(data):
         return [data], lambda leaves: leaves[0]
-    if hasattr(data, "args") and hasattr(data, "kwargs"):   # the arguments of a call (inference.target.ModelArgs)
+    if hasattr(data, "args") and hasattr(data, "kwargs"):   # the arguments of a call (inference.inspection.ModelArgs)
         (args, rebuild_args), (kwargs, rebuild_kwargs) = flatten_data(data.args), flatten_data(data.kwargs)
         return args + kwargs, lambda leaves: type(data)(rebuild_args(leaves[:len(args)]),
                                                         rebuild_kwargs(leaves[len(args):]))

@@ -22,7 +22,8 @@ import torch
 
 import inference
 import zoo
-from inference.report import MARKER, check_output_dir, check_output_file, write_report
+from inference.files import MARKER, check_output_dir, check_output_file
+from inference.reporting.report import write_report
 from zoo import datasets
 from zoo.cli import main
 
@@ -331,7 +332,7 @@ def test_count_and_symbol_hmms_write_full_reports(tmp_path, monkeypatch, capsys,
 
 
 def test_a_folder_created_meanwhile_is_left_alone(box, posteriors, monkeypatch):
-    import inference.report as report
+    import inference.reporting.report as report
 
     real = report._write
 
@@ -350,7 +351,7 @@ def test_a_folder_created_meanwhile_is_left_alone(box, posteriors, monkeypatch):
 
 
 def test_two_cli_runs_on_one_out(box, capsys, monkeypatch):
-    import inference.report as report
+    import inference.reporting.report as report
 
     real, raced = report._write, []
 
@@ -506,7 +507,7 @@ def _interrupt(*args, **kwargs):
 
 
 @pytest.mark.parametrize("where", ["zoo.cli.build_parser", "zoo.datasets.load", "inference.fit_svi",
-                                   "inference.diagnose", "inference.report.summary_blocks"])
+                                   "inference.diagnose", "inference.reporting.report.summary_blocks"])
 def test_ctrl_c_at_every_phase(box, capsys, monkeypatch, where):
     monkeypatch.setattr(where, _interrupt)
     assert main(["fit", "gmm", "--data", "points.csv", "--out", "r", *TINY]) == 130

@@ -24,7 +24,7 @@ from pyro.nn import PyroModule, PyroSample
 from scipy import special, stats
 
 import inference
-from inference.target import inspect_model
+from inference.inspection import inspect_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,7 +140,7 @@ def test_observation_outside_any_plate_and_several_observed_sites(tmp_path):
                                    stats.norm.logpdf(float(data["total"]), 25 * mu, 5.0), rtol=0, atol=1e-3)
         assert set(post.idata.observed_data.data_vars) == {"heights", "total"}
         assert post.idata.log_likelihood["heights"].dims[2:] == ("people",)
-    loo = inference.report.loo_table({"nuts": nuts})
+    loo = inference.checks.select.loo_table({"nuts": nuts}, by_site=True)
     assert list(loo.index) == ["nuts: heights"]   # the one-point site has nothing to leave out
 
 

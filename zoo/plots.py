@@ -1,5 +1,5 @@
 """Model-specific report figures: the ``figures`` hooks of the zoo's models (the generic figures, and the
-helpers these share with them, live in ``inference.plots``)."""
+helpers these share with them, live in ``inference.reporting.plots``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from matplotlib.patches import Ellipse
 
-from inference.plots import aligned_means, image_grid, interval
+from inference.reporting.plots import aligned_means, image_grid, interval
 
 
 def mixture_clusters(model, data, posteriors, dataset=None):

@@ -19,7 +19,7 @@ of the Gaussian likelihood.
 
 Minibatches: both pair members index the data with the indices the ``data`` plate yields
 (``with pyro.plate("data", N) as idx: x = data[idx]``), so a caller who fixes the plate's subsample
-(``inference.train`` does, one epoch at a time) gets the ELBO of the whole data set estimated from
+(``inference.variational.train`` does, one epoch at a time) gets the ELBO of the whole data set estimated from
 the batch, scaled by N / B by the plate; ``subsample_size=B`` lets the plate draw a batch itself.
 
 Evaluation: :meth:`VAE.log_likelihood` is the importance-sampled estimate of log p(x) per image,

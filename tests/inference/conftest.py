@@ -1,5 +1,6 @@
 """Fixtures shared by the inference tests: plain Pyro models written as a user would (not from the zoo),
-and one small VAE fit for the tests of inference.train, inference.report and inference.amortization."""
+and one small VAE fit for the tests of inference.variational.train, inference.reporting.report and
+inference.checks.amortization."""
 
 import pyro
 import pyro.distributions as dist
@@ -10,7 +11,7 @@ from pyro.distributions.transforms import ExpTransform, OrderedTransform
 import zoo
 from inference.posterior import Posterior
 from inference.target import Target
-from inference.train import train
+from inference.variational.train import train
 from zoo import datasets
 
 

@@ -16,9 +16,10 @@ from scipy import stats
 
 import inference
 import zoo
+from inference.inspection import ModelArgs, model_data
 from inference.potential import Potential, pyro_potential
+from inference.target import Target
 from inference.tracing import flatten_data
-from inference.target import ModelArgs, Target, model_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,9 @@ from scipy import stats
 from scipy.special import expit, logsumexp
 
 import inference
+from inference.inspection import inspect_model
 from inference.posterior import Posterior
-from inference.target import Target, inspect_model
+from inference.target import Target
 
 
 def test_inspect_model_finds_structure(y, plain_mixture):

@@ -22,8 +22,8 @@ import inference
 import zoo
 import zoo.hmm
 from inference import tracing
-from inference.mcmc import start_point
 from inference.potential import Potential
+from inference.sampling.mcmc import start_point
 from inference.tracing import Guard, Mismatch, compile_graph, has_compiler, mismatch, trace_graph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -275,7 +275,7 @@ def test_a_closed_form_is_checked_while_it_runs():
     x, _ = m.simulate(20, seed=0)
     target = inference.target.as_target(m)
     data = target.validate(x)
-    from inference.mcmc import potential_of
+    from inference.sampling.mcmc import potential_of
 
     p = potential_of(target, data)
     assert p.route == "closed form"

@@ -39,10 +39,14 @@ def test_values_come_back_cleaned():
 
 
 def test_entry_points_use_it():
-    """run_nuts, ppc and sbc: a float where an integer belongs is a TypeError, an integer out of range a
-    ValueError (each named), before any work."""
+    """run_nuts, fit_svi, from_pyro, ppc and sbc: a float where an integer belongs is a TypeError, an integer
+    out of range a ValueError (each named), before any work: the same mistake reads the same everywhere."""
     with pytest.raises(TypeError, match="^num_samples: expected an integer >= 1"):
         inference.run_nuts(lambda d: None, None, num_samples=2.5)
+    with pytest.raises(TypeError, match="^num_steps: expected an integer >= 1, got 2.5"):
+        inference.fit_svi(lambda d: None, None, num_steps=2.5)
+    with pytest.raises(ValueError, match="^num_samples: expected an integer >= 1, got 0"):
+        inference.from_pyro({}, num_samples=0)
     with pytest.raises(ValueError, match=r"^target_accept: expected a probability in \(0, 1\)"):
         inference.run_nuts(lambda d: None, None, target_accept=1.2)
     with pytest.raises(ValueError, match="^num_simulations: expected an integer >= 2"):

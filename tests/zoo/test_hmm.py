@@ -217,7 +217,7 @@ def test_fixed_prior_is_the_simulation_prior_whatever_the_data(emission):
     """prior="fixed": the log prior of the same parameters under two data sets is the scipy density with
     centre 0, spread 1 and mean count 1 (what simulate draws from), so SBC's check accepts the model;
     prior="data" (empirical Bayes) is refused by that check."""
-    from inference.sbc import check_inputs
+    from inference.checks.sbc import check_inputs
 
     p = random_params(emission, S=2, seed=6, D=1)
     m = zoo.get("hmm", n_states=2, emission=emission, prior="fixed")

@@ -376,7 +376,7 @@ def test_a_fixed_prior_ignores_the_data():
     torch.testing.assert_close(center, x.mean(0))
     torch.testing.assert_close(s, x.std(0, unbiased=False))
     # only the fixed prior passes simulation-based calibration's check (a fit of each: test_sbc.py)
-    from inference.sbc import check_inputs
+    from inference.checks.sbc import check_inputs
 
     check_inputs(fixed, num_observations=40, seed=0)
     with pytest.raises(ValueError, match="prior of 'ppca' depends on the data"):

@@ -11,7 +11,7 @@ import torch
 from scipy.special import logsumexp
 
 import zoo
-from inference.train import read_checkpoint, train
+from inference.variational.train import read_checkpoint, train
 from zoo import datasets
 
 

@@ -13,10 +13,10 @@ from zoo.cli.settings import model_config
 def _train_amortized(args):
     """Train (or resume), evaluate on the test split; returns what the report needs."""
     import zoo
-    from inference.plots import plot_history
+    from inference.reporting.plots import plot_history
     from inference.posterior import heldout
-    from inference.report import training_text
-    from inference.train import train
+    from inference.reporting.report import training_text
+    from inference.variational.train import train
     from zoo import datasets
 
     if getattr(args, "method", "svi") != "svi":
@@ -32,7 +32,7 @@ def _train_amortized(args):
     kw = dict(valid=valid, elbo=args.elbo, num_particles=args.particles, epochs=args.epochs, batch_size=args.batch_size,
               lr=args.lr or 1e-3, seed=args.seed, progress=not args.quiet)
     if args.trainer == "lightning":
-        from inference.lightning import train_lightning
+        from inference.variational.lightning import train_lightning
 
         fit = train_lightning(model, data, devices=args.devices, accelerator="gpu" if args.device == "cuda" else "cpu", **kw)
     else:
@@ -62,7 +62,7 @@ def fit_amortized(args) -> int:
 
 def compare_amortized(args) -> int:
     import inference
-    from inference.amortization import amortization_gap, gap_sections
+    from inference.checks.amortization import amortization_gap, gap_sections
 
     fit, post, evaluation, out, held, figures = _train_amortized(args)
     points = post.data[:args.points]

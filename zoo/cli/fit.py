@@ -46,7 +46,7 @@ def cmd_compare(args, sbc=None) -> int:
     """SVI vs NUTS on one model and data; ``sbc`` (from ``zoo report --sbc/--sbc-from``): a function returning
     the SBCResult to include, called after the fits."""
     import inference
-    from inference.compare import summary_line
+    from inference.checks.compare import summary_line
 
     if check_args(args):
         return compare_amortized(args)

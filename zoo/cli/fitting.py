@@ -12,7 +12,7 @@ from zoo.cli.settings import model_config
 #: defaults of the flags that only some methods use (None in the parser, so a flag the user gave is known)
 DEFAULTS = {"steps": 3000, "samples": 1000, "warmup": 500, "chains": 4, "particles": 1, "epochs": 100,
             "batch_size": 100, "elbo": "trace", "trainer": "torch", "devices": 1, "points": 8}
-#: fit_svi's first step size (``inference.svi.LR``), given explicitly: SBC records its fit's settings
+#: fit_svi's first step size (``inference.variational.svi.LR``), given explicitly: SBC records its fit's settings
 LR = 0.05
 
 
@@ -79,14 +79,14 @@ def output_folder(args, checkpoint: bool = False):
     """``--out`` (default runs/<model>-<command>) checked before any fitting: never the working folder or an
     ancestor, nor a folder holding the input data; replaced only with --force and only if it is a report.
     With ``checkpoint``, also the checkpoint file (default OUT.ckpt.pt). Returns ``(out, checkpoint)``."""
-    from inference.report import check_output_dir, check_output_file
+    from inference.files import check_output_dir, check_output_file
 
     protect = [p for p in (args.data, args.data_dir) if p and os.path.exists(p)]
     out = check_output_dir(args.out or os.path.join("runs", f"{args.model}-{args.command}"), args.force,
                            name="--out", protect=protect)
     if not checkpoint:
         return out, None
-    from inference.train import read_checkpoint
+    from inference.variational.train import read_checkpoint
 
     path = args.checkpoint or f"{out}.ckpt.pt"
     check_output_file(path, args.force or args.resume, name="--checkpoint", protect=protect, is_ours=read_checkpoint,

@@ -61,7 +61,7 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 def _plot_names(text: str) -> tuple[str, ...]:
-    from inference.html import PLOTS
+    from inference.reporting.html import PLOTS
 
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     unknown = [v for v in names if v not in PLOTS]

@@ -15,7 +15,7 @@ def cmd_report(args) -> int:
     (--sbc N) or read from a `zoo sbc` folder (--sbc-from DIR)."""
     from pathlib import Path
 
-    from inference.html import read_posteriors, sbc_items, write_html
+    from inference.reporting.html import read_posteriors, sbc_items, write_html
 
     if args.sbc is not None and args.sbc_from is not None:
         raise ValueError("--sbc/--sbc-from: give one: run the calibration here, or include one run by `zoo sbc`")

@@ -24,7 +24,7 @@ def sbc_runner(args, simulations: int, method: str, fit: dict, model_flag: str):
     """Check the SBC inputs now (before other long work) and return a function that runs it. Errors name
     the CLI flags (``model_flag`` for a model SBC cannot calibrate), not the Python arguments."""
     import zoo
-    from inference.sbc import check_inputs, sbc
+    from inference.checks.sbc import check_inputs, sbc
 
     flags = {"num_simulations:": "--simulations:" if args.command == "sbc" else "--sbc:",
              "num_observations:": "--observations:", "n_jobs:": "--jobs:", "model:": model_flag}

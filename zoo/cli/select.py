@@ -17,8 +17,9 @@ def cmd_select(args) -> int:
     every candidate's netCDF."""
     import inference
     import zoo
-    from inference.plots import plot_khat, plot_select
-    from inference.select import check_loo_data
+    from inference.reporting.plots import plot_khat, plot_select
+    from inference.checks.select import check_loo_data
+    from inference.thresholds import KHAT_MAX
 
     keys = model_config_keys(args)
     counts = [dest for dest, key in args.model_flags.items() if key.startswith("n_") and key in keys]
@@ -51,7 +52,7 @@ def cmd_select(args) -> int:
     loos = table.attrs.pop("loo")
     table.attrs["csv"] = "select.csv"
     print(f"\n{args.model} on {dataset.name}, ranked by PSIS-LOO (best first):\n")
-    print(table[["elpd_loo", "se", "elpd_diff", "dse", "p_loo", "pareto_k_max", "pareto_k>0.7"]].round(2).to_string())
+    print(table[["elpd_loo", "se", "elpd_diff", "dse", "p_loo", "pareto_k_max", f"pareto_k>{KHAT_MAX}"]].round(2).to_string())
     ranked = {label: candidates[label] for label in table.index}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)   # ArviZ on a constant quantity (the weight of K=1)
