@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -196,7 +197,8 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False, vector
     # No reordering for peak memory (graphs of a few MB): its validation once failed on the fenced tutorial
     # HMM in a full test run ("Cycle detected in memory planning graph", torch 2.13), never in isolation.
     settings = {"cpp.threads": 1, **simd, "fallback_random": fallback_random, "reorder_for_peak_memory": False}
-    with config.patch(settings), tracing(context):
+    with config.patch(settings), tracing(context), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")   # its own deprecations
         return torch._inductor.compile(fence_accumulating_scatters(graph), example)
 
 
