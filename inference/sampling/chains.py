@@ -10,6 +10,20 @@ from typing import Mapping
 
 import torch
 
+from inference.validation import check_setting
+
+
+def check_chain_settings(num_samples, warmup_steps, num_chains, max_tree_depth, target_accept,
+                         chain_method) -> float:
+    """The settings every chain driver (``run_nuts``, ``run_gibbs``) shares, checked; returns ``target_accept``."""
+    for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
+                             ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
+        check_setting(value, name, kind="int", minimum=low)
+    target_accept = check_setting(target_accept, "target_accept", kind="probability")
+    if chain_method not in ("parallel", "sequential"):
+        raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
+    return target_accept
+
 
 def num_workers(num_chains: int, chain_method: str, data) -> int:
     if chain_method == "sequential" or num_chains == 1 or "fork" not in mp.get_all_start_methods():

@@ -30,12 +30,11 @@ from inference.posterior import Posterior
 from inference.potential import Potential
 from inference.sampling import nuts
 from inference.sampling.adaptation import WindowAdaptation, curvature
-from inference.sampling.chains import num_workers, parallel
+from inference.sampling.chains import check_chain_settings, num_workers, parallel
 from inference.sampling.integrator import Point, evaluate
 from inference.sampling.metric import make_metric
 from inference.target import as_target, chain_seed, set_seed
 from inference.tracing import mismatch
-from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +45,8 @@ def run_gibbs(model, data, *, num_samples: int = 1000, warmup_steps: int = 500, 
     """Sample the posterior of a zoo ``model`` with ``gibbs_sweep`` given ``data`` by Gibbs sampling (see the
     module docstring). ``warmup_steps`` sweeps per chain are discarded (and adapt the block's NUTS step);
     the other settings are ``run_nuts``'s."""
-    for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
-                             ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
-        check_setting(value, name, kind="int", minimum=low)
-    target_accept = check_setting(target_accept, "target_accept", kind="probability")
-    if chain_method not in ("parallel", "sequential"):
-        raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
+    target_accept = check_chain_settings(num_samples, warmup_steps, num_chains, max_tree_depth, target_accept,
+                                         chain_method)
     target = as_target(model)
     sweep = getattr(target.model, "gibbs_sweep", None)
     if not callable(sweep):

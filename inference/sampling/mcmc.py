@@ -30,12 +30,11 @@ from inference.inspection import ModelArgs, discrete_problem, model_data
 from inference.posterior import Posterior
 from inference.potential import MAX_TRIES, Potential
 from inference.sampling import hmc_within_gibbs, nuts
-from inference.sampling.chains import num_workers, parallel
+from inference.sampling.chains import check_chain_settings, num_workers, parallel
 from inference.sampling.pyro_engine import pyro_chain
 from inference.sampling.recovery import discrete_draws
 from inference.target import as_target, chain_seed, set_seed
 from inference.tracing import LEAPFROGS_PER_ITERATION, Mismatch
-from inference.validation import check_setting
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +80,8 @@ def run_nuts(model, data=None, *, model_args=None, model_kwargs=None, num_sample
     (:mod:`inference.sampling.hmc_within_gibbs`); their draws are in the posterior, and the pointwise log-likelihood
     sums them out where it can, else is conditional on them (``settings["log_likelihood"]``).
     """
-    for name, value, low in (("num_samples", num_samples, 1), ("warmup_steps", warmup_steps, 0),
-                             ("num_chains", num_chains, 1), ("max_tree_depth", max_tree_depth, 1)):
-        check_setting(value, name, kind="int", minimum=low)
-    target_accept = check_setting(target_accept, "target_accept", kind="probability")
-    if chain_method not in ("parallel", "sequential"):
-        raise ValueError(f"chain_method: expected 'parallel' or 'sequential', got {chain_method!r}")
+    target_accept = check_chain_settings(num_samples, warmup_steps, num_chains, max_tree_depth, target_accept,
+                                         chain_method)
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     if potential not in POTENTIALS:
