@@ -106,6 +106,27 @@ def test_upstream_tracer_compiler_and_distribution_internals():
     assert counters["inductor"]["fxgraph_cache_hit"] == 1, dict(counters["inductor"])
 
 
+def test_a_compile_without_vectorization_proves_no_vector_isa_and_leaves_them_for_one_with(monkeypatch):
+    """Inductor proves each vector ISA by compiling a test program (seconds each, cold); an unvectorized
+    compile needs none: ``cpp.vec_isa_ok`` skips them, and the valid ISAs are found again afterwards."""
+    if not has_compiler():
+        pytest.skip("no C++ compiler: Inductor cannot compile here")
+    import torch._inductor.config as config
+    from torch._inductor import cpu_vec_isa
+
+    probes = []
+    check_build = cpu_vec_isa.VecISA.check_build
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", lambda isa, code: probes.append(isa) or check_build(isa, code))
+    a = torch.tensor([0.1, -0.2], dtype=torch.float64)
+    graph = trace_graph(lambda t: (t.sin() * t).sum(), a)
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    with config.patch({"fx_graph_cache": False}):   # generate the code: the probes happen there
+        torch.testing.assert_close(compile_graph(graph, [a])(a), (a.sin() * a).sum())
+    assert probes == []
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":   # a CPU with vector units: they are still found
+        assert cpu_vec_isa.valid_vec_isa_list() and probes
+
+
 def test_the_route_policy_reads_counts_and_never_compiles_without_a_compiler(monkeypatch):
     monkeypatch.setattr(tracing, "has_compiler", lambda: True)
     # tracing pays when calls x sites x Pyro's seconds per site x the saving exceed the trace's cost
