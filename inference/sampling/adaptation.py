@@ -131,9 +131,10 @@ def curvature(log_density: LogDensity, theta: np.ndarray, eps: float = np.finfo(
 
 class WindowAdaptation:
     """Stan's windowed warmup: the step size by :class:`DualAveraging` throughout, restarted from
-    :func:`reasonable_step` whenever a slow window (:func:`windows`) closes with a new metric, Stan's
-    regularised (co)variance of the window's draws (:meth:`Welford.metric`, diagonal or dense as the
-    starting ``metric``); polished in the end buffer once the metric is final.
+    :func:`reasonable_step` whenever a slow window (:func:`windows`) closes with a new metric estimated
+    from the window's draws (:meth:`Welford.metric`, diagonal or dense as the starting ``metric``; the
+    diagonal from the draws and their gradients, as nutpie, the dense Stan's regularised covariance);
+    polished in the end buffer once the metric is final.
 
     ``WindowAdaptation(log_density, state, metric, num_steps, target_accept, rng)`` starts it (and
     finds a first step size for ``metric`` at ``state``); ``update(i, state, acceptance)`` after
@@ -152,7 +153,7 @@ class WindowAdaptation:
     def update(self, i: int, state: Point, acceptance: float) -> tuple[float, Metric]:
         step = self.dual.update(acceptance)
         if any(a <= i < b for a, b in self.windows):
-            self.welford.add(state.theta)
+            self.welford.add(state.theta, state.grad)
         if any(i == b - 1 for _, b in self.windows):   # a window closes: new metric, new step size
             self.metric = self.welford.metric()
             self.welford = Welford(self.metric.dim, dense=self.welford.dense)

@@ -2,8 +2,9 @@
 
 A metric is given by its inverse ``M^-1``, a guess at the posterior covariance of the sampled vector:
 a vector of variances (:class:`DiagonalMetric`) or a covariance matrix (:class:`DenseMetric`, for
-posteriors whose correlations a diagonal metric cannot undo). Warmup estimates it from draws with a
-:class:`Welford` accumulator, regularised as Stan does (``metric()``).
+posteriors whose correlations a diagonal metric cannot undo). Warmup estimates it from draws (and, for
+the diagonal, their gradients) with a :class:`Welford` accumulator, regularised as Stan does
+(``metric()``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import numpy as np
 from scipy import linalg
 
 METRICS = ("diag", "dense")
+#: how many times nutpie's estimate a window's variance may be before the window counts as a chain
+#: still travelling (:meth:`Welford.metric`)
+DISAGREEMENT = 10.0
 
 
 class DiagonalMetric:
@@ -83,14 +87,17 @@ def make_metric(kind: str, variances: np.ndarray) -> Metric:
 
 
 class Welford:
-    """Running mean and (co)variance of draws (Welford's algorithm); ``dense`` keeps the covariance."""
+    """Running mean and (co)variance of draws (Welford's algorithm); ``dense`` keeps the covariance. Draws
+    added with the gradient of the log density there also accumulate the gradients' variances, which
+    tell a diagonal metric whether the draws came from one region (``metric()``)."""
 
     def __init__(self, d: int, dense: bool = False):
         self.dense = dense
         self.n, self.mean = 0, np.zeros(d)
         self.m2 = np.zeros((d, d) if dense else d)   # sum of (outer) products of deviations
+        self.gradients = None if dense else _Moments(d)
 
-    def add(self, x: np.ndarray) -> None:
+    def add(self, x: np.ndarray, grad: np.ndarray | None = None) -> None:
         self.n += 1
         delta = x - self.mean
         self.mean += delta / self.n
@@ -98,6 +105,8 @@ class Welford:
             self.m2 += np.outer(x - self.mean, delta)
         else:
             self.m2 += delta * (x - self.mean)
+            if grad is not None:
+                self.gradients.add(grad)
 
     def covariance(self) -> np.ndarray:
         """The unbiased sample variance (diagonal) or covariance matrix (dense)."""
@@ -105,10 +114,42 @@ class Welford:
         return m2 / max(self.n - 1, 1)
 
     def metric(self) -> Metric:
-        """Stan's regularised estimate: (n / (n + 5)) cov + 1e-3 (5 / (n + 5)) I, shrunk towards a small
-        multiple of the identity so that a short window cannot give a singular metric."""
+        """Stan's regularised estimate: (n / (n + 5)) V + 1e-3 (5 / (n + 5)) I, shrunk towards a small
+        multiple of the identity so that a short window cannot give a singular metric; V the covariance
+        of the draws.
+
+        Diagonal, with the gradients: V is the draws' variance unless it disagrees with theirs, then
+        nutpie's estimate sqrt(var(draws) / var(gradients)) (Seyboldt et al.). For a Gaussian the two are
+        equal (the gradient has variance 1 / sigma^2), and in windows of a chain at home they agree within
+        a factor of about 3; a chain still travelling between regions inflates the draws' variance and
+        the gradients' together, so Stan's estimate alone takes the journey for spread (up to 140 times a
+        coordinate's variance on a mixture) and the next window's step size collapses into trees of
+        maximal depth (benchmarks/README.md, "Warmup"). Disagreeing means more than ``DISAGREEMENT``."""
         n = self.n
         shrinkage = 1e-3 * (5.0 / (n + 5.0))
         if self.dense:
             return DenseMetric((n / (n + 5.0)) * self.covariance() + shrinkage * np.eye(self.mean.size))
-        return DiagonalMetric((n / (n + 5.0)) * self.covariance() + shrinkage)
+        variance = self.covariance()
+        if self.gradients.n == n > 1:
+            fisher = self.gradients.variance()
+            ok = (fisher > 0) & (variance > 0)
+            nutpie = np.where(ok, np.sqrt(variance / np.where(ok, fisher, 1.0)), variance)
+            if np.any(variance > DISAGREEMENT * nutpie):
+                variance = nutpie
+        return DiagonalMetric((n / (n + 5.0)) * variance + shrinkage)
+
+
+class _Moments:
+    """Running mean and variance of vectors (Welford's algorithm, diagonal)."""
+
+    def __init__(self, d: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(d), np.zeros(d)
+
+    def add(self, x: np.ndarray) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def variance(self) -> np.ndarray:
+        return self.m2 / max(self.n - 1, 1)

@@ -58,6 +58,25 @@ def test_welford_and_stans_regularised_estimate_against_numpy(dense):
     np.testing.assert_allclose(metric.inverse, expected, rtol=1e-12)
 
 
+def test_a_window_of_a_chain_still_travelling_gets_nutpies_estimate_which_is_exact_for_a_gaussian():
+    """For N(m, diag(s^2)) the gradient is -(x - m) / s^2, so nutpie's sqrt(var(x) / var(grad)) is s^2
+    from ANY draws. Draws of the Gaussian itself keep Stan's estimate (the two agree); draws of a chain
+    still travelling from far away to the mode (their variance off by orders of magnitude) get nutpie's."""
+    s2, m = np.array([0.01, 1.0, 25.0]), np.array([3.0, -1.0, 0.0])
+    rng = np.random.default_rng(0)
+    travel = np.linspace(50.0, 0.0, 40)[:, None] * np.array([1.0, -1.0, 2.0])
+    for x, stan in [(m + rng.standard_normal((40, 3)) * np.sqrt(s2), True),
+                    (m + travel + rng.standard_normal((40, 3)) * np.sqrt(s2), False)]:
+        welford = Welford(3)
+        for row in x:
+            welford.add(row, -(row - m) / s2)
+        n = len(x)
+        variance = x.var(0, ddof=1) if stan else s2
+        np.testing.assert_allclose(welford.metric().inverse, n / (n + 5) * variance + 1e-3 * 5 / (n + 5),
+                                   rtol=1e-10)
+    assert np.all(x.var(0, ddof=1) > 10 * s2)   # what Stan's estimate would have taken for the variances
+
+
 def test_bad_metrics_are_refused():
     with pytest.raises(ValueError, match="positive definite"):
         DenseMetric(np.array([[1.0, 2.0], [2.0, 1.0]]))
