@@ -4,6 +4,7 @@ for every chain here; results are identical to running them one after another.""
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing import connection
 import os
 import traceback
 from typing import Mapping
@@ -41,38 +42,42 @@ def _tensors(data):
 
 
 def parallel(chain, num_chains: int, workers: int):
-    """Run ``chain(c, position)`` for every chain in forked processes, ``workers`` at a time.
+    """Run ``chain(c, position)`` for every chain in forked processes, ``workers`` at a time: a chain starts
+    as soon as a worker is free, so one slow chain does not hold back the chains after it.
 
     Forking (not spawning) means the model needs no pickling; each worker uses one torch thread, as
     PyTorch's own DataLoader workers do. Results come back through pipes.
     """
     ctx = mp.get_context("fork")
     results = [None] * num_chains
-    for first in range(0, num_chains, workers):
-        batch = list(range(first, min(num_chains, first + workers)))
-        procs = []
-        for position, c in enumerate(batch):
-            receiver, sender = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker, args=(chain, c, position, sender), daemon=True)
-            proc.start()
-            sender.close()
-            procs.append((c, proc, receiver))
-        for c, proc, receiver in procs:
-            try:
-                status, payload = receiver.recv()
-            except EOFError:
-                status, payload = "error", f"worker for chain {c} died (exit code {proc.exitcode})"
-            proc.join()
-            if status == "interrupt":   # Ctrl-C reached the worker first: the parent's own interrupt follows
-                for _, other, _ in procs:
-                    other.terminate()
-                raise KeyboardInterrupt
-            if status == "error":
-                for _, other, _ in procs:
-                    other.terminate()
-                raise RuntimeError(f"NUTS chain {c} failed: {payload}")
-            draws, stats, adapted = payload
-            results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats, adapted)
+    waiting, free = list(range(num_chains)), list(range(workers))   # chains to start, progress-bar rows
+    running = {}   # receiver -> (chain, process, row)
+    try:
+        while waiting or running:
+            while waiting and free:
+                c, position = waiting.pop(0), free.pop(0)
+                receiver, sender = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(chain, c, position, sender), daemon=True)
+                proc.start()
+                sender.close()
+                running[receiver] = (c, proc, position)
+            for receiver in connection.wait(list(running)):
+                c, proc, position = running.pop(receiver)
+                try:
+                    status, payload = receiver.recv()
+                except EOFError:
+                    status, payload = "error", f"worker for chain {c} died (exit code {proc.exitcode})"
+                proc.join()
+                free.append(position)
+                if status == "interrupt":   # Ctrl-C reached the worker first: the parent's own interrupt follows
+                    raise KeyboardInterrupt
+                if status == "error":
+                    raise RuntimeError(f"NUTS chain {c} failed: {payload}")
+                draws, stats, adapted = payload
+                results[c] = ({k: torch.from_numpy(v) for k, v in draws.items()}, stats, adapted)
+    finally:
+        for _, proc, _ in running.values():
+            proc.terminate()
     return results
 
 
