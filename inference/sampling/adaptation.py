@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from inference.sampling.integrator import LogDensity, Point, evaluate, hamiltonian, leapfrog
-from inference.sampling.metric import Metric, Welford
+from inference.sampling.metric import Metric, Welford, make_metric
 
 
 class DualAveraging:
@@ -150,8 +150,18 @@ class WindowAdaptation:
         self.dual = DualAveraging(self.step_size, target_accept)
         self.welford = Welford(metric.dim, dense=metric.kind == "dense")
 
-    def update(self, i: int, state: Point, acceptance: float) -> tuple[float, Metric]:
+    def update(self, i: int, state: Point, acceptance: float, saturated: bool = False) -> tuple[float, Metric]:
+        """After warmup iteration ``i``, which moved to ``state`` accepting ``acceptance`` on average and
+        ``saturated`` (reached the maximum tree depth) or not."""
         step = self.dual.update(acceptance)
+        if saturated and (not self.windows or i < self.windows[0][0]):
+            # Still on the metric guessed where the chain started: a start far out in the tails (a mixture's
+            # chain started at log density -10,468 against -3,280 at home) gives one whose trees saturate
+            # for dozens of iterations. Guess again where the chain is now (2d gradients against a
+            # saturated tree's 1,023; benchmarks/README.md, "Warmup").
+            self.metric = make_metric(self.metric.kind, 1 / curvature(self.log_density, state.theta))
+            step = reasonable_step(self.log_density, state, self.metric, self.rng, step)
+            self.dual = DualAveraging(step, self.target)
         if any(a <= i < b for a, b in self.windows):
             self.welford.add(state.theta, state.grad)
         if any(i == b - 1 for _, b in self.windows):   # a window closes: new metric, new step size

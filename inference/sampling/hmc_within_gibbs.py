@@ -309,7 +309,7 @@ def sample(density, moves: Moves, start: np.ndarray, *, num_samples: int, warmup
     step, metric = warmup.step_size, warmup.metric
     for i in range(warmup_steps):
         state, info = _iteration(density, moves, state, step, metric, rng, max_tree_depth, adapt=True)
-        step, metric = warmup.update(i, state, info["acceptance_rate"])
+        step, metric = warmup.update(i, state, info["acceptance_rate"], info["tree_depth"] >= max_tree_depth)
         if callback is not None:
             callback(i, step, info)
     step, metric = warmup.final()

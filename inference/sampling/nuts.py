@@ -68,7 +68,7 @@ def sample(log_density: LogDensity, start: np.ndarray, *, num_samples: int, warm
     step, metric = warmup.step_size, warmup.metric
     for i in range(warmup_steps):
         state, info = transition(log_density, state, step, metric, rng, max_tree_depth)
-        step, metric = warmup.update(i, state, info["acceptance_rate"])
+        step, metric = warmup.update(i, state, info["acceptance_rate"], info["tree_depth"] >= max_tree_depth)
         if callback is not None:
             callback(i, step, info)
     step, metric = warmup.final()

@@ -99,3 +99,28 @@ def test_windowed_warmup_returns_stans_estimate_of_each_window(kind):
         metric = new
     step, final = warmup.final()
     assert final is metric and step > 0 and step == warmup.step_size
+
+
+def test_a_saturated_tree_before_the_first_window_guesses_the_metric_again_where_the_chain_is():
+    """Started on a metric 10^4 times too wide (a start far in the tails), a saturated tree in the start
+    buffer replaces it with 1 / curvature at the chain's state, the exact variances of N(0, diag(s^2));
+    a saturated tree once the windows have begun changes nothing until the window closes."""
+    s2 = np.array([0.5, 2.0])
+
+    def gaussian(x):
+        return float(-0.5 * (x**2 / s2).sum()), -x / s2
+
+    def state(x):
+        logp, grad = evaluate(gaussian, x)
+        return Point(x, None, grad, logp, None)
+
+    x = np.array([0.3, -1.0])
+    warmup = WindowAdaptation(gaussian, state(x), DiagonalMetric(1e4 * s2), 200, 0.8, np.random.default_rng(0))
+    first = windows(200)[0][0]
+    step, metric = warmup.update(first - 2, state(x), 0.8)
+    assert metric is warmup.metric and np.allclose(metric.inverse, 1e4 * s2)   # not saturated: kept
+    step, metric = warmup.update(first - 1, state(x), 0.8, saturated=True)
+    np.testing.assert_allclose(metric.inverse, s2, rtol=1e-6)
+    assert step > 0
+    step, again = warmup.update(first, state(x), 0.8, saturated=True)
+    assert again is metric
