@@ -4,10 +4,14 @@
     python benchmarks/defaults_bench.py --smoke    # tiny runs (CI)
 
 Every run is a new Python process (imports included in its process time), on the same cores, taking
-turns zoo / NumPyro repeat after repeat. The zoo runs twice per repeat: with an empty Inductor cache (a
-new ``TORCHINDUCTOR_CACHE_DIR``: the first run on a machine, every compile cold) and with a warm one (a
-directory that an earlier run of the same case filled). NumPyro compiles in every process (JAX keeps no
-compiled code across processes by default).
+turns zoo / NumPyro repeat after repeat. The zoo runs three times per repeat: with nothing cached (a new
+``TORCHINDUCTOR_CACHE_DIR`` and a new ``TMPDIR``, so that Inductor also builds its precompiled header
+again, which it keeps per machine in the temporary directory: the very first run on a machine), with an
+empty Inductor cache (a new ``TORCHINDUCTOR_CACHE_DIR``: the first run of a model, every graph compiled
+cold) and with a warm one (a directory that an earlier run of the same case filled). NumPyro compiles in
+every process (JAX keeps no compiled code across processes by default). Repeat ``r`` runs both engines
+with seed ``r``: an ESS from one chain of 500 draws varies by 20-30% from seed to seed, so one seed per
+engine would compare two random numbers.
 
 Cases (models written once in plain Pyro and once in NumPyro, identical priors, data and run lengths):
 
@@ -17,8 +21,8 @@ Cases (models written once in plain Pyro and once in NumPyro, identical priors, 
 - ``svi``: ``benchmarks/svi_bench.py``'s case (the zoo GMM's marginal form and its own guide against the
   NumPyro twin, 3,000 steps), the zoo's ``fit_svi`` at its default loss route.
 
-The zoo calls ``inference.run_nuts(model, data, num_samples=..., warmup_steps=..., num_chains=...)`` and
-``inference.fit_svi(...)`` with nothing else set. NumPyro runs ``MCMC(NUTS(model))`` with its defaults and,
+The zoo calls ``inference.run_nuts(model, data, num_samples=..., warmup_steps=..., num_chains=..., seed=r)``
+and ``inference.fit_svi(...)`` with nothing else set. NumPyro runs ``MCMC(NUTS(model))`` with its defaults and,
 for several chains, both ``chain_method="parallel"`` (XLA host devices, one per chain, on the same cores)
 and ``"vectorized"``. Per run: the process's wall seconds, the fit's own wall seconds (the call, compile
 included), the smallest bulk ESS of the identifiable quantities (mixture components sorted by their first
@@ -81,7 +85,7 @@ def pyro_data(case: str):
     return {"y": torch.tensor(SCHOOLS_Y, dtype=torch.float64), "sigma": torch.tensor(SCHOOLS_SIGMA, dtype=torch.float64)}
 
 
-def zoo_run(case: str, chains: int, warmup: int, draws: int) -> dict:
+def zoo_run(case: str, chains: int, warmup: int, draws: int, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
@@ -95,19 +99,19 @@ def zoo_run(case: str, chains: int, warmup: int, draws: int) -> dict:
         x = m.validate(torch.from_numpy(gmm_data()))
         start = time.perf_counter()
         post = inference.fit_svi(m, x, num_steps=draws, lr=0.01, lr_decay=0.01, clip_norm=None, num_samples=1,
-                                 progress=False)
+                                 seed=seed, progress=False)
         return {"fit_s": time.perf_counter() - start, "route": post.settings["loss_route"],
                 "final_loss": float(np.mean(post.losses[-draws // 10:]))}
     start = time.perf_counter()
     post = inference.run_nuts(pyro_models()[case], pyro_data(case), num_samples=draws, warmup_steps=warmup,
-                              num_chains=chains, progress=False)
+                              num_chains=chains, seed=seed, progress=False)
     fit = time.perf_counter() - start
     samples = {k: v.numpy() for k, v in post.samples.items()}
     return {"fit_s": fit, "route": post.settings["potential"], "ess": min_ess(case, samples),
             "divergences": int(post.sample_stats["diverging"].sum())}
 
 
-def numpyro_run(case: str, chains: int, warmup: int, draws: int, method: str) -> dict:
+def numpyro_run(case: str, chains: int, warmup: int, draws: int, method: str, seed: int = 0) -> dict:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(chains, 1)}"
     import jax
     import jax.numpy as jnp
@@ -122,7 +126,7 @@ def numpyro_run(case: str, chains: int, warmup: int, draws: int, method: str) ->
     if case == "svi":
         import svi_bench
 
-        result = svi_bench._numpyro(draws, 0)
+        result = svi_bench._numpyro(draws, seed)
         return {"fit_s": result["wall_s"], "final_loss": result["final_loss"]}
     if case == "gmm":
         from numpyro.contrib.funsor import config_enumerate
@@ -150,7 +154,7 @@ def numpyro_run(case: str, chains: int, warmup: int, draws: int, method: str) ->
     start = time.perf_counter()
     mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=method,
                 progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), *args, extra_fields=("diverging",))
+    mcmc.run(jax.random.PRNGKey(seed), *args, extra_fields=("diverging",))
     jax.block_until_ready(mcmc.get_samples())
     fit = time.perf_counter() - start
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
@@ -176,26 +180,28 @@ def min_ess(case: str, samples: dict) -> float:
 
 
 def child(argv: list[str]) -> None:
-    """``--child ENGINE CASE CHAINS WARMUP DRAWS [METHOD]``: one run, its result as JSON on the last line."""
+    """``--child ENGINE CASE CHAINS WARMUP DRAWS SEED [METHOD]``: one run, its result as JSON on the last line."""
     import warnings
 
     warnings.filterwarnings("ignore")
     sys.path[:0] = [str(HERE), str(ROOT)]
-    engine, case, chains, warmup, draws, *method = argv
-    chains, warmup, draws = int(chains), int(warmup), int(draws)
-    result = (zoo_run(case, chains, warmup, draws) if engine == "zoo"
-              else numpyro_run(case, chains, warmup, draws, method[0]))
+    engine, case, chains, warmup, draws, seed, *method = argv
+    chains, warmup, draws, seed = int(chains), int(warmup), int(draws), int(seed)
+    result = (zoo_run(case, chains, warmup, draws, seed) if engine == "zoo"
+              else numpyro_run(case, chains, warmup, draws, method[0], seed))
     print(json.dumps(result))
 
 
 # --- the parent: fresh processes, taking turns --------------------------------------------------------
-def run(engine: str, case: str, chains: int, warmup: int, draws: int, method: str = "", cache: str | None = None,
-        cpus: str | None = None) -> dict:
+def run(engine: str, case: str, chains: int, warmup: int, draws: int, seed: int = 0, method: str = "",
+        cache: str | None = None, tmp: str | None = None, cpus: str | None = None) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if cache is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
+    if tmp is not None:
+        env["TMPDIR"] = tmp
     command = [sys.executable, str(Path(__file__).resolve()), "--child", engine, case, str(chains), str(warmup),
-               str(draws), *([method] if method else [])]
+               str(draws), str(seed), *([method] if method else [])]
     if cpus:
         command = ["taskset", "-c", cpus, *command]
     start = time.perf_counter()
@@ -239,15 +245,20 @@ def main(argv=None) -> int:
         if args.smoke:
             warmup, draws = (0, 300) if case == "svi" else (50, 50)
         peers = ["numpyro"] if chains == 1 else ["numpyro-parallel", "numpyro-vectorized"]
-        rows = results[name] = {k: [] for k in ("zoo-empty-cache", "zoo-warm-cache", *peers)}
+        rows = results[name] = {k: [] for k in ("zoo-nothing-cached", "zoo-empty-cache", "zoo-warm-cache", *peers)}
         run("zoo", case, chains, warmup, draws, cache=warm, cpus=args.cpus)   # fills the warm cache
         for repeat in range(1 if args.smoke else args.repeats):
+            with tempfile.TemporaryDirectory(prefix="zoo-nothing-cached-") as nothing:
+                rows["zoo-nothing-cached"].append(run("zoo", case, chains, warmup, draws, repeat, cache=nothing,
+                                                      tmp=nothing, cpus=args.cpus))
             with tempfile.TemporaryDirectory(prefix="zoo-inductor-empty-") as empty:
-                rows["zoo-empty-cache"].append(run("zoo", case, chains, warmup, draws, cache=empty, cpus=args.cpus))
-            rows["zoo-warm-cache"].append(run("zoo", case, chains, warmup, draws, cache=warm, cpus=args.cpus))
+                rows["zoo-empty-cache"].append(run("zoo", case, chains, warmup, draws, repeat, cache=empty,
+                                                   cpus=args.cpus))
+            rows["zoo-warm-cache"].append(run("zoo", case, chains, warmup, draws, repeat, cache=warm, cpus=args.cpus))
             for peer in peers:
                 method = peer.split("-")[1] if "-" in peer else "parallel"
-                rows[peer].append(run("numpyro", case, chains, warmup, draws, method=method, cpus=args.cpus))
+                rows[peer].append(run("numpyro", case, chains, warmup, draws, repeat, method=method,
+                                      cpus=args.cpus))
             print(f"{name} repeat {repeat}: " + ", ".join(
                 f"{k} {v[-1]['fit_s']:.1f}s" + (f" ESS/s {v[-1]['ess_per_s']:.1f}" if "ess_per_s" in v[-1] else "")
                 for k, v in rows.items()), flush=True)

@@ -27,13 +27,14 @@ The constants are measured in benchmarks/README.md ("Routes").
 
 **PyTorch internals** are touched here and nowhere else: ``make_fx`` (torch.fx.experimental), Inductor's
 ``torch._inductor.compile`` with ``torch._guards.tracing`` and ``torch._subclasses.FakeTensorMode`` (so that
-its on-disk FX graph cache serves a new process) and its vector-ISA probe (``cpp.vec_isa_ok``,
-``valid_vec_isa_list``), and a distribution's private ``_validate_args``.
+its on-disk FX graph cache serves a new process) and its vector-ISA probe (``valid_vec_isa_list``), and
+a distribution's private ``_validate_args``.
 tests/inference/test_tracing.py fails loudly when any of them changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -188,28 +189,39 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False, vector
     import torch._inductor
     import torch._inductor.config as config
     from torch._guards import TracingContext, tracing
-    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     # A tracing context with a (static) ShapeEnv, as torch.compile provides: without one Inductor
     # bypasses its FX graph cache ("No shape env") and every new process generates the code again.
     context = TracingContext(FakeTensorMode(shape_env=ShapeEnv()))
-    # Without vectorization, no vector ISA either: otherwise Inductor first proves each ISA the CPU has by
-    # compiling and loading a test program (8 s of a 13 s cold compile on 2 cores, benchmarks/README.md,
-    # "Routes"), only to use none of them. ``vec_isa_ok=False`` skips the proofs; the list of valid ISAs
-    # it leaves cached is cleared after, so that a vectorized compile later in the process still finds them.
-    simd = {} if vectorize else {"cpp.simdlen": 0, "cpp.vec_isa_ok": False}
+    simd = {} if vectorize else {"cpp.simdlen": 0}
     # No reordering for peak memory (graphs of a few MB): its validation once failed on the fenced tutorial
     # HMM in a full test run ("Cycle detected in memory planning graph", torch 2.13), never in isolation.
     settings = {"cpp.threads": 1, **simd, "fallback_random": fallback_random, "reorder_for_peak_memory": False}
+    with config.patch(settings), tracing(context), warnings.catch_warnings(), _isa_probes(vectorize):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")   # its own deprecations
+        return torch._inductor.compile(fence_accumulating_scatters(graph), example)
+
+
+@contextlib.contextmanager
+def _isa_probes(wanted: bool):
+    """Inductor proves every vector ISA the CPU reports, by compiling and loading a test program, before
+    its first compile in a process: 8 s of a 13 s cold compile on 2 cores (benchmarks/README.md,
+    "Routes"). An unvectorized compile uses none, so within it the list of valid ISAs is empty and
+    nothing is proved. (Not ``cpp.vec_isa_ok=False``: AVX-512's answer is cached for the process, and a
+    vectorized compile after would find AVX-512 invalid.)"""
+    if wanted:
+        yield
+        return
+    from torch._inductor import cpu_vec_isa
+
+    valid = cpu_vec_isa.valid_vec_isa_list
+    cpu_vec_isa.valid_vec_isa_list = list   # () -> []
     try:
-        with config.patch(settings), tracing(context), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")   # its own deprecations
-            return torch._inductor.compile(fence_accumulating_scatters(graph), example)
+        yield
     finally:
-        if not vectorize:
-            valid_vec_isa_list.cache_clear()
+        cpu_vec_isa.valid_vec_isa_list = valid
 
 
 @torch.library.custom_op("latent_zoo::index_put_accumulate", mutates_args=())
