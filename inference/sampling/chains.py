@@ -4,9 +4,9 @@ for every chain here; results are identical to running them one after another.""
 from __future__ import annotations
 
 import multiprocessing as mp
-from multiprocessing import connection
 import os
 import traceback
+from multiprocessing import connection
 from typing import Mapping
 
 import torch
