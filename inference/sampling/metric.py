@@ -91,11 +91,11 @@ class Welford:
     added with the gradient of the log density there also accumulate the gradients' variances, which
     tell a diagonal metric whether the draws came from one region (``metric()``)."""
 
-    def __init__(self, d: int, dense: bool = False):
+    def __init__(self, d: int, dense: bool = False, gradients: bool = True):
         self.dense = dense
         self.n, self.mean = 0, np.zeros(d)
         self.m2 = np.zeros((d, d) if dense else d)   # sum of (outer) products of deviations
-        self.gradients = None if dense else _Moments(d)
+        self.gradients = Welford(d, gradients=False) if gradients and not dense else None
 
     def add(self, x: np.ndarray, grad: np.ndarray | None = None) -> None:
         self.n += 1
@@ -105,7 +105,7 @@ class Welford:
             self.m2 += np.outer(x - self.mean, delta)
         else:
             self.m2 += delta * (x - self.mean)
-            if grad is not None:
+            if grad is not None and self.gradients is not None:
                 self.gradients.add(grad)
 
     def covariance(self) -> np.ndarray:
@@ -130,26 +130,11 @@ class Welford:
         if self.dense:
             return DenseMetric((n / (n + 5.0)) * self.covariance() + shrinkage * np.eye(self.mean.size))
         variance = self.covariance()
-        if self.gradients.n == n > 1:
-            fisher = self.gradients.variance()
+        if self.gradients is not None and self.gradients.n == n > 1:
+            fisher = self.gradients.covariance()
             ok = (fisher > 0) & (variance > 0)
             nutpie = np.where(ok, np.sqrt(variance / np.where(ok, fisher, 1.0)), variance)
             if np.any(variance > DISAGREEMENT * nutpie):
                 variance = nutpie
         return DiagonalMetric((n / (n + 5.0)) * variance + shrinkage)
 
-
-class _Moments:
-    """Running mean and variance of vectors (Welford's algorithm, diagonal)."""
-
-    def __init__(self, d: int):
-        self.n, self.mean, self.m2 = 0, np.zeros(d), np.zeros(d)
-
-    def add(self, x: np.ndarray) -> None:
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (x - self.mean)
-
-    def variance(self) -> np.ndarray:
-        return self.m2 / max(self.n - 1, 1)
