@@ -181,6 +181,17 @@ def operations(graph) -> int:
     return sum(node.op == "call_function" for node in graph.graph.nodes)
 
 
+MATRIX_PRODUCTS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.")
+
+
+def multiplies_matrices(graph) -> bool:
+    """Whether a graph multiplies matrices: a network's layers, whose large elementwise work around them
+    Inductor's vectorized C++ speeds up (benchmarks/README.md, "Routes"). Elsewhere it slows the small
+    reductions of mixtures and costs a cold compile the vector-ISA probes (see :func:`compile_graph`)."""
+    return any(node.op == "call_function" and str(node.target).startswith(MATRIX_PRODUCTS)
+               for node in graph.graph.nodes)
+
+
 def compile_graph(graph, example: list, *, fallback_random: bool = False, vectorize: bool = False):
     """An ATen graph compiled by Inductor into C++ for the CPU: single-threaded kernels (chains run in
     parallel processes), no vectorization unless ``vectorize`` (it slows the small reductions of
@@ -201,7 +212,7 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False, vector
     settings = {"cpp.threads": 1, **simd, "fallback_random": fallback_random, "reorder_for_peak_memory": False}
     with config.patch(settings), tracing(context), warnings.catch_warnings(), _isa_probes(vectorize):
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")   # its own deprecations
-        return torch._inductor.compile(fence_accumulating_scatters(graph), example)
+        return torch._inductor.compile(unroll_short_scans(fence_accumulating_scatters(graph)), example)
 
 
 @contextlib.contextmanager
@@ -224,14 +235,21 @@ def _isa_probes(wanted: bool):
         cpu_vec_isa.valid_vec_isa_list = valid
 
 
-@torch.library.custom_op("latent_zoo::index_put_accumulate", mutates_args=())
+# An operation of our own (``latent_zoo::index_put_accumulate``), defined at the dispatcher directly: a
+# ``torch.library.custom_op`` adds an autograd wrapper that costs 11 us a call more (19 against 8), and the
+# graph already holds its gradients.
+_LIBRARY = torch.library.Library("latent_zoo", "DEF")
+_LIBRARY.define("index_put_accumulate(Tensor self, Tensor?[] indices, Tensor values) -> Tensor")
+
+
+@torch.library.impl(_LIBRARY, "index_put_accumulate", "CompositeExplicitAutograd")
 def index_put_accumulate(self: torch.Tensor, indices: list[torch.Tensor | None], values: torch.Tensor) -> torch.Tensor:
     """``aten.index_put(self, indices, values, accumulate=True)`` as an operation of its own, which Inductor
     runs as it is instead of generating (and fusing) its code."""
     return torch.ops.aten.index_put.default(self, indices, values, True)
 
 
-@index_put_accumulate.register_fake
+@torch.library.register_fake("latent_zoo::index_put_accumulate", lib=_LIBRARY)
 def _(self, indices, values):
     return torch.empty_like(self)
 
@@ -251,6 +269,52 @@ def fence_accumulating_scatters(graph):
     graph = copy.deepcopy(graph)
     for node in [n for n in graph.graph.nodes if accumulating(n)]:
         node.target, node.args = torch.ops.latent_zoo.index_put_accumulate.default, node.args[:3]
+    graph.recompile()
+    return graph
+
+
+#: the longest cumulative sum or product :func:`unroll_short_scans` writes out
+SHORT_SCAN = 16
+
+
+def unroll_short_scans(graph):
+    """``graph``, or a copy whose cumulative sums and products along a short dimension (a stick-breaking
+    simplex: K - 1 sticks) are written out as running sums or products of slices. Inductor has no C++ code
+    for a scan, so it calls ATen's for each and splits its kernels there; written out, they fuse: fewer
+    kernels to compile and to call (benchmarks/README.md, "Routes"). The same operations in the same
+    order as ATen's loop, float32 accumulated in float64 as ATen does: the same numbers."""
+    scans = {torch.ops.aten.cumsum.default: torch.ops.aten.add.Tensor,
+             torch.ops.aten.cumprod.default: torch.ops.aten.mul.Tensor}
+    accumulate = {torch.float64: None, torch.int64: None, torch.float32: torch.float64}
+
+    def short(node):
+        if node.target not in scans or len(node.args) != 2 or node.kwargs.get("dtype") is not None:
+            return False
+        x = node.args[0].meta.get("val")
+        return (isinstance(x, torch.Tensor) and x.dim() > 0 and x.dtype in accumulate
+                and x.shape[node.args[1]] <= SHORT_SCAN)
+
+    if not any(short(n) for n in graph.graph.nodes):
+        return graph
+    graph = copy.deepcopy(graph)
+    g = graph.graph
+    convert = torch.ops.prims.convert_element_type.default
+    for node in [n for n in g.nodes if short(n)]:
+        x, dim = node.args
+        dtype = x.meta["val"].dtype
+        wide = accumulate[dtype]
+        with g.inserting_before(node):
+            running, out = [], []
+            for i in range(x.meta["val"].shape[dim]):
+                piece = g.call_function(torch.ops.aten.slice.Tensor, (x, dim, i, i + 1))
+                if wide is not None:
+                    piece = g.call_function(convert, (piece, wide))
+                running.append(piece if not running else g.call_function(scans[node.target], (running[-1], piece)))
+                out.append(running[-1] if wide is None else g.call_function(convert, (running[-1], dtype)))
+            cat = g.call_function(torch.ops.aten.cat.default, (out, dim))
+        cat.meta = dict(node.meta)
+        node.replace_all_uses_with(cat)
+        g.erase_node(node)
     graph.recompile()
     return graph
 

@@ -40,6 +40,7 @@ from inference.tracing import (
     compile_graph,
     flatten_data,
     mismatch,
+    multiplies_matrices,
     on_cpu,
     operations,
     trace_graph,
@@ -192,8 +193,9 @@ class TracedLoss:
         self.graph = graph
         if route == "compiled" or route == "auto" and worth_compiling(self.num_steps, operations(graph),
                                                                       on_cpu=on_cpu(self.leaves)):
-            try:   # no enumerated contraction here (TraceEnum keeps Pyro's): vectorized C++
-                compiled = self._route(compile_graph(graph, example, fallback_random=True, vectorize=True))
+            try:   # no enumerated contraction here (TraceEnum keeps Pyro's): vectorized C++ for networks
+                compiled = self._route(compile_graph(graph, example, fallback_random=True,
+                                                     vectorize=multiplies_matrices(graph)))
                 why = self._disagreement(compiled)
                 if why:
                     raise Mismatch(why)

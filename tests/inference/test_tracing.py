@@ -133,6 +133,64 @@ def test_an_unvectorized_compile_proves_no_vector_isa_and_leaves_them_all_to_a_v
     assert repr(found) == fresh
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_short_scans_are_written_out_with_atens_numbers(dtype):
+    """A stick-breaking simplex's cumulative sums and products (K - 1 = 4 sticks) become running sums and
+    products that Inductor can fuse; they give ATen's numbers exactly (float32 accumulated in float64, as
+    ATen's loop does), and a scan longer than SHORT_SCAN is left to ATen."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 5, generator=gen, dtype=torch.float64) * 1e3).to(dtype)
+    long = torch.randn(tracing.SHORT_SCAN + 1, generator=gen, dtype=torch.float64).to(dtype)
+
+    def scans(x, long):
+        return x.cumsum(-1), x.cumprod(0), x.cumsum(1).cumprod(-1), long.cumsum(0)
+
+    graph = trace_graph(scans, x, long)
+    written = tracing.unroll_short_scans(graph)
+    inputs = [n for n in written.graph.nodes if n.op == "placeholder"]
+    kept = [n.args[0] for n in written.graph.nodes if n.target in (torch.ops.aten.cumsum.default,
+                                                                     torch.ops.aten.cumprod.default)]
+    assert kept == [inputs[1]]
+    for got, expected in zip(written(x, long), scans(x, long)):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    no_scan = trace_graph(lambda t: t * 2, x)
+    assert tracing.unroll_short_scans(no_scan) is no_scan
+
+def test_only_a_graph_that_multiplies_matrices_is_compiled_vectorized(monkeypatch):
+    """SVI's loss is vectorized for networks (their layers' elementwise work) and not for a mixture, whose
+    compile then proves no vector ISA: the network's graph and its gradient hold matrix products, the
+    mixture's none."""
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(20, 5)
+    params = [p.detach().requires_grad_() for p in net.parameters()]
+
+    def network_loss(*ps):
+        loss = torch.func.functional_call(net, dict(zip(dict(net.named_parameters()), ps)), (x,)).square().sum()
+        return loss, *torch.autograd.grad(loss, ps)
+
+    def mixture_loss(locs):
+        y = torch.linspace(-2.0, 2.0, 50)
+        loss = -torch.logsumexp(-0.5 * (y[:, None] - locs).square(), -1).sum()
+        return loss, *torch.autograd.grad(loss, locs)
+
+    assert tracing.multiplies_matrices(trace_graph(network_loss, *params))
+    assert not tracing.multiplies_matrices(trace_graph(mixture_loss, torch.zeros(3, requires_grad=True)))
+
+    calls = []
+    import inference.variational.traced_loss as traced_loss
+    monkeypatch.setattr(traced_loss, "compile_graph", lambda graph, example, **kw: calls.append(kw) or compile_graph(
+        graph, example, **kw))
+
+    def model(y):
+        locs = pyro.sample("locs", dist.Normal(0.0, 5.0).expand([2]).to_event(1))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.MixtureSameFamily(dist.Categorical(torch.ones(2)), dist.Normal(locs, 1.0)), obs=y)
+
+    y = torch.cat([torch.randn(30) - 2, torch.randn(30) + 2])
+    post = inference.fit_svi(model, y, num_steps=50, loss_route="compiled", progress=False, num_samples=1)
+    assert post.settings["loss_route"] == "compiled" and calls == [{"fallback_random": True, "vectorize": False}]
+
+
 def test_the_route_policy_reads_counts_and_never_compiles_without_a_compiler(monkeypatch):
     monkeypatch.setattr(tracing, "has_compiler", lambda: True)
     # tracing pays when calls x sites x Pyro's seconds per site x the saving exceed the trace's cost
