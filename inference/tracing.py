@@ -187,15 +187,14 @@ def operations(graph) -> int:
     return sum(node.op == "call_function" for node in graph.graph.nodes)
 
 
-MATRIX_PRODUCTS = ("aten.mm.", "aten.addmm.", "aten.bmm.", "aten.baddbmm.")
+MATRIX_PRODUCTS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
 
 
 def multiplies_matrices(graph) -> bool:
     """Whether a graph multiplies matrices: a network's layers, whose large elementwise work around them
     Inductor's vectorized C++ speeds up (benchmarks/README.md, "Routes"). Elsewhere it slows the small
     reductions of mixtures and costs a cold compile the vector-ISA probes (see :func:`compile_graph`)."""
-    return any(node.op == "call_function" and str(node.target).startswith(MATRIX_PRODUCTS)
-               for node in graph.graph.nodes)
+    return any(getattr(node.target, "overloadpacket", None) in MATRIX_PRODUCTS for node in graph.graph.nodes)
 
 
 def compile_graph(graph, example: list, *, fallback_random: bool = False, vectorize: bool = False):
@@ -260,6 +259,18 @@ def _(self, indices, values):
     return torch.empty_like(self)
 
 
+def _rewritten(graph, matches: Callable, rewrite: Callable):
+    """``graph`` itself when no node ``matches``, else a copy with ``rewrite(fx_graph, node)`` applied to each
+    node that does (the traced graph stays as it was: it is the graph route)."""
+    if not any(matches(n) for n in graph.graph.nodes):
+        return graph
+    graph = copy.deepcopy(graph)
+    for node in [n for n in graph.graph.nodes if matches(n)]:
+        rewrite(graph.graph, node)
+    graph.recompile()
+    return graph
+
+
 def fence_accumulating_scatters(graph):
     """``graph``, or a copy whose accumulating ``index_put`` (the gradient of indexing a tensor with a tensor,
     e.g. ``transition[x]`` with an enumerated ``x``) is :func:`index_put_accumulate`, out of Inductor's
@@ -270,13 +281,10 @@ def fence_accumulating_scatters(graph):
     def accumulating(node):
         return node.target is torch.ops.aten.index_put.default and node.args[3:4] == (True,)
 
-    if not any(accumulating(n) for n in graph.graph.nodes):
-        return graph
-    graph = copy.deepcopy(graph)
-    for node in [n for n in graph.graph.nodes if accumulating(n)]:
+    def fence(g, node):
         node.target, node.args = torch.ops.latent_zoo.index_put_accumulate.default, node.args[:3]
-    graph.recompile()
-    return graph
+
+    return _rewritten(graph, accumulating, fence)
 
 
 #: the longest cumulative sum or product :func:`unroll_short_scans` writes out
@@ -292,6 +300,7 @@ def unroll_short_scans(graph):
     scans = {torch.ops.aten.cumsum.default: torch.ops.aten.add.Tensor,
              torch.ops.aten.cumprod.default: torch.ops.aten.mul.Tensor}
     accumulate = {torch.float64: None, torch.int64: None, torch.float32: torch.float64}
+    convert = torch.ops.prims.convert_element_type.default
 
     def short(node):
         if node.target not in scans or len(node.args) != 2 or node.kwargs.get("dtype") is not None:
@@ -300,29 +309,24 @@ def unroll_short_scans(graph):
         return (isinstance(x, torch.Tensor) and x.dim() > 0 and x.dtype in accumulate
                 and x.shape[node.args[1]] <= SHORT_SCAN)
 
-    if not any(short(n) for n in graph.graph.nodes):
-        return graph
-    graph = copy.deepcopy(graph)
-    g = graph.graph
-    convert = torch.ops.prims.convert_element_type.default
-    for node in [n for n in g.nodes if short(n)]:
+    def write_out(g, node):
         x, dim = node.args
         dtype = x.meta["val"].dtype
         wide = accumulate[dtype]
         with g.inserting_before(node):
-            running, out = [], []
+            running, out = None, []
             for i in range(x.meta["val"].shape[dim]):
                 piece = g.call_function(torch.ops.aten.slice.Tensor, (x, dim, i, i + 1))
                 if wide is not None:
                     piece = g.call_function(convert, (piece, wide))
-                running.append(piece if not running else g.call_function(scans[node.target], (running[-1], piece)))
-                out.append(running[-1] if wide is None else g.call_function(convert, (running[-1], dtype)))
+                running = piece if running is None else g.call_function(scans[node.target], (running, piece))
+                out.append(running if wide is None else g.call_function(convert, (running, dtype)))
             cat = g.call_function(torch.ops.aten.cat.default, (out, dim))
         cat.meta = dict(node.meta)
         node.replace_all_uses_with(cat)
         g.erase_node(node)
-    graph.recompile()
-    return graph
+
+    return _rewritten(graph, short, write_out)
 
 
 def unvalidated(fn):
