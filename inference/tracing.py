@@ -302,25 +302,29 @@ def unroll_short_scans(graph):
     accumulate = {torch.float64: None, torch.int64: None, torch.float32: torch.float64}
     convert = torch.ops.prims.convert_element_type.default
 
+    def dtype(node):   # of the result: ``dtype=``, else the input's (booleans are counted in int64)
+        x = node.args[0].meta["val"].dtype
+        return node.kwargs.get("dtype") or (torch.int64 if x == torch.bool else x)
+
     def short(node):
-        if node.target not in scans or len(node.args) != 2 or node.kwargs.get("dtype") is not None:
+        if node.target not in scans or len(node.args) != 2:
             return False
         x = node.args[0].meta.get("val")
-        return (isinstance(x, torch.Tensor) and x.dim() > 0 and x.dtype in accumulate
-                and x.shape[node.args[1]] <= SHORT_SCAN)
+        return (isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[node.args[1]] <= SHORT_SCAN
+                and dtype(node) in accumulate)
 
     def write_out(g, node):
         x, dim = node.args
-        dtype = x.meta["val"].dtype
-        wide = accumulate[dtype]
+        result = dtype(node)
+        work = accumulate[result] or result
         with g.inserting_before(node):
             running, out = None, []
             for i in range(x.meta["val"].shape[dim]):
                 piece = g.call_function(torch.ops.aten.slice.Tensor, (x, dim, i, i + 1))
-                if wide is not None:
-                    piece = g.call_function(convert, (piece, wide))
+                if x.meta["val"].dtype != work:
+                    piece = g.call_function(convert, (piece, work))
                 running = piece if running is None else g.call_function(scans[node.target], (running, piece))
-                out.append(running if wide is None else g.call_function(convert, (running, dtype)))
+                out.append(running if work == result else g.call_function(convert, (running, result)))
             cat = g.call_function(torch.ops.aten.cat.default, (out, dim))
         cat.meta = dict(node.meta)
         node.replace_all_uses_with(cat)

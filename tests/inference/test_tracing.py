@@ -135,15 +135,15 @@ def test_an_unvectorized_compile_proves_no_vector_isa_and_leaves_them_all_to_a_v
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
 def test_short_scans_are_written_out_with_atens_numbers(dtype):
-    """A stick-breaking simplex's cumulative sums and products (K - 1 = 4 sticks) become running sums and
-    products that Inductor can fuse; they give ATen's numbers exactly (float32 accumulated in float64, as
-    ATen's loop does), and a scan longer than SHORT_SCAN is left to ATen."""
+    """A stick-breaking simplex's cumulative sums and products (K - 1 = 4 sticks) and a count of booleans
+    become running sums and products that Inductor can fuse; they give ATen's numbers and dtypes exactly
+    (float32 accumulated in float64, as ATen's loop does), and a scan longer than SHORT_SCAN is left to ATen."""
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(6, 5, generator=gen, dtype=torch.float64) * 1e3).to(dtype)
     long = torch.randn(tracing.SHORT_SCAN + 1, generator=gen, dtype=torch.float64).to(dtype)
 
     def scans(x, long):
-        return x.cumsum(-1), x.cumprod(0), x.cumsum(1).cumprod(-1), long.cumsum(0)
+        return x.cumsum(-1), x.cumprod(0), x.cumsum(1).cumprod(-1), (x > 0).cumsum(0), long.cumsum(0)
 
     graph = trace_graph(scans, x, long)
     written = tracing.unroll_short_scans(graph)
