@@ -151,7 +151,8 @@ class Optimization:
 
     def step(self, loss_fn: Callable[[], torch.Tensor], backward: Callable | None = None) -> torch.Tensor:
         """One step on ``loss_fn()``; returns the loss (detached). ``backward(loss)`` replaces
-        ``loss.backward()`` (Lightning's ``manual_backward``)."""
+        ``loss.backward()`` (Lightning's ``manual_backward``); without it, a loss that carries its gradients
+        (``known_gradients``: a traced loss) hands them to the optimiser directly."""
         self.optimizer.zero_grad()
         try:
             loss = loss_fn()
@@ -167,7 +168,11 @@ class Optimization:
         with torch.no_grad():
             for p, good in zip(self.params, self._last_good):
                 good.copy_(p)
-        if backward is None:
+        known = getattr(loss, "known_gradients", None) if backward is None else None
+        if known is not None:   # a traced loss computed them with the value: no pass of autograd
+            for p, g in zip(*known):
+                p.grad = g if p.grad is None else p.grad + g
+        elif backward is None:
             loss.backward()
         else:
             backward(loss)

@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 
 class _KnownGradient(torch.autograd.Function):
     """A loss value whose gradient with respect to ``params`` was computed with it: ``backward`` hands
-    it out, so the optimisation loop is the same whether or not the loss was compiled."""
+    it out, so the optimisation loop is the same whether or not the loss was compiled. The value also
+    carries them as ``known_gradients`` (``(params, grads)``), which the loop hands to the optimiser
+    without a pass of autograd (:meth:`inference.variational.optimization.Optimization.step`)."""
 
     @staticmethod
     def forward(ctx, value, grads, *params):
@@ -270,7 +272,9 @@ class TracedLoss:
             self.guard.calls -= 1   # this call again, on the next route
             return self(x, indices)
         value, grads = self.guard.fn(x, indices)
-        return _KnownGradient.apply(value, tuple(grads), *self.params)
+        loss = _KnownGradient.apply(value, tuple(grads), *self.params)
+        loss.known_gradients = (self.params, grads)
+        return loss
 
     def verify(self, x=None, indices=None) -> bool:
         """Check the route in use against Pyro's ELBO at the current parameters (from the current random
