@@ -217,7 +217,8 @@ def compile_graph(graph, example: list, *, fallback_random: bool = False, vector
     settings = {"cpp.threads": 1, **simd, "fallback_random": fallback_random, "reorder_for_peak_memory": False}
     with config.patch(settings), tracing(context), warnings.catch_warnings(), _isa_probes(vectorize):
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")   # its own deprecations
-        return torch._inductor.compile(unroll_short_scans(fence_accumulating_scatters(graph)), example)
+        graph = unroll_short_scans(fence_accumulating_scatters(identity_scatters(graph)))
+        return torch._inductor.compile(graph, example)
 
 
 @contextlib.contextmanager
@@ -269,6 +270,57 @@ def _rewritten(graph, matches: Callable, rewrite: Callable):
         rewrite(graph.graph, node)
     graph.recompile()
     return graph
+
+
+_VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default,
+          torch.ops.aten.unsqueeze.default}
+_ZEROS = {torch.ops.aten.new_zeros.default, torch.ops.aten.zeros.default}
+
+
+def _arange_length(node) -> int | None:
+    """K when ``node`` is ``arange(K)`` (0, 1, ..., K - 1) seen through views that keep its order, else None."""
+    while isinstance(node, torch.fx.Node) and node.target in _VIEWS:
+        node = node.args[0]
+    if not isinstance(node, torch.fx.Node):
+        return None
+    args = node.args
+    if node.target is torch.ops.aten.arange.default and len(args) == 1:
+        return args[0] if isinstance(args[0], int) else None
+    if node.target is torch.ops.aten.arange.start and args[0] == 0 and isinstance(args[1], int):
+        return args[1]
+    if node.target is torch.ops.aten.arange.start_step and args[0] == 0 and args[2] == 1 and isinstance(args[1], int):
+        return args[1]
+    return None
+
+
+def identity_scatters(graph):
+    """``graph``, or a copy in which an accumulating ``index_put`` into zeros at the enumeration's indices,
+    ``zeros(K, ...).index_put_([arange(K).view(K, 1, ...)], values, accumulate=True)`` (the gradient of
+    indexing a parameter by an enumerated site: ``locs[z]``), is ``values`` reshaped: each row is written
+    once, so the sum is the values themselves. No scatter left for Inductor to fuse wrongly
+    (:func:`fence_accumulating_scatters`), and no kernel split around it."""
+    def identity(node):
+        if node.target is not torch.ops.aten.index_put.default or node.args[3:4] != (True,):
+            return False
+        zeros, indices, values = node.args[:3]
+        if not (isinstance(zeros, torch.fx.Node) and zeros.target in _ZEROS and len(indices) == 1
+                and isinstance(indices[0], torch.fx.Node) and isinstance(values, torch.fx.Node)):
+            return False
+        out, index, v = (n.meta.get("val") for n in (zeros, indices[0], values))
+        if not all(isinstance(t, torch.Tensor) for t in (out, index, v)) or out.dim() == 0:
+            return False
+        k = _arange_length(indices[0])
+        return (k == out.shape[0] == index.numel() and v.dtype == out.dtype
+                and tuple(v.shape) == tuple(index.shape) + tuple(out.shape[1:]))
+
+    def reshape(g, node):
+        with g.inserting_before(node):
+            plain = g.call_function(torch.ops.aten.reshape.default, (node.args[2], list(node.meta["val"].shape)))
+        plain.meta = dict(node.meta)
+        node.replace_all_uses_with(plain)
+        g.erase_node(node)
+
+    return _rewritten(graph, identity, reshape)
 
 
 def fence_accumulating_scatters(graph):

@@ -156,6 +156,33 @@ def test_short_scans_are_written_out_with_atens_numbers(dtype):
     no_scan = trace_graph(lambda t: t * 2, x)
     assert tracing.unroll_short_scans(no_scan) is no_scan
 
+def test_a_scatter_at_the_enumerations_indices_is_the_values_themselves():
+    """The gradient of indexing parameters by an enumerated site (``locs[z]``, z = arange(K).view(K, 1) as
+    Pyro's enumeration makes it) writes each row once: :func:`identity_scatters` replaces it by the values,
+    with the same numbers; indices that repeat or reorder rows keep it."""
+    gen = torch.Generator().manual_seed(0)
+    locs = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    x = torch.randn(50, 2, generator=gen, dtype=torch.float64)
+
+    def grad_of(index):
+        def value_and_grad(locs, x):
+            locs = locs.detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = ((x - locs[index()]) ** 2).sum()
+                return torch.autograd.grad(value, locs)
+        return value_and_grad
+
+    enumerated = trace_graph(grad_of(lambda: torch.arange(3).view(-1, 1)), locs, x)
+    written = tracing.identity_scatters(enumerated)
+    scatters = [n for n in written.graph.nodes if n.target is torch.ops.aten.index_put.default]
+    assert scatters == [] and any(n.target is torch.ops.aten.index_put.default for n in enumerated.graph.nodes)
+    assert torch.equal(written(locs, x)[0], enumerated(locs, x)[0])
+    torch.testing.assert_close(written(locs, x)[0], 2 * (locs[:, None] - x).sum(1), rtol=1e-12, atol=1e-12)
+    for index in (lambda: torch.tensor([0, 0, 1]).view(-1, 1), lambda: torch.arange(3).flip(0).view(-1, 1)):
+        kept = trace_graph(grad_of(index), locs, x)
+        assert tracing.identity_scatters(kept) is kept
+
+
 def test_only_a_graph_that_multiplies_matrices_is_compiled_vectorized(monkeypatch):
     """SVI's loss is vectorized for networks (their layers' elementwise work) and not for a mixture, whose
     compile then proves no vector ISA: the network's graph and its gradient hold matrix products, the
