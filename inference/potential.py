@@ -87,7 +87,7 @@ class Potential:
     :param model_fn: a Pyro callable ``model(data)`` (discrete latent sites are enumerated).
     :param max_plate_nesting: as Pyro's ``max_plate_nesting``.
     :param route: "compiled" (compiled now), "graph", "eager" (Pyro's potential at every call), or "auto"
-        (the closed form when given, else the graph, compiled in the background when ``calls`` make it
+        (the closed form when given, else the graph, compiled when ``calls`` make it
         pay). A route that fails to build or to agree with Pyro's potential falls back to the next.
     :param calls: the expected number of calls (the policy's input for "auto").
     :param closed_form: the model's ``(transforms, fn)`` (``ZooModel.log_density``): ``fn`` maps

@@ -89,7 +89,7 @@ def fit_svi(model, data=None, *, model_args=None, model_kwargs=None, guide=None,
     :param num_samples: draws taken from the fitted guide (1 for "delta").
     :param loss_route: "auto", "compiled", "graph" or "pyro": how ``Trace_ELBO`` of a reparameterized
         guide is computed (:func:`inference.variational.traced_loss.traced_loss`; "auto" traces it when the run is
-        long enough to pay and compiles it in the background when longer still, checking it against
+        long enough to pay and compiles it when longer still, checking it against
         Pyro's ELBO while it runs). Other ELBOs always run as Pyro computes them. The route that
         produced the fit is ``settings["loss_route"]``.
     :raises SVIDivergedError: when the loss becomes NaN/inf (parameters rolled back first).

@@ -92,7 +92,7 @@ def traced_loss(loss_obj, model_fn: Callable, guide_fn: Callable, data, params: 
 
     :param num_steps: the planned number of steps (the route policy's input, and the last check).
     :param route: "auto" (Pyro's ELBO for runs too short for tracing to pay, else the traced graph,
-        compiled in the background when the run is long enough: :mod:`inference.tracing`), "compiled"
+        compiled when the run is long enough: :mod:`inference.tracing`), "compiled"
         (compiled now), "graph" or "pyro" (Pyro's ELBO at every step).
     """
     if route not in ("auto", "compiled", "graph", "pyro"):
