@@ -171,8 +171,8 @@ class Optimization:
                 good.copy_(p)
         known = getattr(loss, "known_gradients", None) if backward is None else None
         if known is not None:   # a traced loss computed them with the value: no pass of autograd
-            for p, g in zip(*known):
-                p.grad = g if p.grad is None else p.grad + g
+            for p, g in zip(*known):   # a copy: a gradient may be a view (of ones, for a sum), which clipping scales
+                p.grad = g.clone() if p.grad is None else p.grad + g
         elif backward is None:
             loss.backward()
         else:

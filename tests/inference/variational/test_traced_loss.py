@@ -89,6 +89,28 @@ def test_the_loop_hands_known_gradients_to_the_optimiser(data):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_a_known_gradient_that_is_a_view_is_copied_before_the_step():
+    """Autograd hands out the gradient of a sum as a view of one value (``expand``, stride 0); given so to
+    the optimiser, clipping would scale it in place. The loop copies it: the same step as autograd's."""
+    from inference.variational.optimization import Optimization
+
+    steps = []
+    for known in (True, False):
+        w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        loop = Optimization([w], lr=0.1, lr_decay=None, num_steps=3, clip_norm=0.5, progress=False)
+
+        def loss_fn():
+            loss = (w * 3.0).sum() if not known else (w.detach() * 3.0).sum()
+            if known:
+                loss.known_gradients = ([w], [torch.tensor(3.0, dtype=torch.float64).expand(3)])
+            return loss
+        for _ in range(3):
+            loop.step(loss_fn)
+        steps.append(w.detach().clone())
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-12, atol=1e-12)
+    assert not torch.equal(steps[0], torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+
+
 def test_untraceable_pairs_keep_pyro_and_say_why(data, caplog):
     caplog.set_level(logging.INFO, logger="inference.variational.traced_loss")
     x = torch.tensor([1.0, 0.0, 1.0, 1.0])
