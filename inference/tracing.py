@@ -272,6 +272,11 @@ def _rewritten(graph, matches: Callable, rewrite: Callable):
     return graph
 
 
+def _accumulates(node) -> bool:
+    """Whether ``node`` is an accumulating ``index_put`` (a scatter-add: the gradient of indexing by a tensor)."""
+    return node.target is torch.ops.aten.index_put.default and node.args[3:4] == (True,)
+
+
 _VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default,
           torch.ops.aten.unsqueeze.default}
 _ZEROS = {torch.ops.aten.new_zeros.default, torch.ops.aten.zeros.default}
@@ -300,7 +305,7 @@ def identity_scatters(graph):
     once, so the sum is the values themselves. No scatter left for Inductor to fuse wrongly
     (:func:`fence_accumulating_scatters`), and no kernel split around it."""
     def identity(node):
-        if node.target is not torch.ops.aten.index_put.default or node.args[3:4] != (True,):
+        if not _accumulates(node):
             return False
         zeros, indices, values = node.args[:3]
         if not (isinstance(zeros, torch.fx.Node) and zeros.target in _ZEROS and len(indices) == 1
@@ -330,13 +335,10 @@ def fence_accumulating_scatters(graph):
     fused loop reads the buffer before it adds to it: the gradient of the enumerated HMM of Pyro's
     tutorial came out wrong by up to 1.5 (tests/inference/test_potential.py; upstream, the class of
     pytorch#171493)."""
-    def accumulating(node):
-        return node.target is torch.ops.aten.index_put.default and node.args[3:4] == (True,)
-
     def fence(g, node):
         node.target, node.args = torch.ops.latent_zoo.index_put_accumulate.default, node.args[:3]
 
-    return _rewritten(graph, accumulating, fence)
+    return _rewritten(graph, _accumulates, fence)
 
 
 #: the longest cumulative sum or product :func:`unroll_short_scans` writes out

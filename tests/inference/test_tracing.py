@@ -156,6 +156,7 @@ def test_short_scans_are_written_out_with_atens_numbers(dtype):
     no_scan = trace_graph(lambda t: t * 2, x)
     assert tracing.unroll_short_scans(no_scan) is no_scan
 
+
 def test_a_scatter_at_the_enumerations_indices_is_the_values_themselves():
     """The gradient of indexing parameters by an enumerated site (``locs[z]``, z = arange(K).view(K, 1) as
     Pyro's enumeration makes it) writes each row once: :func:`identity_scatters` replaces it by the values,
